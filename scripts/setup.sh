@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-shot setup for a fresh Debian machine: system packages, a virtual environment,
+# torch (CPU, pinned) first, then avsr with its test extras. Idempotent: re-running
+# only installs what is missing. Usage: scripts/setup.sh [VENV_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-${AVSR_VENV:-.venv}}
+PY=${PYTHON:-python3}
+
+need_apt=()
+command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+ldconfig -p 2>/dev/null | grep -q 'libespeak-ng.so.1' || need_apt+=(libespeak-ng1)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "[setup] installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.avsr-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "[setup] installing torch==2.13.0 (CPU) first, then avsr[test]"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first: installing anything that depends on torch before it pulls a CUDA build.
+  # Elsewhere, set AVSR_TORCH_INDEX (e.g. the PyTorch CPU index) to avoid a CUDA wheel.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0" ${AVSR_TORCH_INDEX:+--index-url "$AVSR_TORCH_INDEX"}
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi
+echo "[setup] ready: $VENV"

@@ -1,0 +1,5 @@
+import sys
+
+from avsr.cli import main
+
+sys.exit(main())

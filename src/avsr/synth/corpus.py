@@ -1,0 +1,348 @@
+"""`avsr synth`: generate the offline synthetic audio-visual speech corpus.
+
+Layout (the auto_avsr / Llama-AVSR preprocessed-LRS3 convention, so one loader reads both):
+
+    <root>/<corpus>/<split>/<speaker>/<utt>.mp4   96x96 grayscale mouth ROI, 25 fps, H.264
+    <root>/<corpus>/<split>/<speaker>/<utt>.wav   16 kHz mono, exactly 640 samples per video frame
+    <root>/<corpus>/<split>/<speaker>/<utt>.json  phoneme/viseme alignment, mouth parameters
+    <root>/<corpus>/corpus.json                   settings, speakers, summary, completion flag
+    <root>/labels/<corpus>_<split>.csv            dataset,rel_path,n_video_frames,transcript
+    <root>/noise/<corpus>_{babble,white,pink}.wav noise for robustness training and tests
+
+Every utterance is a pure function of (seed, split, index), so the corpus is identical for
+any number of workers, and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+from tqdm import tqdm
+
+from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, write_audio, write_video
+from avsr.data.noise import pink_noise, white_noise
+from avsr.errors import AvsrError
+from avsr.synth.espeak import Voice, engine
+from avsr.synth.lips import Appearance, head_motion, render_mouth
+from avsr.synth.text import grid_sentence, read_text_file
+from avsr.synth.visemes import PARAMS, mouth_trajectory, viseme_segments
+
+CORPUS_FORMAT = 1
+SPLITS = ("train", "val", "test")
+DEFAULT_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
+DEFAULT_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+BABBLE_TALKERS = 6  # simultaneous talkers in the babble noise
+
+
+class SynthError(AvsrError):
+    """Bad settings or an output folder we must not write into."""
+
+
+@dataclass
+class SynthConfig:
+    out: str = "data"
+    corpus: str = "synth"
+    seed: int = 0
+    utterances: dict[str, int] = field(default_factory=lambda: {"train": 1600, "val": 200, "test": 200})
+    speakers: dict[str, int] = field(default_factory=lambda: {"train": 20, "val": 4, "test": 6})
+    text_file: str | None = None  # one sentence per line; None = GRID grammar
+    voices: tuple[str, ...] = DEFAULT_VOICES
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    noise_speakers: int = 8  # held out from every split; they make the babble
+    noise_seconds: float = 60.0
+    workers: int = 2
+
+    def identity(self) -> dict:
+        """What determines the corpus content (not where it goes or how fast it is made)."""
+        ident = asdict(self)
+        for key in ("out", "workers"):
+            ident.pop(key)
+        ident["voices"], ident["variants"] = list(self.voices), list(self.variants)
+        if self.text_file:  # the content matters, not the path
+            ident["text_file"] = {"name": Path(self.text_file).name, "lines": read_text_file(self.text_file)}
+        return ident
+
+
+@dataclass(frozen=True)
+class Speaker:
+    id: str
+    split: str  # train / val / test / noise
+    voice: Voice
+    look: Appearance
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "split": self.split, "voice": asdict(self.voice), "appearance": self.look.to_dict()}
+
+
+@dataclass(frozen=True)
+class UtteranceTask:
+    """Everything a worker needs to render one utterance."""
+
+    root: str
+    corpus: str
+    split: str
+    index: int
+    speaker: Speaker
+    text: str
+    seed: int
+
+    @property
+    def rel_path(self) -> str:  # relative to <root>/<corpus>, as in the label CSV
+        return f"{self.split}/{self.speaker.id}/{self.index:05d}.mp4"
+
+    @property
+    def stem(self) -> Path:
+        return Path(self.root) / self.corpus / self.rel_path[: -len(".mp4")]
+
+
+def make_speakers(cfg: SynthConfig) -> list[Speaker]:
+    """Distinct (voice, variant) pairs, dealt to train, val, test and the babble talkers."""
+    pool = [(v, var) for v in cfg.voices for var in cfg.variants]
+    wanted = {**cfg.speakers, "noise": cfg.noise_speakers}
+    if sum(wanted.values()) > len(pool):
+        raise SynthError(f"{sum(wanted.values())} speakers requested but only {len(pool)} voice/variant "
+                         f"pairs are available ({len(cfg.voices)} voices x {len(cfg.variants)} variants)")
+    rng = np.random.default_rng([cfg.seed, 1])
+    order = rng.permutation(len(pool))
+    speakers, k = [], 0
+    for split, count in wanted.items():
+        for _ in range(count):
+            name, variant = pool[order[k]]
+            voice = Voice(name, variant, rate=int(rng.integers(135, 215)), pitch=int(rng.integers(25, 76)),
+                          pitch_range=int(rng.integers(20, 81)))
+            speakers.append(Speaker(f"s{k:03d}", split, voice, Appearance.sample(rng)))
+            k += 1
+    return speakers
+
+
+def make_tasks(cfg: SynthConfig, speakers: list[Speaker]) -> list[UtteranceTask]:
+    lines = read_text_file(cfg.text_file) if cfg.text_file else None
+    if lines:
+        lines = [lines[i] for i in np.random.default_rng([cfg.seed, 2]).permutation(len(lines))]
+    tasks, k = [], 0
+    for split_id, split in enumerate(SPLITS):
+        mine = [s for s in speakers if s.split == split]
+        n = cfg.utterances.get(split, 0)
+        if n and not mine:
+            raise SynthError(f"{n} {split} utterances requested but 0 {split} speakers")
+        for i in range(n):
+            seed = int(np.random.SeedSequence([cfg.seed, 3, split_id, i]).generate_state(1)[0])
+            text = lines[k % len(lines)] if lines else grid_sentence(np.random.default_rng(seed))
+            tasks.append(UtteranceTask(cfg.out, cfg.corpus, split, i, mine[i % len(mine)], text, seed))
+            k += 1
+    return tasks
+
+
+def speak(text: str, voice: Voice, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """16 kHz float32 audio padded to whole video frames, and timed phonemes (ipa, start, end)."""
+    speech = engine().synthesize(text, voice)
+    audio = resample_poly(speech.audio.astype(np.float32) / 32768.0, SAMPLE_RATE, speech.sample_rate)
+    lead, tail = rng.uniform(0.1, 0.3), rng.uniform(0.1, 0.3)
+    n_frames = int(np.ceil((lead + audio.size / SAMPLE_RATE + tail) * VIDEO_FPS))
+    out = np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32)
+    start = int(round(lead * SAMPLE_RATE))
+    out[start:start + audio.size] = audio
+    peak = np.abs(out).max()
+    if peak > 0:
+        out *= rng.uniform(0.4, 0.9) / peak
+    end_of_speech = lead + audio.size / SAMPLE_RATE
+    times = [t + lead for _, t in speech.phonemes] + [end_of_speech]
+    phonemes = [(name, times[i], max(times[i + 1], times[i])) for i, (name, _) in enumerate(speech.phonemes)]
+    return out, phonemes
+
+
+def render_utterance(task: UtteranceTask) -> dict:
+    """Write one utterance's .wav, .mp4 and .json (the .json last: it marks completion)."""
+    sidecar = task.stem.with_suffix(".json")
+    if sidecar.exists():  # done in an earlier run
+        return json.loads(sidecar.read_text())
+    rng = np.random.default_rng(task.seed)
+    audio, phonemes = speak(task.text, task.speaker.voice, rng)
+    n_frames = audio.size // SAMPLES_PER_FRAME
+    segments = viseme_segments(phonemes)
+    mouth = mouth_trajectory(segments, n_frames)  # (T, P)
+    frames = render_mouth(mouth, task.speaker.look, head_motion(n_frames, rng), rng)  # (T, 96, 96)
+    task.stem.parent.mkdir(parents=True, exist_ok=True)
+    write_audio(task.stem.with_suffix(".wav"), audio)
+    write_video(task.stem.with_suffix(".mp4"), frames)
+    meta = {
+        "id": f"{task.split}/{task.speaker.id}/{task.index:05d}",
+        "rel_path": task.rel_path,
+        "text": task.text,
+        "speaker": task.speaker.id,
+        "voice": task.speaker.voice.spec,
+        "n_frames": n_frames,
+        "duration": round(audio.size / SAMPLE_RATE, 4),
+        "phonemes": [{"ipa": p, "start": round(s, 4), "end": round(e, 4)} for p, s, e in phonemes],
+        "visemes": [{"viseme": s.viseme, "start": round(s.start, 4), "end": round(s.end, 4)} for s in segments],
+        "mouth": {name: np.round(mouth[:, i], 4).tolist() for i, name in enumerate(PARAMS)},
+    }
+    _write_atomic(sidecar, json.dumps(meta))
+    return meta
+
+
+def babble_stream(args: tuple[list[Speaker], list[str], int, int]) -> np.ndarray:
+    """One talker's track for the babble: held-out utterances back to back, unit RMS."""
+    talkers, texts, n_samples, seed = args
+    rng = np.random.default_rng(seed)
+    pieces, total = [], 0
+    while total < n_samples:
+        speaker = talkers[rng.integers(len(talkers))]
+        audio, _ = speak(texts[rng.integers(len(texts))], speaker.voice, rng)
+        pieces.append(audio)
+        total += audio.size
+    track = np.concatenate(pieces)[:n_samples]
+    return track / (np.sqrt(np.mean(track**2)) + 1e-9)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _labels_csv(rows: list[dict], corpus: str) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for meta in sorted(rows, key=lambda m: m["rel_path"]):
+        writer.writerow([corpus, meta["rel_path"], meta["n_frames"], meta["text"]])
+    return buf.getvalue()
+
+
+def _prepare_output(cfg: SynthConfig, identity: dict, overwrite: bool) -> Path:
+    root = Path(cfg.out)
+    corpus_dir = root / cfg.corpus
+    manifest = corpus_dir / "corpus.json"
+    try:
+        if overwrite and corpus_dir.exists():
+            shutil.rmtree(corpus_dir)
+        corpus_dir.mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        (root / "noise").mkdir(exist_ok=True)
+        probe = corpus_dir / f".write-test{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise SynthError(f"cannot write to output folder {root}: {err.strerror or err}") from None
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old.get("identity") != identity:
+            diff = sorted(k for k in set(identity) | set(old.get("identity", {}))
+                          if identity.get(k) != old.get("identity", {}).get(k))
+            raise SynthError(f"{corpus_dir} holds a corpus made with other settings ({', '.join(diff)} differ); "
+                             "refusing to mix them: choose another --out or --corpus, or pass --overwrite")
+    elif any(p for p in corpus_dir.iterdir() if not p.name.startswith(".")):
+        raise SynthError(f"{corpus_dir} exists and was not made by avsr synth (no corpus.json); "
+                         "choose another --out or --corpus, or pass --overwrite")
+    for stale in corpus_dir.rglob(".*.tmp*"):  # pieces of an interrupted run
+        stale.unlink()
+    return manifest
+
+
+def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Generate (or resume) the corpus described by `cfg`; returns its summary."""
+    identity = cfg.identity()
+    speakers = make_speakers(cfg)
+    eng = engine()  # fail early, in this process, on a missing library or an unknown voice
+    for voice in {s.voice.spec: s.voice for s in speakers}.values():
+        eng.check_voice(voice)
+    tasks = make_tasks(cfg, speakers)
+    manifest = _prepare_output(cfg, identity, overwrite)
+    state = {"format": CORPUS_FORMAT, "identity": identity, "complete": False,
+             "speakers": [s.to_dict() for s in speakers]}
+    _write_atomic(manifest, json.dumps(state, indent=1))
+
+    root = Path(cfg.out)
+    noise_jobs = []
+    babble_path = root / "noise" / f"{cfg.corpus}_babble.wav"
+    if not babble_path.exists():
+        talkers = [s for s in speakers if s.split == "noise"]
+        texts = read_text_file(cfg.text_file) if cfg.text_file else [
+            grid_sentence(np.random.default_rng([cfg.seed, 4, i])) for i in range(200)]
+        n = int(cfg.noise_seconds * SAMPLE_RATE)
+        noise_jobs = [(talkers, texts, n, int(np.random.SeedSequence([cfg.seed, 5, k]).generate_state(1)[0]))
+                      for k in range(BABBLE_TALKERS)]
+
+    rows = []
+    bar = tqdm(total=len(tasks) + len(noise_jobs), desc=f"synth {cfg.corpus}", unit="utt",
+               disable=not progress, dynamic_ncols=True)
+    if cfg.workers > 1:
+        with multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
+            streams = pool.map_async(babble_stream, noise_jobs) if noise_jobs else None
+            for meta in pool.imap_unordered(render_utterance, tasks, chunksize=4):
+                rows.append(meta)
+                bar.update()
+            streams = streams.get() if streams else []
+    else:
+        for task in tasks:
+            rows.append(render_utterance(task))
+            bar.update()
+        streams = [babble_stream(job) for job in noise_jobs]
+    bar.update(len(noise_jobs))
+    bar.close()
+
+    if streams:
+        babble = np.sum(streams, axis=0)
+        write_audio(babble_path, 0.9 * babble / np.abs(babble).max())
+    for name, make in (("white", white_noise), ("pink", pink_noise)):
+        path = root / "noise" / f"{cfg.corpus}_{name}.wav"
+        if not path.exists():
+            sig = make(int(cfg.noise_seconds * SAMPLE_RATE), np.random.default_rng([cfg.seed, 6]))
+            write_audio(path, 0.25 * sig / np.abs(sig).max())
+    for split in SPLITS:
+        mine = [m for m in rows if m["rel_path"].startswith(split + "/")]
+        _write_atomic(root / "labels" / f"{cfg.corpus}_{split}.csv", _labels_csv(mine, cfg.corpus))
+
+    state["summary"] = summarize(rows, speakers, root, cfg.corpus)
+    state["complete"] = True
+    _write_atomic(manifest, json.dumps(state, indent=1))
+    return state["summary"]
+
+
+def summarize(rows: list[dict], speakers: list[Speaker], root: Path, corpus: str) -> dict:
+    per_split = {}
+    for split in SPLITS:
+        mine = [m for m in rows if m["rel_path"].startswith(split + "/")]
+        seconds = sum(m["duration"] for m in mine)
+        per_split[split] = {
+            "utterances": len(mine),
+            "speakers": len({m["speaker"] for m in mine}),
+            "hours": round(seconds / 3600, 3),
+            "mean_seconds": round(seconds / max(len(mine), 1), 2),
+            "words": sum(len(m["text"].split()) for m in mine),
+        }
+    visemes = Counter(v["viseme"] for m in rows for v in m["visemes"])
+    disk = sum(p.stat().st_size for p in (root / corpus).rglob("*") if p.is_file())
+    return {
+        "corpus": corpus,
+        "root": str(root),
+        "splits": per_split,
+        "vocabulary": len({w for m in rows for w in m["text"].split()}),
+        "babble_talkers": sum(s.split == "noise" for s in speakers),
+        "viseme_share": {k: round(v / max(sum(visemes.values()), 1), 3) for k, v in visemes.most_common()},
+        "disk_bytes": disk,
+        "bytes_per_utterance": disk // max(len(rows), 1),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"corpus {summary['corpus']} in {summary['root']}",
+             f"{'split':<6} {'utts':>6} {'spk':>4} {'hours':>7} {'mean s':>7} {'words':>7}"]
+    for split, s in summary["splits"].items():
+        lines.append(f"{split:<6} {s['utterances']:>6} {s['speakers']:>4} {s['hours']:>7.3f} "
+                     f"{s['mean_seconds']:>7.2f} {s['words']:>7}")
+    top = ", ".join(f"{k} {v:.0%}" for k, v in list(summary["viseme_share"].items())[:6])
+    lines += [f"vocabulary {summary['vocabulary']} words; babble from {summary['babble_talkers']} held-out talkers",
+              f"visemes: {top}, ...",
+              f"disk: {summary['disk_bytes'] / 1e6:.1f} MB ({summary['bytes_per_utterance'] / 1e3:.1f} kB per utterance)"]
+    return "\n".join(lines)

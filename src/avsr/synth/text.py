@@ -1,0 +1,64 @@
+"""Transcripts for the synthetic corpus: a GRID-style command grammar, or a user's text file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from avsr.errors import AvsrError
+
+# GRID (Cooke et al., 2006): command, colour, preposition, letter, digit, adverb.
+GRID_GRAMMAR: tuple[tuple[str, ...], ...] = (
+    ("bin", "lay", "place", "set"),
+    ("blue", "green", "red", "white"),
+    ("at", "by", "in", "with"),
+    tuple("abcdefghijklmnopqrstuvxyz"),  # GRID leaves out "w"
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    ("again", "now", "please", "soon"),
+)
+
+
+class TextError(AvsrError):
+    """A text file or sentence that cannot become a transcript."""
+
+
+def grid_sentence(rng: np.random.Generator) -> str:
+    return " ".join(slot[rng.integers(len(slot))] for slot in GRID_GRAMMAR)
+
+
+def normalise(sentence: str) -> str:
+    """Transcript form used in labels and for WER: lowercase words, letters, digits, apostrophes."""
+    words = re.sub(r"[^a-z0-9' ]+", " ", sentence.lower()).split()
+    return " ".join(w.strip("'") for w in words if w.strip("'"))
+
+
+def check_sentence(sentence: str, where: str) -> str:
+    """Return the normalised transcript, or raise TextError naming `where` (file:line)."""
+    if not sentence.strip():
+        raise TextError(f"{where}: empty sentence")
+    if not sentence.isascii():
+        bad = next(c for c in sentence if not c.isascii())
+        raise TextError(f"{where}: non-ASCII character {bad!r} in {sentence.strip()!r} (only English ASCII text is supported)")
+    text = normalise(sentence)
+    if not text:
+        raise TextError(f"{where}: no words in {sentence.strip()!r}")
+    return text
+
+
+def read_text_file(path: str | Path) -> list[str]:
+    """One sentence per line; blank lines are errors (they usually mean a broken file)."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TextError(f"text file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise TextError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    lines = raw.splitlines()
+    if not any(line.strip() for line in lines):
+        raise TextError(f"{path}: the text file is empty")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [check_sentence(line, f"{path}:{i}") for i, line in enumerate(lines, 1)]

@@ -37,10 +37,12 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig) -> None:
         p.add_argument(f"--{split}-speakers", type=_non_negative, default=defaults.speakers[split], metavar="N",
                        help=f"{split} speakers, disjoint from the other splits (default: %(default)s)")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
-    p.add_argument("--voices", type=_csv_list, default=defaults.voices,
+    p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
                    help="espeak-ng language voices to draw speakers from (default: %(default)s)")
-    p.add_argument("--variants", type=_csv_list, default=defaults.variants,
+    p.add_argument("--variants", type=_csv_list, default=",".join(defaults.variants),
                    help="espeak-ng voice variants, combined with each voice (default: %(default)s)")
+    p.add_argument("--noise-speakers", type=_non_negative, default=defaults.noise_speakers, metavar="N",
+                   help="held-out talkers that make the babble noise (default: %(default)s)")
     p.add_argument("--noise-seconds", type=float, default=defaults.noise_seconds,
                    help="length of the babble/white/pink noise files (default: %(default)s)")
     p.add_argument("--workers", type=int, default=defaults.workers, help="parallel processes (default: %(default)s)")
@@ -54,7 +56,7 @@ def synth_config(args: argparse.Namespace) -> SynthConfig:
         utterances={s: getattr(args, s) for s in SPLITS},
         speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS},
         text_file=args.text, voices=args.voices, variants=args.variants,
-        noise_seconds=args.noise_seconds, workers=max(1, args.workers),
+        noise_speakers=args.noise_speakers, noise_seconds=args.noise_seconds, workers=max(1, args.workers),
     )
 
 

@@ -107,6 +107,8 @@ class UtteranceTask:
 
 def make_speakers(cfg: SynthConfig) -> list[Speaker]:
     """Distinct (voice, variant) pairs, dealt to train, val, test and the babble talkers."""
+    if cfg.noise_speakers < 1:
+        raise SynthError("the babble noise needs at least one held-out talker (noise_speakers >= 1)")
     pool = [(v, var) for v in cfg.voices for var in cfg.variants]
     wanted = {**cfg.speakers, "noise": cfg.noise_speakers}
     if sum(wanted.values()) > len(pool):
@@ -195,13 +197,14 @@ def babble_stream(args: tuple[list[Speaker], list[str], int, int]) -> np.ndarray
     """One talker's track for the babble: held-out utterances back to back, unit RMS."""
     talkers, texts, n_samples, seed = args
     rng = np.random.default_rng(seed)
+    offset = int(rng.integers(0, 2 * SAMPLE_RATE))  # talkers must not all start (silent) together
     pieces, total = [], 0
-    while total < n_samples:
+    while total < offset + n_samples:
         speaker = talkers[rng.integers(len(talkers))]
         audio, _ = speak(texts[rng.integers(len(texts))], speaker.voice, rng)
         pieces.append(audio)
         total += audio.size
-    track = np.concatenate(pieces)[:n_samples]
+    track = np.concatenate(pieces)[offset:offset + n_samples]
     return track / (np.sqrt(np.mean(track**2)) + 1e-9)
 
 

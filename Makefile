@@ -1,0 +1,21 @@
+# The two commands a fresh machine needs (both set themselves up first):
+#   make quickstart   the main job
+#   make test         the test suite
+VENV ?= .venv
+
+.PHONY: setup quickstart test bench-synth contact-sheet
+
+setup:
+	@bash scripts/setup.sh $(VENV)
+
+quickstart: setup
+	$(VENV)/bin/avsr quickstart $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+bench-synth: setup
+	$(VENV)/bin/python benchmarks/synth_throughput.py $(ARGS)
+
+contact-sheet: setup
+	$(VENV)/bin/avsr contact-sheet --out docs/contact_sheet.png

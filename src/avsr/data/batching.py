@@ -1,0 +1,138 @@
+"""Batching by a video-frame budget (Llama-AVSR's CustomBucketDataset), collation, seeded datasets.
+
+Utterance lengths vary from ~1 s to 16 s, so a fixed batch size either wastes memory on short
+clips or runs out of it on long ones; packing length-sorted items up to `max_frames` keeps the
+padded tensor size roughly constant. Unlike the reference, an item longer than the budget gets
+a batch of its own instead of an assert.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def pack_batches(lengths: Sequence[int], max_frames: int) -> list[list[int]]:
+    """Sort indices by length (descending, ties by index) and greedily fill batches up to max_frames."""
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        n = int(lengths[i])
+        if current and total + n > max_frames:
+            batches.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+class FrameBudgetBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices whose video frames sum to at most `max_frames`.
+
+    Batches are fixed once (deterministic packing); only their order is shuffled, with seed + epoch,
+    so every rank computes the same permutation. Rank r takes batches r, r + R, r + 2R, ...; the list
+    is padded by repeating batches from its start (or cut, with drop_last) so all ranks see the same
+    number of batches, which keeps DDP collectives in step. Call set_epoch(epoch) before each epoch.
+    """
+
+    def __init__(self, lengths: Sequence[int], max_frames: int, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False):
+        if max_frames <= 0:
+            raise ValueError(f"max_frames must be positive, got {max_frames}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.batches = pack_batches(lengths, max_frames)
+        self.max_frames = max_frames
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _per_rank(self) -> int:
+        n = len(self.batches)
+        return n // self.num_replicas if self.drop_last else -(-n // self.num_replicas)
+
+    def __len__(self) -> int:
+        return self._per_rank()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.batches)))
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(len(order)).tolist()
+        total = self._per_rank() * self.num_replicas
+        if total > len(order):  # pad by repeating from the start (repeat whole list if very short)
+            order = (order * (total // len(order) + 1))[:total]
+        else:
+            order = order[:total]
+        for k in order[self.rank::self.num_replicas]:
+            yield list(self.batches[k])
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack transformed items into zero-padded batch tensors plus their true lengths.
+
+    items: dicts with "audio" (N_i,) float, "video" (T_i, H, W) float, "text" str, "id" str.
+    """
+    audios = [torch.as_tensor(it["audio"], dtype=torch.float32) for it in items]
+    videos = [torch.as_tensor(it["video"], dtype=torch.float32) for it in items]
+    b = len(items)
+    audio_lengths = torch.tensor([a.shape[0] for a in audios], dtype=torch.long)  # (B,)
+    video_lengths = torch.tensor([v.shape[0] for v in videos], dtype=torch.long)  # (B,)
+    h, w = videos[0].shape[1:]
+    audio = torch.zeros(b, int(audio_lengths.max()), dtype=torch.float32)  # (B, N_max)
+    video = torch.zeros(b, int(video_lengths.max()), h, w, dtype=torch.float32)  # (B, T_max, H, W)
+    for i, (a, v) in enumerate(zip(audios, videos)):
+        if v.shape[1:] != (h, w):
+            raise ValueError(f"item {items[i]['id']}: frame size {tuple(v.shape[1:])}, batch has {(h, w)}")
+        audio[i, :a.shape[0]] = a
+        video[i, :v.shape[0]] = v
+    return {
+        "audio": audio,  # (B, N_max) float32, zero-padded
+        "audio_lengths": audio_lengths,  # (B,) long
+        "video": video,  # (B, T_max, H, W) float32, zero-padded
+        "video_lengths": video_lengths,  # (B,) long
+        "text": [it["text"] for it in items],
+        "ids": [it["id"] for it in items],
+    }
+
+
+class TransformedDataset(Dataset):
+    """Applies `transform(item, rng)` with rng = default_rng([seed, epoch, index]).
+
+    Augmentation is then a pure function of (seed, epoch, index): reproducible regardless of
+    worker count or order, and different every epoch. With DataLoader workers, call set_epoch on
+    this object before creating the epoch's iterator (persistent_workers would keep a stale copy).
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[[dict, np.random.Generator], dict], seed: int = 0):
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        return self.transform(self.dataset[index], rng)
+
+
+def frame_lengths(dataset) -> list[int]:
+    """Video-frame counts from an AVDataset's label rows, without decoding any media."""
+    return [row.n_frames for row in dataset.rows]

@@ -1,0 +1,120 @@
+"""The small Llama LM: exact tokenizer round-trip, learning, HF loading/generation, determinism."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avsr.models.small_lm import (REPORT, SmallLMConfig, SmallLMError, perplexity, pretrain_lm_from_labels,
+                                  train_small_lm)
+from avsr.synth.text import GRID_GRAMMAR, grid_sentence
+
+
+def tiny_cfg(**overrides) -> SmallLMConfig:
+    settings = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=172, max_position_embeddings=64, steps=150, batch_size=16,
+                    lr=5e-3, warmup_steps=15, log_every=0, seed=3)
+    settings.update(overrides)
+    return SmallLMConfig(**settings)
+
+
+def grid_texts(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [grid_sentence(rng) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(folder, report, held-out sentences) of one tiny training on 200 GRID sentences."""
+    out = tmp_path_factory.mktemp("lm") / "small_lm"
+    val = grid_texts(100, seed=12345)
+    path = train_small_lm(grid_texts(200, seed=0), out, tiny_cfg(), val_texts=val, log=None)
+    return path, json.loads((path / REPORT).read_text("utf-8")), val
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = trained[0]
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return tok, model.eval()
+
+
+def test_tokenizer_round_trips_and_adds_bos(loaded):
+    tok, _ = loaded
+    assert tok.bos_token == "<|begin_of_text|>" and tok.eos_token == "<|end_of_text|>"
+    assert tok.pad_token is None
+    for text in ["bin blue at f two now", "zebra's 42", "place red with q nine again",
+                 "Unseen WORDS, punctuation! and ~bytes~ éà 😀", " two  spaces "]:
+        ids = tok(text)["input_ids"]
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+        assert tok.eos_token_id not in ids  # EOS is the caller's job
+        assert tok.decode(ids, skip_special_tokens=True) == text
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    # Corpus words are single tokens; every ASCII letter/digit/apostrophe is one token of its own.
+    assert len(tok("bin blue at f two now", add_special_tokens=False)["input_ids"]) == 6
+    for char in "azAZ09'":
+        assert len(tok(char, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_training_lowers_loss_and_held_out_perplexity(trained, loaded):
+    _, report, val = trained
+    tok, model = loaded
+    assert report["steps"] == 150
+    assert report["final_loss"] < 0.5 * report["initial_loss"], report
+    # GRID has log(64000)/7 nats per predicted token at best (perplexity ~4.9); uniform = vocab size.
+    assert report["val_perplexity"] < 12 and report["val_perplexity"] < len(tok) / 20, report
+    assert perplexity(model, tok, val) == pytest.approx(report["val_perplexity"], rel=1e-3)
+
+
+def test_folder_loads_as_llama_and_generates_grid_grammar(trained, loaded):
+    from transformers import LlamaForCausalLM
+
+    path = trained[0]
+    tok, model = loaded
+    assert isinstance(model, LlamaForCausalLM)
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    assert model.config.num_key_value_heads == 2 and model.config.num_attention_heads == 4
+    enc = tok("bin blue", return_tensors="pt")  # (1, 3): BOS bin blue
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)  # (1, 3 + new)
+    words = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split()
+    assert words and words[0] in GRID_GRAMMAR[2], words  # at / by / in / with
+    if len(words) > 1:
+        assert words[1] in GRID_GRAMMAR[3], words  # then a letter
+
+
+def test_same_seed_same_weights_and_idempotent(tmp_path):
+    texts = grid_texts(60, seed=5)
+    cfg = tiny_cfg(steps=15, warmup_steps=3)
+    a = train_small_lm(texts, tmp_path / "a", cfg, log=None)
+    b = train_small_lm(texts, tmp_path / "b", cfg, log=None)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    c = train_small_lm(texts, tmp_path / "c", tiny_cfg(steps=15, warmup_steps=3, seed=4), log=None)
+    wc = load_file(c / "model.safetensors")
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    # Same config and text again: the finished folder is returned untouched.
+    stamp = (a / REPORT).stat().st_mtime_ns
+    assert train_small_lm(texts, a, cfg, log=None) == a and (a / REPORT).stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_pretrain_from_labels_uses_train_split_only(tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for split, n, seed in (("train", 40, 1), ("val", 10, 2), ("test", 10, 3)):
+        rows = [f"synth,{split}/s0/{i:05d}.mp4,50,{t}" for i, t in enumerate(grid_texts(n, seed))]
+        (labels / f"synth_{split}.csv").write_text("\n".join(rows) + "\n", "utf-8")
+    cfg = tiny_cfg(steps=5, warmup_steps=1)
+    out = pretrain_lm_from_labels(sorted(labels.glob("*.csv")), tmp_path / "lm", cfg, log=None)
+    report = json.loads((out / REPORT).read_text("utf-8"))
+    assert report["train_sentences"] == 40 and report["val_sentences"] == 10
+    with pytest.raises(SmallLMError, match="no training split"):
+        pretrain_lm_from_labels([labels / "synth_val.csv"], tmp_path / "lm2", cfg, log=None)

@@ -93,6 +93,62 @@ def cmd_prepare_whisper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_lm(args: argparse.Namespace) -> int:
+    from avsr.models.small_lm import SmallLMConfig, pretrain_lm_from_labels
+
+    labels = [Path(args.root) / "labels" / f"{args.corpus}_{s}.csv" for s in ("train", "val")]
+    cfg = SmallLMConfig(steps=args.steps, seed=args.seed)
+    print(pretrain_lm_from_labels([p for p in labels if p.is_file()], args.out, cfg))
+    return 0
+
+
+def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
+    from avsr.models.video_pretrain import VideoPretrainConfig, pretrain_video_encoder
+
+    if args.modality != "video":
+        raise AvsrError("only --modality video is pretrained here; the audio encoder is Whisper (avsr prepare-whisper)")
+    labels = Path(args.root) / "labels"
+    cfg = VideoPretrainConfig(steps=args.steps, seed=args.seed)
+    print(pretrain_video_encoder(args.root, labels / f"{args.corpus}_train.csv", labels / f"{args.corpus}_val.csv",
+                                 args.out, cfg))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from avsr.training.config import load_config
+    from avsr.training.train import train
+
+    cfg = load_config(args.recipe, args.overrides)
+    print(train(cfg, progress=not args.quiet))
+    return 0
+
+
+def _snr(value: str) -> float | None:
+    return None if value.lower() in ("clean", "none", "inf") else float(value)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from avsr.evaluation.evaluate import evaluate, markdown_table, write_report
+    from avsr.models.loading import load_checkpoint, read_checkpoint_config
+
+    saved = read_checkpoint_config(args.checkpoint)
+    data = saved.get("train", {}).get("data", {})
+    root = args.root or data.get("root", "data")
+    corpus = args.corpus or data.get("corpus", "synth")
+    tasks = tuple(args.tasks) if args.tasks else tuple(saved["model"]["tasks"])
+    noise = args.noise or str(Path(root) / "noise" / f"{corpus}_babble.wav")
+    model = load_checkpoint(args.checkpoint)
+    report = evaluate(model, root, str(Path(root) / "labels" / f"{corpus}_{args.split}.csv"), tasks,
+                      tuple(_snr(s) for s in args.snrs), noise, num_beams=args.beams,
+                      max_new_tokens=args.max_new_tokens, limit=args.limit, progress=not args.quiet)
+    report["checkpoint"] = str(args.checkpoint)
+    out = args.out or str(Path(args.checkpoint) / "eval")
+    write_report(report, out)
+    print(markdown_table(report))
+    print(f"report: {out}/report.md, {out}/results.json, {out}/wer_vs_snr.png")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Today: a small corpus, its summary, and a full read-back check of every item."""
     from avsr.data.dataset import validate_corpus
@@ -138,6 +194,44 @@ def build_parser() -> argparse.ArgumentParser:
     whisper = sub.add_parser("prepare-whisper", help="convert the pip-installed Whisper base into a transformers folder (offline)")
     whisper.add_argument("--out", default="models/whisper-base", help="output folder (default: %(default)s)")
     whisper.set_defaults(func=cmd_prepare_whisper)
+
+    lm = sub.add_parser("pretrain-lm", help="train a tokenizer and a small Llama-architecture LM on corpus text")
+    lm.add_argument("--root", default="data")
+    lm.add_argument("--corpus", default="synth")
+    lm.add_argument("--out", default="models/small-lm")
+    lm.add_argument("--steps", type=int, default=400)
+    lm.add_argument("--seed", type=int, default=0)
+    lm.set_defaults(func=cmd_pretrain_lm)
+
+    enc = sub.add_parser("pretrain-encoder", help="pretrain the AV-HuBERT-architecture lip encoder with CTC")
+    enc.add_argument("--modality", default="video", choices=["video", "audio"])
+    enc.add_argument("--root", default="data")
+    enc.add_argument("--corpus", default="synth")
+    enc.add_argument("--out", default="models/video-encoder")
+    enc.add_argument("--steps", type=int, default=700)
+    enc.add_argument("--seed", type=int, default=0)
+    enc.set_defaults(func=cmd_pretrain_encoder)
+
+    tr = sub.add_parser("train", help="train an AVSR model from a YAML recipe and key=value overrides")
+    tr.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    tr.add_argument("overrides", nargs="*", help="e.g. optim.lr=5e-4 model.tasks=[asr,avsr] out=runs/x")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="WER per task and babble SNR for a checkpoint; JSON, Markdown and a plot")
+    ev.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/last)")
+    ev.add_argument("--root", help="corpus root (default: the one the checkpoint was trained on)")
+    ev.add_argument("--corpus")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--tasks", nargs="+", choices=["asr", "vsr", "avsr"])
+    ev.add_argument("--snrs", nargs="+", default=["clean", "5", "0", "-5"], help="'clean' or dB values")
+    ev.add_argument("--noise", help="noise wav (default: the corpus babble)")
+    ev.add_argument("--beams", type=int, default=4)
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--limit", type=int, help="only the first N utterances")
+    ev.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
 
     quick = sub.add_parser("quickstart", help="the main job on a fresh machine (today: make and check a small corpus)")
     small = SynthConfig(out="runs/quickstart", utterances={"train": 240, "val": 30, "test": 30},

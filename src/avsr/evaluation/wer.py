@@ -1,0 +1,42 @@
+"""Corpus-level word error rate with substitutions, deletions and insertions.
+
+Normalisation (documented, applied to reference and hypothesis alike): lowercase, keep
+letters, digits and apostrophes, every other character becomes a space, collapse spaces.
+WER = (S + D + I) / N over the whole test set, N = reference words (the field's convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import jiwer
+
+from avsr.synth.text import normalise
+
+
+@dataclass
+class WERCounts:
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    reference_words: int = 0
+
+    @property
+    def wer(self) -> float:
+        return (self.substitutions + self.deletions + self.insertions) / max(self.reference_words, 1)
+
+    def to_dict(self) -> dict:
+        return {"wer": round(self.wer, 4), **asdict(self)}
+
+
+def word_errors(references: list[str], hypotheses: list[str]) -> WERCounts:
+    refs = [normalise(r) for r in references]
+    hyps = [normalise(h) for h in hypotheses]
+    counts = WERCounts(reference_words=sum(len(r.split()) for r in refs))
+    scored = [(r, h) for r, h in zip(refs, hyps) if r]
+    if scored:
+        out = jiwer.process_words([r for r, _ in scored], [h for _, h in scored])
+        counts.substitutions, counts.deletions, counts.insertions = out.substitutions, out.deletions, out.insertions
+    # jiwer cannot score an empty reference: every hypothesis word there is an insertion.
+    counts.insertions += sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
+    return counts

@@ -1,0 +1,132 @@
+"""Typed training configuration: dataclasses, YAML recipe files, `key.sub=value` overrides.
+
+The resolved configuration is saved with every checkpoint, so evaluation and resumption
+need nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from avsr.errors import AvsrError
+from avsr.models.avsr_model import AVSRConfig
+
+
+class ConfigError(AvsrError):
+    """An unknown key or a value of the wrong type in a recipe or an override."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    corpus: str = "synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    noise: str | None = None  # babble wav for training noise; None = <root>/noise/<corpus>_babble.wav if present
+    snrs: tuple = (-5, 0, 5, 10, 15, 20, None)  # None = clean
+    max_frames: int = 1000  # video frames per batch (frame-budget batching)
+    max_val_utterances: int = 64
+    workers: int = 0
+
+    def labels(self, split: str) -> Path:
+        return Path(self.root) / "labels" / f"{self.corpus}_{split}.csv"
+
+    def noise_path(self) -> Path | None:
+        if self.noise:
+            return Path(self.noise)
+        default = Path(self.root) / "noise" / f"{self.corpus}_babble.wav"
+        return default if default.is_file() else None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.98)
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    grad_clip: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    model: AVSRConfig = field(default_factory=AVSRConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out: str = "runs/avsr"
+    seed: int = 42
+    accelerator: str = "auto"  # cpu, gpu, auto
+    devices: Any = 1  # e.g. 8 GPUs
+    strategy: str = "auto"  # ddp, fsdp, ...
+    precision: str = "32-true"  # "bf16-true" / "bf16-mixed" on GPUs
+    logger: str = "csv"  # csv, tensorboard, wandb
+    log_every: int = 10
+    val_every: int = 500  # steps
+    checkpoint_every: int = 500  # steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Turn YAML/CLI values into the field's type (tuples from lists, numbers from strings)."""
+    origin = getattr(hint, "__origin__", None)
+    if hint is tuple or origin is tuple:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if hint in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return hint(value)
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(prefix + k for k in unknown)}; known: {sorted(names)}")
+    base = cls()
+    values = {}
+    for k, v in data.items():
+        if dataclasses.is_dataclass(hints[k]):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{prefix + k}: expected a mapping, got {v!r}")
+            values[k] = _build(hints[k], {**asdict(getattr(base, k)), **v}, prefix + k + ".")
+        else:
+            values[k] = _coerce(v, hints[k], prefix + k)
+    return dataclasses.replace(base, **values)
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- recipe YAML <- overrides like `optim.lr=5e-4` or `model.tasks=[asr,avsr]`."""
+    tree: dict = {}
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of settings")
+        tree = loaded
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    return _build(TrainConfig, tree)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from avsr.models.compression import compress
-from avsr.models.lora import add_lora, set_active
+from avsr.models.lora import add_lora
+from avsr.models.masks import lengths_to_padding_mask
 from avsr.models.projector import MLPProjector
 
 TASKS = ("asr", "vsr", "avsr")
@@ -131,8 +132,12 @@ class AVSRModel(nn.Module):
         """Per modality of the task: LLM-width tokens (B, T', D) and padding (B, T'); plus aux."""
         out, aux = {}, {}
         for m in MODALITIES[task]:
-            with torch.no_grad():
-                feats, pad = self.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc)
+            if f"{m}_features" in batch:  # precomputed by the frozen encoder (training.feature_cache)
+                feats = batch[f"{m}_features"]  # (B, T, D_enc)
+                pad = lengths_to_padding_mask(batch[f"{m}_feature_lengths"], feats.shape[1])
+            else:
+                with torch.no_grad():
+                    feats, pad = self.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc)
             feats, pad = compress(feats, pad, self.rates[m], self.cfg.compression)  # (B, T', ·)
             tokens, extra = self.projectors[m](feats, pad)  # (B, T', D_llm)
             out[m] = (tokens, pad)

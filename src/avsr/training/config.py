@@ -31,6 +31,7 @@ class DataConfig:
     snrs: tuple = (-5, 0, 5, 10, 15, 20, None)  # None = clean
     max_frames: int = 1000  # video frames per batch (frame-budget batching)
     max_val_utterances: int = 64
+    feature_cache_copies: int = 0  # >0: run the frozen encoders once for K augmented copies (CPU speed-up)
     workers: int = 0
 
     def labels(self, split: str) -> Path:
@@ -78,8 +79,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = getattr(hint, "__origin__", None)
     if hint is tuple or origin is tuple:
         return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if hint in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return hint(value)
+    if hint in (int, float) and not isinstance(value, bool):
+        try:  # YAML reads "5e-4" as a string
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if hint is int and not number.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return hint(number)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     return value
 
 

@@ -22,9 +22,10 @@ from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, coll
 from avsr.data.dataset import AVDataset
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
-from avsr.models.avsr_model import AVSRModel
+from avsr.models.avsr_model import MODALITIES, AVSRModel
 from avsr.models.loading import build_model, save_checkpoint
 from avsr.training.config import TrainConfig, save_config
+from avsr.training.feature_cache import FeatureCache, collate_features
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -100,13 +101,20 @@ class SaveTrainable(L.Callback):
         self._save(trainer, module, "last")
 
 
-def make_loaders(cfg: TrainConfig, world_size: int = 1, rank: int = 0) -> tuple[DataLoader, DataLoader]:
+def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
+                 progress: bool = True) -> tuple[DataLoader, DataLoader]:
     d = cfg.data
     noise_path = d.noise_path()
     noise = read_audio(noise_path) if noise_path else None
     augment = AugmentConfig(snrs=tuple(d.snrs), noise_path=None)
     train_set = AVDataset(d.root, d.labels(d.train_split))
     train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)
+    train_collate = collate
+    if d.feature_cache_copies > 0:
+        needed = {m for t in cfg.model.tasks for m in MODALITIES[t]}
+        encoders = torch.nn.ModuleDict({m: e for m, e in model.encoders.items() if m in needed})
+        train = FeatureCache(encoders, train, d.feature_cache_copies, progress=progress)
+        train_collate = collate_features
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=True, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
     val_set = AVDataset(d.root, d.labels(d.val_split))
@@ -114,8 +122,8 @@ def make_loaders(cfg: TrainConfig, world_size: int = 1, rank: int = 0) -> tuple[
     val = TransformedDataset(val_set, EvalTransform(augment), seed=cfg.seed)
     val_sampler = FrameBudgetBatchSampler(frame_lengths(val_set), d.max_frames, shuffle=False,
                                           num_replicas=world_size, rank=rank)
-    kw = {"collate_fn": collate, "num_workers": d.workers}
-    return (DataLoader(train, batch_sampler=sampler, **kw), DataLoader(val, batch_sampler=val_sampler, **kw))
+    return (DataLoader(train, batch_sampler=sampler, collate_fn=train_collate, num_workers=d.workers),
+            DataLoader(val, batch_sampler=val_sampler, collate_fn=collate, num_workers=d.workers))
 
 
 def make_logger(cfg: TrainConfig):
@@ -148,7 +156,7 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         callbacks=[SaveTrainable(cfg), L.pytorch.callbacks.ModelCheckpoint(
             dirpath=resume_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every)],
         use_distributed_sampler=False)
-    train_loader, val_loader = make_loaders(cfg, trainer.world_size, trainer.global_rank)
+    train_loader, val_loader = make_loaders(cfg, model, trainer.world_size, trainer.global_rank, progress)
     last = resume_dir / "last.ckpt"
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,

@@ -1,0 +1,65 @@
+"""Frozen-encoder outputs computed once, for K augmented copies of every training utterance.
+
+The encoders are frozen (and run in eval mode), so their output for a given augmented input
+never changes. On a CPU the encoders cost most of a training step; computing them once for
+K differently augmented copies (noise at a drawn SNR, crop, time masks) and cycling through
+the copies epoch by epoch trades a little augmentation diversity for a many-fold speed-up.
+With `data.feature_cache_copies: 0` (the default) every step runs the encoders, as on GPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
+
+
+class FeatureCache(Dataset):
+    """Items {"<m>_features": (T, D) float16 per modality, "text", "ids"} for the current copy."""
+
+    def __init__(self, encoders: torch.nn.ModuleDict, dataset: TransformedDataset, copies: int,
+                 max_frames: int = 2000, progress: bool = True):
+        self.rows = dataset.dataset.rows
+        self.copies = copies
+        self.epoch = 0
+        self.items: list[list[dict]] = [[] for _ in self.rows]
+        sampler = FrameBudgetBatchSampler(frame_lengths(dataset.dataset), max_frames, shuffle=False)
+        bar = tqdm(total=copies * len(self.rows), desc="caching encoder features", unit="utt", disable=not progress)
+        for copy in range(copies):
+            dataset.set_epoch(copy)
+            for indices, batch in zip(sampler, DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)):
+                feats = {}
+                with torch.no_grad():
+                    for m, encoder in encoders.items():
+                        x, pad = encoder(batch[m], batch[f"{m}_lengths"])  # (B, T, D), (B, T)
+                        feats[m] = (x, (~pad).sum(1))
+                for j, index in enumerate(indices):
+                    item = {f"{m}_features": x[j, : int(n[j])].to(torch.float16).clone() for m, (x, n) in feats.items()}
+                    item.update(text=batch["text"][j], id=batch["ids"][j])
+                    self.items[index].append(item)
+                bar.update(len(indices))
+        bar.close()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index][self.epoch % self.copies]
+
+
+def collate_features(items: list[dict]) -> dict:
+    """Pad cached features: "<m>_features" (B, T_max, D) float32 and "<m>_feature_lengths" (B,)."""
+    batch = {"text": [it["text"] for it in items], "ids": [it["id"] for it in items]}
+    for key in (k for k in items[0] if k.endswith("_features")):
+        lengths = torch.tensor([it[key].shape[0] for it in items])
+        out = torch.zeros(len(items), int(lengths.max()), items[0][key].shape[1])
+        for i, it in enumerate(items):
+            out[i, : lengths[i]] = it[key].float()
+        batch[key] = out
+        batch[key.replace("_features", "_feature_lengths")] = lengths
+    return batch

@@ -1,0 +1,96 @@
+"""The training path end to end on tiny backbones: Lightning loop, checkpoints, resume, eval, WER."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avsr.evaluation.evaluate import evaluate, write_report
+from avsr.evaluation.wer import word_errors
+from avsr.models.loading import load_checkpoint, read_checkpoint_config
+from avsr.training.config import ConfigError, load_config
+from avsr.training.train import train, warmup_cosine
+from test_avsr_model import tiny_model
+
+
+def test_wer_counts_substitutions_deletions_insertions():
+    c = word_errors(["bin blue at f two now", "set red"], ["bin blue at s two", "set red red soon"])
+    assert (c.substitutions, c.deletions, c.insertions, c.reference_words) == (1, 1, 2, 8)
+    assert c.wer == pytest.approx(4 / 8)
+    assert word_errors(["Hello, World!"], ["hello world"]).wer == 0.0  # documented normalisation
+    assert word_errors(["a b"], [""]).deletions == 2
+
+
+def test_config_recipe_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  tasks: [asr]\n  lora_rank: 8\noptim:\n  lr: 1.0e-3\n")
+    cfg = load_config(recipe, ["optim.lr=5e-4", "model.tasks=[vsr,avsr]", "data.snrs=[0, null]"])
+    assert cfg.optim.lr == 5e-4 and cfg.model.tasks == ("vsr", "avsr") and cfg.model.lora_rank == 8
+    assert cfg.data.snrs == (0, None) and cfg.optim.max_steps == 2000  # untouched defaults stay
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(recipe, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_warmup_then_cosine_to_zero():
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(60) == pytest.approx(0.5)
+    assert f(110) == pytest.approx(0.0, abs=1e-9)
+
+
+def run_training(tiny_corpus, out: Path, steps: int, cache: int):
+    corpus_cfg, _ = tiny_corpus
+    cfg = load_config(None, [f"data.root={corpus_cfg.out}", f"out={out}", f"optim.max_steps={steps}",
+                             "optim.warmup_steps=2", "optim.lr=6e-3", "data.max_frames=200", "log_every=1",
+                             "val_every=0", f"checkpoint_every={steps}", f"data.feature_cache_copies={cache}"])
+    model = tiny_model(seed=11)
+    model.cfg.llm = "unused-in-tests"
+    return train(cfg, model=model, progress=False), model
+
+
+def logged_losses(out: Path) -> list[float]:
+    rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+@pytest.mark.parametrize("cache", [0, 2])
+def test_training_lowers_the_loss_and_saves_a_checkpoint(tiny_corpus, tmp_path, cache):
+    checkpoint, model = run_training(tiny_corpus, tmp_path / "run", steps=24, cache=cache)
+    losses = logged_losses(tmp_path / "run")
+    assert len(losses) >= 20 and np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4])
+    saved = read_checkpoint_config(checkpoint)
+    assert saved["step"] == 24 and saved["train"]["optim"]["max_steps"] == 24
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    fresh = tiny_model(seed=11)
+    load_checkpoint(checkpoint, fresh)
+    state = {k: v for k, v in model.trainable_state_dict().items()}
+    assert all(torch.equal(state[k], v) for k, v in fresh.trainable_state_dict().items())
+
+
+def test_training_resumes_from_the_last_checkpoint(tiny_corpus, tmp_path):
+    run_training(tiny_corpus, tmp_path / "run", steps=6, cache=0)
+    checkpoint, _ = run_training(tiny_corpus, tmp_path / "run", steps=10, cache=0)
+    assert read_checkpoint_config(checkpoint)["step"] == 10
+    versions = sorted((tmp_path / "run" / "logs").glob("version_*/metrics.csv"))
+    steps = [int(r["step"]) for r in csv.DictReader(open(versions[-1])) if r.get("train/loss")]
+    assert min(steps) >= 6  # the second run continued, it did not start over
+
+
+def test_evaluation_report(tiny_corpus, tmp_path):
+    corpus_cfg, _ = tiny_corpus
+    root = Path(corpus_cfg.out)
+    model = tiny_model(seed=12)
+    report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "avsr"), (None, 0),
+                      str(root / "noise" / "synth_babble.wav"), num_beams=2, max_new_tokens=6, progress=False)
+    for task in ("asr", "avsr"):
+        for cond in ("clean", "0 dB"):
+            r = report["results"][task][cond]
+            assert r["utterances"] == corpus_cfg.utterances["test"] and r["reference_words"] > 0
+            assert r["wer"] == pytest.approx((r["substitutions"] + r["deletions"] + r["insertions"]) / r["reference_words"], abs=1e-4)
+            assert r["rtf"] > 0
+    write_report(report, tmp_path / "rep")
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"results.json", "report.md", "wer_vs_snr.png"}
+    assert "| ASR |" in (tmp_path / "rep" / "report.md").read_text()

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import string
 import time
@@ -28,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from avsr.errors import AvsrError
+from avsr.models.avsr_model import PROMPTS
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
@@ -64,6 +66,12 @@ class SmallLMConfig:
     tie_word_embeddings: bool = True  # as in Llama 3.2 1B/3B
     # training
     steps: int = 400  # GRID text converges by ~300 steps; free text may want more
+    # Fraction of training sequences of the form "<sentence> <task prompt> <sentence>". A
+    # tiny LM trained on short sentences alone attends only to the last few tokens, so
+    # nothing placed before the prompt (the audio/video tokens of the AVSR model) can reach
+    # its predictions and no gradient flows there. Copy sequences teach it to read the
+    # context before the prompt, the role the audio/video tokens take later.
+    copy_fraction: float = 0.5
     batch_size: int = 32
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
@@ -232,6 +240,13 @@ def _train(model, seqs: list[list[int]], cfg: SmallLMConfig, pad_id: int,
 # Public entry points
 
 
+def with_copy_sequences(texts: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """Replace a `fraction` of the sentences by "<s> <prompt> <s>" (prompt drawn per sentence)."""
+    rng = random.Random(seed)
+    prompts = list(PROMPTS.values())
+    return [f"{t} {rng.choice(prompts)} {t}" if rng.random() < fraction else t for t in texts]
+
+
 def _fingerprint(cfg: SmallLMConfig, texts: Sequence[str], val_texts: Sequence[str] | None) -> str:
     """What decides the result: config (minus logging), training and validation text."""
     h = hashlib.sha256()
@@ -282,9 +297,10 @@ def train_small_lm(texts: Sequence[str], out_dir: str | os.PathLike, cfg: SmallL
         try:
             torch.manual_seed(cfg.seed)
             torch.set_num_threads(max(1, cfg.num_threads))
-            tokenizer = train_tokenizer(texts, cfg.vocab_size)
+            train_texts = with_copy_sequences(texts, cfg.copy_fraction, cfg.seed)
+            tokenizer = train_tokenizer(train_texts + list(PROMPTS.values()), cfg.vocab_size)
             model = build_model(cfg, tokenizer)
-            seqs = encode_sentences(tokenizer, texts, min(cfg.max_length, cfg.max_position_embeddings))
+            seqs = encode_sentences(tokenizer, train_texts, min(cfg.max_length, cfg.max_position_embeddings))
             n_params = sum(p.numel() for p in model.parameters())
             if log:
                 log(f"small LM: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avsr.errors import AvsrError
+from avsr.io import atomic_folder
 from avsr.models.avsr_model import MODALITIES, AVSRConfig, AVSRModel
 
 WEIGHTS = "trainable.safetensors"
@@ -50,16 +50,10 @@ def build_model(cfg: AVSRConfig) -> AVSRModel:
 
 def save_checkpoint(model: AVSRModel, folder: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write trainable weights + config to `folder` atomically (temp folder, then rename)."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(model.trainable_state_dict(), str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(json.dumps({"model": asdict(model.cfg), **(extra or {})}, indent=1))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    with atomic_folder(folder) as tmp:
+        save_file(model.trainable_state_dict(), str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps({"model": asdict(model.cfg), **(extra or {})}, indent=1))
+    return Path(folder)
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:

@@ -18,10 +18,8 @@ import json
 import math
 import os
 import random
-import shutil
 import string
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from avsr.errors import AvsrError
+from avsr.io import atomic_folder
 from avsr.models.avsr_model import PROMPTS
 
 BOS = "<|begin_of_text|>"
@@ -322,28 +321,11 @@ def train_small_lm(texts: Sequence[str], out_dir: str | os.PathLike, cfg: SmallL
         if log:
             log(f"small LM: held-out perplexity {ppl:.3f} (uniform would be {len(tokenizer)})")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.parent / f".{out_dir.name}.{tag}.partial"
-    old = out_dir.parent / f".{out_dir.name}.{tag}.old"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         report["seconds"] = round(time.perf_counter() - started, 2)
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n", "utf-8")  # last: completes it
-        if ours:
-            os.replace(out_dir, old)
-        elif out_dir.is_dir():
-            out_dir.rmdir()  # empty (checked above)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not is_complete(out_dir, fingerprint):  # unless a concurrent run won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     if log:
         log(f"small LM: wrote {out_dir} in {report['seconds']:.1f} s (final loss {report['final_loss']:.4f})")
     return out_dir

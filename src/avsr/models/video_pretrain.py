@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from torch import nn
 
 from avsr.data.dataset import read_labels
 from avsr.data.media import read_video
+from avsr.io import atomic_folder
 from avsr.models.video_encoder import (AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD,
                                        VideoEncoder, VideoEncoderConfig)
 
@@ -361,23 +359,11 @@ def save_pretrained(model: VideoCTCModel, cfg: VideoPretrainConfig, report: dict
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.parent / f".{out_dir.name}.{tag}.partial"
-    old = out_dir.parent / f".{out_dir.name}.{tag}.old"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir) as tmp:
         save_file(model.export_state(), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         config = {"format": FORMAT, "encoder": encoder_config_dict(cfg.encoder), "vocab": list(cfg.vocab),
                   "pretrain": cfg.to_dict(), "report": report}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
     return out_dir
 
 

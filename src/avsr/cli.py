@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -155,7 +154,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from avsr.quickstart import run_quickstart
 
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
-    run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet)
+    run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
+                   overwrite=args.overwrite)
     return 0
 
 

@@ -10,7 +10,7 @@ already complete, so an interrupted quickstart continues where it stopped.
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def _stage(name: str, timings: dict):
 
 
 def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=(None, 5, 0, -5),
-                   num_beams: int = 4, progress: bool = True) -> dict:
+                   num_beams: int = 4, progress: bool = True, overwrite: bool = False) -> dict:
     from avsr.evaluation.evaluate import evaluate, markdown_table, write_report
     from avsr.models.loading import load_checkpoint
     from avsr.models.small_lm import SmallLMConfig, pretrain_lm_from_labels
@@ -42,6 +42,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     from avsr.training.train import train
 
     out = Path(out)
+    if overwrite and out.exists():  # start from scratch: every stage is redone
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict = {}
     root = Path(synth.out)

@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -19,7 +18,7 @@ from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, coll
 from avsr.data.dataset import AVDataset
 from avsr.data.media import SAMPLE_RATE, read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform
-from avsr.evaluation.wer import WERCounts, word_errors
+from avsr.evaluation.wer import word_errors
 from avsr.models.avsr_model import AVSRModel
 
 CLEAN = None

@@ -8,9 +8,7 @@ is masked at every stage, so an utterance's hypothesis does not depend on its ba
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn

@@ -40,3 +40,15 @@ def word_errors(references: list[str], hypotheses: list[str]) -> WERCounts:
     # jiwer cannot score an empty reference: every hypothesis word there is an insertion.
     counts.insertions += sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
     return counts
+
+
+def character_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus CER over the normalised strings (spaces count as characters)."""
+    refs = [normalise(r) for r in references]
+    hyps = [normalise(h) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    if not pairs:
+        return 0.0
+    out = jiwer.process_characters([r for r, _ in pairs], [h for _, h in pairs])
+    edits = out.substitutions + out.deletions + out.insertions
+    return edits / max(1, sum(len(r) for r, _ in pairs))

@@ -134,24 +134,11 @@ def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = No
     return out
 
 
-def edit_distance(ref: list, hyp: list) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
 def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     """Corpus-level (CER, WER): total edits / total reference characters or words."""
-    char_err = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps))
-    word_err = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
-    chars = max(1, sum(len(r) for r in refs))
-    words = max(1, sum(len(r.split()) for r in refs))
-    return char_err / chars, word_err / words
+    from avsr.evaluation.wer import character_error_rate, word_errors
+
+    return character_error_rate(refs, hyps), word_errors(refs, hyps).wer
 
 
 # --------------------------------------------------------------------------- data

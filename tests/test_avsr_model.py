@@ -116,15 +116,15 @@ def test_lora_starts_as_identity_and_only_new_parts_train(model):
     loss, _ = model(batch, "avsr")
     loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(("lora_" in n) or n.startswith("projectors.") or n == "new_token_embed" for n in trainable)
-    assert any(n.startswith("projectors.audio") for n in trainable) and any(n.startswith("projectors.video") for n in trainable)
+    assert trainable and all(("lora_" in n) or n.startswith("projector.") or n == "new_token_embed" for n in trainable)
+    assert any(n.startswith("projector.mlps.audio") for n in trainable) and any(n.startswith("projector.mlps.video") for n in trainable)
     for name, p in model.named_parameters():
         if name in trainable:
             assert p.grad is not None, name
         else:
             assert p.grad is None, name
     grads = {n: float(p.grad.abs().sum()) for n, p in model.named_parameters() if p.grad is not None}
-    assert all(v > 0 for n, v in grads.items() if "lora_B" in n or n.startswith("projectors") or n == "new_token_embed")
+    assert all(v > 0 for n, v in grads.items() if "lora_B" in n or n.startswith("projector.") or n == "new_token_embed")
     n_lora = sum(isinstance(m, LoRALinear) for m in model.llm.modules())
     assert n_lora == 2 * 2  # q and v in both layers
     model.zero_grad()

@@ -118,3 +118,26 @@ def test_pretrain_from_labels_uses_train_split_only(tmp_path):
     assert report["train_sentences"] == 40 and report["val_sentences"] == 10
     with pytest.raises(SmallLMError, match="no training split"):
         pretrain_lm_from_labels([labels / "synth_val.csv"], tmp_path / "lm2", cfg, log=None)
+
+
+def test_reading_exercise_layout():
+    """[BOS, block(s), prompt, sentence, EOS]: blocks stretch the sentence, only sentence + EOS predicted."""
+    import random
+
+    from avsr.models.small_lm import reading_exercise
+
+    sentence, prompts, pool = [11, 12, 13], [[90, 91], [92], [93, 94, 95]], [50, 51]
+    cfg = SmallLMConfig(reading_noise=(0.0,), reading_max_repeat=3)
+    rng = random.Random(0)
+    seen_tasks = set()
+    for _ in range(40):
+        ids, n_context = reading_exercise(sentence, prompts, pool, cfg, rng, bos=1, eos=2)
+        assert ids[0] == 1 and ids[n_context:] == sentence + [2]
+        prompt = next(p for p in prompts if ids[n_context - len(p):n_context] == p)
+        seen_tasks.add(tuple(prompt))
+        blocks = ids[1:n_context - len(prompt)]
+        words = [t for t in blocks if t not in pool]  # noise 0: only edge fillers come from the pool
+        runs = [t for i, t in enumerate(words) if i == 0 or words[i - 1] != t]
+        assert runs == sentence * (2 if prompt == prompts[2] else 1)  # AVSR: two blocks
+        assert all(1 <= words.count(t) <= 3 * (2 if prompt == prompts[2] else 1) for t in sentence)
+    assert len(seen_tasks) == 3

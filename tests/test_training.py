@@ -41,12 +41,12 @@ def test_warmup_then_cosine_to_zero():
     assert f(110) == pytest.approx(0.0, abs=1e-9)
 
 
-def run_training(tiny_corpus, out: Path, steps: int, cache: int):
+def run_training(tiny_corpus, out: Path, steps: int, cache: int, **model_overrides):
     corpus_cfg, _ = tiny_corpus
     cfg = load_config(None, [f"data.root={corpus_cfg.out}", f"out={out}", f"optim.max_steps={steps}",
                              "optim.warmup_steps=2", "optim.lr=6e-3", "data.max_frames=200", "log_every=1",
                              "val_every=0", f"checkpoint_every={steps}", f"data.feature_cache_copies={cache}"])
-    model = tiny_model(seed=11)
+    model = tiny_model(seed=11, **model_overrides)
     model.cfg.llm = "unused-in-tests"
     return train(cfg, model=model, progress=False), model
 
@@ -79,10 +79,25 @@ def test_training_resumes_from_the_last_checkpoint(tiny_corpus, tmp_path):
     assert min(steps) >= 6  # the second run continued, it did not start over
 
 
-def test_evaluation_report(tiny_corpus, tmp_path):
+def test_smop_training_adds_and_logs_the_router_losses(tiny_corpus, tmp_path):
+    checkpoint, model = run_training(tiny_corpus, tmp_path / "run", steps=4, cache=0, projector="smop",
+                                     smop_topology="dedr", smop_experts=3)
+    rows = list(csv.DictReader(open(next((tmp_path / "run").glob("logs/version_*/metrics.csv")))))
+    lb = [float(r["train/smop/load_balancing"]) for r in rows if r.get("train/smop/load_balancing")]
+    assert len(lb) == 4 and all(v >= 2.0 - 1e-4 for v in lb)  # >= k (= 2), its minimum
+    usage = [[float(r[f"train/usage/audio/routed_e{e}"]) for e in range(3)] for r in rows
+             if r.get("train/usage/audio/routed_e0")]
+    assert usage and all(sum(u) == pytest.approx(2.0) for u in usage)  # k experts per token
+    assert read_checkpoint_config(checkpoint)["model"]["projector"] == "smop"
+    fresh = tiny_model(seed=11, projector="smop", smop_topology="dedr", smop_experts=3)
+    load_checkpoint(checkpoint, fresh)
+
+
+@pytest.mark.parametrize("projector", ["mlp", "smop"])
+def test_evaluation_report(tiny_corpus, tmp_path, projector):
     corpus_cfg, _ = tiny_corpus
     root = Path(corpus_cfg.out)
-    model = tiny_model(seed=12)
+    model = tiny_model(seed=12, projector=projector, smop_topology="jejr")
     report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "avsr"), (None, 0),
                       str(root / "noise" / "synth_babble.wav"), num_beams=2, max_new_tokens=6, progress=False)
     for task in ("asr", "avsr"):
@@ -92,5 +107,17 @@ def test_evaluation_report(tiny_corpus, tmp_path):
             assert r["wer"] == pytest.approx((r["substitutions"] + r["deletions"] + r["insertions"]) / r["reference_words"], abs=1e-4)
             assert r["rtf"] > 0
     write_report(report, tmp_path / "rep")
-    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"results.json", "report.md", "wer_vs_snr.png"}
+    files = {"results.json", "report.md", "wer_vs_snr.png"}
+    if projector == "smop":  # expert usage per task, condition and modality, and its heatmap
+        usage = report["expert_usage"]["avsr"]["0 dB"]
+        assert set(usage) == {"audio", "video"}
+        for m in usage.values():
+            assert m["tokens"] > 0 and sum(m["routed_fraction"]) == pytest.approx(2.0, abs=1e-3)
+            assert sum(m["mean_gate"]) == pytest.approx(1.0, abs=1e-3)
+        assert set(report["expert_usage"]["asr"]["clean"]) == {"audio"}
+        files.add("expert_usage.png")
+        assert "Expert usage" in (tmp_path / "rep" / "report.md").read_text()
+    else:
+        assert "expert_usage" not in report
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == files
     assert "| ASR |" in (tmp_path / "rep" / "report.md").read_text()

@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -41,6 +42,7 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
     model.eval()
     results: dict = {}
     examples: dict = {}
+    expert_usage: dict = {}
     for snr in snrs:
         transform = EvalTransform(AugmentConfig(), snr_db=snr, noise=noise, seed=seed)
         data = TransformedDataset(dataset, transform, seed=seed)
@@ -48,19 +50,67 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
                                                                          shuffle=False), collate_fn=collate)
         for task in tasks:
             refs, hyps, seconds, audio_seconds = [], [], 0.0, 0.0
+            usage: dict[str, torch.Tensor] = {}
             for batch in tqdm(loader, desc=f"eval {task} {snr_label(snr)}", disable=not progress, leave=False):
                 start = time.perf_counter()
-                hyps += model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens)
+                texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                            return_aux=True)
                 seconds += time.perf_counter() - start
+                hyps += texts
+                for k, v in aux.items():
+                    if k.startswith("usage/"):
+                        usage[k] = usage.get(k, 0) + v.detach().float().cpu()
                 refs += batch["text"]
                 audio_seconds += float(batch["audio_lengths"].sum()) / SAMPLE_RATE
+            if usage:
+                expert_usage.setdefault(task, {})[snr_label(snr)] = usage_fractions(usage)
             counts = word_errors(refs, hyps)
             results.setdefault(task, {})[snr_label(snr)] = {
                 **counts.to_dict(), "rtf": round(seconds / max(audio_seconds, 1e-9), 4), "utterances": len(refs)}
             examples.setdefault(task, {})[snr_label(snr)] = [{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])]
-    return {"results": results, "examples": examples,
-            "decoding": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False},
-            "noise": {"file": str(noise_path) if noise_path else None, "seed": seed}}
+    report = {"results": results, "examples": examples,
+              "decoding": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False},
+              "noise": {"file": str(noise_path) if noise_path else None, "seed": seed}}
+    if expert_usage:
+        report["expert_usage"] = expert_usage
+    return report
+
+
+def usage_fractions(sums: dict[str, torch.Tensor]) -> dict:
+    """SMoP usage sums (`usage/<m>/tokens|routed|gate`) -> per modality, per expert: the
+    fraction of tokens with the expert among their top-k, and its mean gate weight."""
+    out = {}
+    for m in sorted({k.split("/")[1] for k in sums}):
+        n = float(sums[f"usage/{m}/tokens"])
+        out[m] = {"tokens": int(n),
+                  "routed_fraction": [round(float(v) / max(n, 1), 4) for v in sums[f"usage/{m}/routed"]],
+                  "mean_gate": [round(float(v) / max(n, 1), 4) for v in sums[f"usage/{m}/gate"]]}
+    return out
+
+
+def plot_expert_usage(report: dict, path: Path) -> None:
+    """Heatmap per task (first test condition): modalities x experts, fraction of tokens routed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    usage = report["expert_usage"]
+    fig, axes = plt.subplots(1, len(usage), figsize=(3.2 * len(usage), 2.4), squeeze=False)
+    for ax, (task, by_snr) in zip(axes[0], usage.items()):
+        condition, by_modality = next(iter(by_snr.items()))
+        rows = list(by_modality)
+        grid = [by_modality[m]["routed_fraction"] for m in rows]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+        ax.set_xticks(range(len(grid[0])), [f"E{j}" for j in range(len(grid[0]))])
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_title(f"{task.upper()} ({condition})", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), label="fraction of tokens routed")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def markdown_table(report: dict) -> str:
@@ -73,6 +123,18 @@ def markdown_table(report: dict) -> str:
     lines.append("")
     lines.append("WER in %. Details (S/D/I, reference words, real-time factor) in results.json.")
     return "\n".join(lines)
+
+
+def usage_table(report: dict) -> str:
+    """Markdown: per task, condition and modality, the fraction of tokens routed to each expert."""
+    lines = []
+    for task, by_snr in report["expert_usage"].items():
+        for condition, by_modality in by_snr.items():
+            for m, u in by_modality.items():
+                cells = " ".join(f"{v:.2f}" for v in u["routed_fraction"])
+                lines.append(f"| {task.upper()} | {condition} | {m} | {u['tokens']} | {cells} |")
+    header = "| task | condition | modality | tokens | fraction routed per expert (E0 E1 ...) |\n|---|---|---|---|---|"
+    return header + "\n" + "\n".join(lines) + "\n\nEach token goes to k experts, so a row sums to k."
 
 
 def plot_wer_vs_snr(report: dict, path: Path) -> None:
@@ -101,5 +163,10 @@ def write_report(report: dict, out: str | Path, title: str = "avsr evaluation") 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(f"# {title}\n\n{markdown_table(report)}\n")
+    text = f"# {title}\n\n{markdown_table(report)}\n"
+    if "expert_usage" in report:
+        text += f"\n## Expert usage (sparse mixture of projectors)\n\n{usage_table(report)}\n"
+    (out / "report.md").write_text(text)
     plot_wer_vs_snr(report, out / "wer_vs_snr.png")
+    if "expert_usage" in report:
+        plot_expert_usage(report, out / "expert_usage.png")

@@ -16,7 +16,7 @@ from torch import nn
 from avsr.models.compression import compress
 from avsr.models.lora import add_lora
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.projector import MLPProjector
+from avsr.models.projector import build_projector
 
 TASKS = ("asr", "vsr", "avsr")
 MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
@@ -39,8 +39,14 @@ class AVSRConfig:
     audio_rate: int = 4  # audio tokens at 50/K Hz
     video_rate: int = 2  # video tokens at 25/K Hz
     compression: str = "avg-pooling"  # or "stack"
+    projector: str = "mlp"  # "mlp" (Llama-AVSR) or "smop" (sparse mixture of projectors, Llama-SMoP)
     projector_hidden: int = 2048
     projector_layer_norm: bool = False
+    smop_topology: str = "dedr"  # "jejr", "jedr" or "dedr" (models/mixture.py)
+    smop_experts: int = 4  # experts per pool
+    smop_top_k: int = 2
+    smop_load_balancing: float = 0.01  # coefficient of the load-balancing loss
+    smop_z_loss: float = 0.001  # coefficient of the router z-loss
     lora_rank: int = 64
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
@@ -77,10 +83,8 @@ class AVSRModel(nn.Module):
         d_llm = llm.get_input_embeddings().embedding_dim
         rates = {"audio": cfg.audio_rate, "video": cfg.video_rate}
         self.rates = rates
-        self.projectors = nn.ModuleDict({
-            m: MLPProjector(enc.output_dim * (rates[m] if cfg.compression == "stack" else 1), cfg.projector_hidden,
-                            d_llm, cfg.projector_layer_norm)
-            for m, enc in self.encoders.items()})
+        d_in = {m: enc.output_dim * (rates[m] if cfg.compression == "stack" else 1) for m, enc in self.encoders.items()}
+        self.projector = build_projector(cfg, d_in, d_llm)
         add_lora(self.llm, tuple(cfg.lora_targets), ("default",), cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
         self.tokenizer = tokenizer
         self._add_special_tokens(d_llm)
@@ -128,7 +132,7 @@ class AVSRModel(nn.Module):
     # ------------------------------------------------------------------ stages
     def encode(self, batch: dict, task: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
         """Per modality of the task: LLM-width tokens (B, T', D) and padding (B, T'); plus aux."""
-        out, aux = {}, {}
+        compressed = {}
         for m in MODALITIES[task]:
             if f"{m}_features" in batch:  # precomputed by the frozen encoder (training.feature_cache)
                 feats = batch[f"{m}_features"]  # (B, T, D_enc)
@@ -136,11 +140,9 @@ class AVSRModel(nn.Module):
             else:
                 with torch.no_grad():
                     feats, pad = self.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc)
-            feats, pad = compress(feats, pad, self.rates[m], self.cfg.compression)  # (B, T', ·)
-            tokens, extra = self.projectors[m](feats, pad)  # (B, T', D_llm)
-            out[m] = (tokens, pad)
-            aux.update({f"{m}/{k}": v for k, v in extra.items()})
-        return out, aux
+            compressed[m] = compress(feats, pad, self.rates[m], self.cfg.compression)  # (B, T', ·), (B, T')
+        tokens, aux = self.projector(compressed)  # {m: (B, T', D_llm)}
+        return {m: (tokens[m], compressed[m][1]) for m in compressed}, aux
 
     def assemble(self, tokens: dict, task: str, texts: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Build LLM inputs. With texts (training): right-padded, labels on transcript + EOS.
@@ -188,17 +190,20 @@ class AVSRModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
-                 do_sample: bool = False, **kwargs) -> list[str]:
-        """Deterministic beam search by default (no sampling, whatever the LLM's defaults)."""
-        tokens, _ = self.encode(batch, task)
+                 do_sample: bool = False, return_aux: bool = False, **kwargs) -> list[str] | tuple[list[str], dict]:
+        """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
+
+        With return_aux, also the projector's aux dict (e.g. the SMoP expert-usage sums).
+        """
+        tokens, aux = self.encode(batch, task)
         embeds, mask, _ = self.assemble(tokens, task, None)
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                 max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id,
                                 bos_token_id=self.bos, **({"temperature": None, "top_p": None, "top_k": None}
                                                           if not do_sample else {}), **kwargs)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [" ".join(t.lower().split()) for t in texts]
+        texts = [" ".join(t.lower().split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return (texts, aux) if return_aux else texts
 
     def train(self, mode: bool = True) -> "AVSRModel":
         """Frozen encoders and LLM stay in eval mode (no dropout), unlike the reference."""

@@ -28,12 +28,12 @@ import torch
 
 from avsr.errors import AvsrError
 from avsr.io import atomic_folder
-from avsr.models.avsr_model import PROMPTS
+from avsr.models.avsr_model import PROMPTS, TASKS
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
 REPORT = "small_lm_report.json"  # written last: its presence means the folder is complete
-FORMAT_VERSION = 1  # bump when the output changes, so old folders are retrained
+FORMAT_VERSION = 2  # bump when the output changes, so old folders are retrained
 
 # Characters every tokenizer knows as single tokens even if the corpus never uses them, so that
 # unseen words ("zebra's 42") split into known pieces instead of raw bytes. (Byte-level BPE can
@@ -65,12 +65,18 @@ class SmallLMConfig:
     tie_word_embeddings: bool = True  # as in Llama 3.2 1B/3B
     # training
     steps: int = 400  # GRID text converges by ~300 steps; free text may want more
-    # Fraction of training sequences of the form "<sentence> <task prompt> <sentence>". A
-    # tiny LM trained on short sentences alone attends only to the last few tokens, so
-    # nothing placed before the prompt (the audio/video tokens of the AVSR model) can reach
-    # its predictions and no gradient flows there. Copy sequences teach it to read the
-    # context before the prompt, the role the audio/video tokens take later.
-    copy_fraction: float = 0.5
+    # Fraction of training sequences that are "reading exercises" (see `reading_exercise`):
+    # BOS, one or two blocks of the sentence's tokens stretched (each repeated 1-4 times) and
+    # corrupted (random tokens), the task prompt, then the clean sentence. A tiny LM trained
+    # on short sentences alone attends only to its last few tokens, so nothing placed before
+    # the prompt (the audio/video tokens of the AVSR model) reaches its predictions and no
+    # gradient flows there (docs/quickstart.md). A Llama-scale LLM brings the ability to read
+    # a long, noisy context from pretraining; these exercises give it to a 3M model. The
+    # blocks mimic what the projectors produce: several tokens per word, some uncertain, and
+    # for AVSR two views with independent noise, so the LM also learns to combine them.
+    reading_fraction: float = 0.6
+    reading_max_repeat: int = 4  # each word token appears 1..this many times in a block
+    reading_noise: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)  # per-block corruption, drawn uniformly
     batch_size: int = 32
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
@@ -129,19 +135,44 @@ def encode_sentences(tokenizer, texts: Sequence[str], max_length: int) -> list[l
     return out
 
 
-def _pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask, labels), each (B, L).
+def _pad_batch(examples: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, n_context) examples -> right-padded (input_ids, attention_mask, labels), each (B, L).
 
-    Labels are the input ids with -100 on padding (HF shifts them inside the loss).
+    Labels are the input ids with -100 on padding and on the first n_context tokens (context
+    that is given, not predicted; HF shifts labels inside the loss).
     """
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)  # (B, L)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)  # (B, L)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, -100)  # (B, L)
+    length = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, L)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)  # (B, L)
+    for i, (seq, n_context) in enumerate(examples):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+        labels[i, n_context: len(seq)] = ids[i, n_context: len(seq)]
     return ids, mask, labels
+
+
+def reading_exercise(sentence: Sequence[int], prompts: Sequence[Sequence[int]], noise_pool: Sequence[int],
+                     cfg: SmallLMConfig, rng: random.Random, bos: int, eos: int) -> tuple[list[int], int]:
+    """One reading exercise: ([BOS, block(s), prompt, sentence, EOS], n_context).
+
+    `prompts` are the token ids of the ASR, VSR and AVSR prompts (in that order); the AVSR one
+    gets two blocks. A block: 0-3 noise tokens, each sentence token repeated 1..max_repeat
+    times with every copy replaced by a random `noise_pool` token with the block's noise
+    probability, 0-3 noise tokens. Only the sentence and EOS are predicted.
+    """
+    task = rng.randrange(len(prompts))
+    context = [bos]
+    for _ in range(2 if task == 2 else 1):
+        noise = rng.choice(cfg.reading_noise)
+        block = [rng.choice(noise_pool) for _ in range(rng.randint(0, 3))]
+        for token in sentence:
+            block += [rng.choice(noise_pool) if rng.random() < noise else token
+                      for _ in range(rng.randint(1, cfg.reading_max_repeat))]
+        block += [rng.choice(noise_pool) for _ in range(rng.randint(0, 3))]
+        context += block
+    context += list(prompts[task])
+    return context + list(sentence) + [eos], len(context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +219,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 128, ba
     seqs = encode_sentences(tokenizer, texts, max_length)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(seqs), batch_size):
-        ids, mask, labels = _pad_batch(seqs[start:start + batch_size], tokenizer.eos_token_id)
+        ids, mask, labels = _pad_batch([(s, 1) for s in seqs[start:start + batch_size]], tokenizer.eos_token_id)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, L, V)
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, L-1, V): predicts positions 1..L-1
         target = labels[:, 1:]  # (B, L-1)
@@ -199,9 +230,13 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 128, ba
     return math.exp(total_nll / max(1, total_tokens))
 
 
-def _train(model, seqs: list[list[int]], cfg: SmallLMConfig, pad_id: int,
-           log: Callable[[str], None] | None) -> dict:
-    """AdamW + warm-up/cosine, clip 1.0, shuffled epochs from a seeded generator."""
+def _train(model, sentences: list[list[int]], make_example: Callable[[list[int], random.Random], tuple[list[int], int]],
+           cfg: SmallLMConfig, pad_id: int, log: Callable[[str], None] | None) -> dict:
+    """AdamW + warm-up/cosine, clip 1.0, shuffled epochs; examples drawn fresh every batch.
+
+    `sentences` are [BOS, ..., EOS] token ids; `make_example(sentence, rng)` turns one into a
+    training example (plain or reading exercise). Both generators are seeded from cfg.seed.
+    """
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]  # matrices; not norms
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -209,16 +244,15 @@ def _train(model, seqs: list[list[int]], cfg: SmallLMConfig, pad_id: int,
                             lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
     order: list[int] = []
     losses: list[float] = []
     model.train()
     for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:  # refill with a fresh permutation (epochs wrap around)
-            order += torch.randperm(len(seqs), generator=gen).tolist()
-            while len(order) < cfg.batch_size:
-                order += torch.randperm(len(seqs), generator=gen).tolist()
+        while len(order) < cfg.batch_size:  # refill with a fresh permutation (epochs wrap around)
+            order += torch.randperm(len(sentences), generator=gen).tolist()
         batch, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        ids, mask, labels = _pad_batch([seqs[i] for i in batch], pad_id)  # (B, L) each
+        ids, mask, labels = _pad_batch([make_example(sentences[i], rng) for i in batch], pad_id)  # (B, L)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,13 +271,6 @@ def _train(model, seqs: list[list[int]], cfg: SmallLMConfig, pad_id: int,
 
 # ----------------------------------------------------------------------------------------------
 # Public entry points
-
-
-def with_copy_sequences(texts: Sequence[str], fraction: float, seed: int) -> list[str]:
-    """Replace a `fraction` of the sentences by "<s> <prompt> <s>" (prompt drawn per sentence)."""
-    rng = random.Random(seed)
-    prompts = list(PROMPTS.values())
-    return [f"{t} {rng.choice(prompts)} {t}" if rng.random() < fraction else t for t in texts]
 
 
 def _fingerprint(cfg: SmallLMConfig, texts: Sequence[str], val_texts: Sequence[str] | None) -> str:
@@ -296,15 +323,25 @@ def train_small_lm(texts: Sequence[str], out_dir: str | os.PathLike, cfg: SmallL
         try:
             torch.manual_seed(cfg.seed)
             torch.set_num_threads(max(1, cfg.num_threads))
-            train_texts = with_copy_sequences(texts, cfg.copy_fraction, cfg.seed)
-            tokenizer = train_tokenizer(train_texts + list(PROMPTS.values()), cfg.vocab_size)
+            tokenizer = train_tokenizer(texts + list(PROMPTS.values()), cfg.vocab_size)
             model = build_model(cfg, tokenizer)
-            seqs = encode_sentences(tokenizer, train_texts, min(cfg.max_length, cfg.max_position_embeddings))
+            seqs = encode_sentences(tokenizer, texts, min(cfg.max_length, cfg.max_position_embeddings))
+            bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+            prompts = [tokenizer(PROMPTS[t], add_special_tokens=False)["input_ids"] for t in TASKS]
+            noise_pool = sorted({t for s in seqs for t in s[1:-1]})  # the corpus's own tokens
+
+            def make_example(seq: list[int], rng: random.Random) -> tuple[list[int], int]:
+                if rng.random() < cfg.reading_fraction:
+                    example = reading_exercise(seq[1:-1], prompts, noise_pool, cfg, rng, bos, eos)
+                    if len(example[0]) <= cfg.max_position_embeddings:
+                        return example
+                return seq, 1  # a plain sentence: every token after BOS is predicted
+
             n_params = sum(p.numel() for p in model.parameters())
             if log:
                 log(f"small LM: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
                     f"{len(texts)} sentences, {sum(map(len, seqs))} tokens")
-            result = _train(model, seqs, cfg, tokenizer.eos_token_id, log)
+            result = _train(model, seqs, make_example, cfg, eos, log)
         finally:
             torch.set_num_threads(threads)
     train_seconds = time.perf_counter() - started

@@ -53,6 +53,13 @@ class AVSRLightning(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log(f"train/loss_{task}", loss, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        for key, value in aux.items():
+            if key.startswith("smop/"):  # unweighted router losses
+                self.log(f"train/{key}", value, batch_size=bs)
+            elif key.startswith("usage/") and key.endswith("/routed"):  # fraction of tokens per expert
+                tokens = float(aux[key.replace("/routed", "/tokens")])
+                for e, count in enumerate(value.tolist()):
+                    self.log(f"train/{key}_e{e}", count / max(tokens, 1.0), batch_size=bs)
         return total
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

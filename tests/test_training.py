@@ -33,6 +33,13 @@ def test_config_recipe_and_overrides(tmp_path):
         load_config(recipe, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="recipe not found"):
         load_config(tmp_path / "missing.yaml")
+    variant = tmp_path / "variant.yaml"  # a variant states only what it changes
+    variant.write_text("base: r.yaml\nmodel:\n  projector: smop\n")
+    cfg = load_config(variant)
+    assert cfg.model.projector == "smop" and cfg.model.lora_rank == 8 and cfg.optim.lr == 1e-3
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "loop.yaml")
 
 
 def test_warmup_then_cosine_to_zero():
@@ -121,3 +128,11 @@ def test_evaluation_report(tiny_corpus, tmp_path, projector):
         assert "expert_usage" not in report
     assert {p.name for p in (tmp_path / "rep").iterdir()} == files
     assert "| ASR |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("recipes/*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    cfg = load_config(recipe)
+    assert cfg.model.tasks and cfg.optim.max_steps > 0
+    if "smop" in recipe.name:
+        assert cfg.model.projector == "smop" and cfg.model.smop_top_k == 2 and cfg.model.smop_experts == 4

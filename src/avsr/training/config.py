@@ -118,17 +118,38 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Defaults <- recipe YAML <- overrides like `optim.lr=5e-4` or `model.tasks=[asr,avsr]`."""
-    tree: dict = {}
-    if recipe:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
+def _merge(base: dict, top: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else in `top` replaces `base`."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe's settings; `base: other.yaml` (relative to the recipe) is read first and
+    overridden key by key, so a variant states only what it changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: recipes include each other in a loop")
+    try:
         loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of settings")
-        tree = loaded
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of settings")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    return _merge(read_recipe(path.parent / base, _seen + (path.resolve(),)), loaded)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- recipe YAML (and its `base`) <- overrides like `optim.lr=5e-4` or
+    `model.tasks=[asr,avsr]`."""
+    tree: dict = read_recipe(recipe) if recipe else {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")

@@ -192,3 +192,14 @@ def test_only_routers_experts_lora_and_new_tokens_train_in_the_avsr_model():
             assert p.grad is None, n
     for n in ("projector.routers.audio.weight", "projector.routers.video.weight"):
         assert float(dict(model.named_parameters())[n].grad.abs().sum()) > 0
+
+
+def test_parameter_counts_match_the_paper_for_jejr_llama_1b():
+    """papers.md section 5: JEJR, 4 experts, Whisper-M/AV-HuBERT-L (1024) -> Llama 3.2-1B (2048):
+    25.2 M projector parameters, 12.6 M active per token."""
+    with torch.device("meta"):
+        proj = SparseMixtureProjector({"audio": 1024, "video": 1024}, 2048, 2048, True,
+                                      topology="jejr", num_experts=4, top_k=2)
+    total = sum(p.numel() for p in proj.parameters())
+    assert round(total / 1e6, 1) == 25.2 and round(proj.active_parameters() / 1e6, 1) == 12.6
+    assert not proj.align  # equal widths: no alignment maps

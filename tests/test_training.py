@@ -48,11 +48,12 @@ def test_warmup_then_cosine_to_zero():
     assert f(110) == pytest.approx(0.0, abs=1e-9)
 
 
-def run_training(tiny_corpus, out: Path, steps: int, cache: int, **model_overrides):
+def run_training(tiny_corpus, out: Path, steps: int, cache: int, extra: tuple = (), **model_overrides):
     corpus_cfg, _ = tiny_corpus
     cfg = load_config(None, [f"data.root={corpus_cfg.out}", f"out={out}", f"optim.max_steps={steps}",
                              "optim.warmup_steps=2", "optim.lr=6e-3", "data.max_frames=200", "log_every=1",
-                             "val_every=0", f"checkpoint_every={steps}", f"data.feature_cache_copies={cache}"])
+                             "val_every=0", f"checkpoint_every={steps}", f"data.feature_cache_copies={cache}",
+                             *extra])
     model = tiny_model(seed=11, **model_overrides)
     model.cfg.llm = "unused-in-tests"
     return train(cfg, model=model, progress=False), model
@@ -75,6 +76,24 @@ def test_training_lowers_the_loss_and_saves_a_checkpoint(tiny_corpus, tmp_path, 
     load_checkpoint(checkpoint, fresh)
     state = {k: v for k, v in model.trainable_state_dict().items()}
     assert all(torch.equal(state[k], v) for k, v in fresh.trainable_state_dict().items())
+
+
+def test_feature_cache_on_disk_is_reused_by_a_second_training(tiny_corpus, tmp_path, monkeypatch):
+    from avsr.training.feature_cache import FeatureCache
+
+    extra = (f"data.feature_cache_dir={tmp_path / 'features'}",)
+    run_training(tiny_corpus, tmp_path / "a", steps=3, cache=2, extra=extra)
+    stored = list((tmp_path / "features").glob("features-*.pt"))
+    assert len(stored) == 1 and not list((tmp_path / "features").glob("*.tmp"))
+
+    def no_encoders(*args, **kwargs):
+        raise AssertionError("the encoders ran although the features were on disk")
+
+    monkeypatch.setattr(FeatureCache, "_compute", no_encoders)
+    run_training(tiny_corpus, tmp_path / "b", steps=3, cache=2, extra=extra)
+    assert logged_losses(tmp_path / "a") == logged_losses(tmp_path / "b")
+    with pytest.raises(AssertionError, match="encoders ran"):  # other augmentation: other features
+        run_training(tiny_corpus, tmp_path / "c", steps=3, cache=2, extra=extra + ("data.snrs=[0]",))
 
 
 def test_training_resumes_from_the_last_checkpoint(tiny_corpus, tmp_path):

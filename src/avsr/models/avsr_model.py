@@ -227,7 +227,11 @@ class AVSRModel(nn.Module):
                 params[k].copy_(v)
 
     def parameter_counts(self) -> dict[str, int]:
+        """Trainable and frozen parameters; projector: all of it, and what one token runs
+        through (`projector_active`: k of E experts for the sparse mixture)."""
         counts = {"trainable": 0, "frozen": 0}
         for p in self.parameters():
             counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+        counts["projector"] = sum(p.numel() for p in self.projector.parameters())
+        counts["projector_active"] = self.projector.active_parameters()
         return counts

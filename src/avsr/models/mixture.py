@@ -159,6 +159,13 @@ class SparseMixtureProjector(nn.Module):
                     "smop/load_balancing": lb.detach(), "smop/router_z": z.detach()})
         return out, aux
 
+    def active_parameters(self) -> int:
+        """Parameters one token runs through: its router (+ width alignment) and k experts."""
+        per_expert = {name: sum(p.numel() for p in pool.experts[0].parameters()) for name, pool in self.pools.items()}
+        routers = sum(p.numel() for p in self.routers.parameters()) // len(self.routers)
+        align = sum(p.numel() for p in self.align.parameters()) // max(1, len(self.align))
+        return routers + align + self.top_k * max(per_expert.values())
+
     def _usage(self, modality: str, experts: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """Expert-usage sums for one modality's tokens: experts, weights (N, k)."""
         with torch.no_grad():

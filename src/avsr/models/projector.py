@@ -37,6 +37,10 @@ class MLPProjector(nn.Module):
         super().__init__()
         self.mlps = nn.ModuleDict({m: MLP(d, d_hidden, d_out, layer_norm) for m, d in d_in.items()})
 
+    def active_parameters(self) -> int:
+        """Parameters one token runs through: its modality's MLP."""
+        return max(sum(p.numel() for p in mlp.parameters()) for mlp in self.mlps.values())
+
     def forward(self, inputs: Inputs) -> tuple[dict[str, torch.Tensor], dict]:
         out = {}
         for m, (x, pad) in inputs.items():

@@ -32,6 +32,7 @@ class DataConfig:
     max_frames: int = 1000  # video frames per batch (frame-budget batching)
     max_val_utterances: int = 64
     feature_cache_copies: int = 0  # >0: run the frozen encoders once for K augmented copies (CPU speed-up)
+    feature_cache_dir: str | None = None  # keep those features on disk, shared by trainings with equal inputs
     workers: int = 0
 
     def labels(self, split: str) -> Path:

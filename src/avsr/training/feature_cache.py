@@ -5,9 +5,15 @@ never changes. On a CPU the encoders cost most of a training step; computing the
 K differently augmented copies (noise at a drawn SNR, crop, time masks) and cycling through
 the copies epoch by epoch trades a little augmentation diversity for a many-fold speed-up.
 With `data.feature_cache_copies: 0` (the default) every step runs the encoders, as on GPUs.
+
+With a `store` file the features are also kept on disk under a fingerprint of everything
+that decides them (encoders, labels, noise, augmentation, copies, seed), so trainings that
+share those (an experiment comparing projectors, a re-run) skip the encoders entirely.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,10 +26,27 @@ class FeatureCache(Dataset):
     """Items {"<m>_features": (T, D) float16 per modality, "text", "ids"} for the current copy."""
 
     def __init__(self, encoders: torch.nn.ModuleDict, dataset: TransformedDataset, copies: int,
-                 max_frames: int = 2000, progress: bool = True):
+                 max_frames: int = 2000, progress: bool = True, store: Path | None = None,
+                 fingerprint: str = ""):
         self.rows = dataset.dataset.rows
         self.copies = copies
         self.epoch = 0
+        if store is not None and store.is_file():
+            saved = torch.load(store, weights_only=True)
+            if saved.get("fingerprint") == fingerprint and len(saved["items"]) == len(self.rows):
+                self.items = saved["items"]
+                print(f"[avsr train] encoder features from {store}", flush=True)
+                return
+        self._compute(encoders, dataset, max_frames, progress)
+        if store is not None:  # temp name, then rename: never a half-written cache
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp = store.with_name(store.name + ".tmp")
+            torch.save({"fingerprint": fingerprint, "items": self.items}, tmp)
+            tmp.replace(store)
+
+    def _compute(self, encoders: torch.nn.ModuleDict, dataset: TransformedDataset, max_frames: int,
+                 progress: bool) -> None:
+        copies = self.copies
         self.items: list[list[dict]] = [[] for _ in self.rows]
         sampler = FrameBudgetBatchSampler(frame_lengths(dataset.dataset), max_frames, shuffle=False)
         bar = tqdm(total=copies * len(self.rows), desc="caching encoder features", unit="utt", disable=not progress)

@@ -9,6 +9,8 @@ Checkpoints hold only the trainable weights plus the resolved config.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -107,6 +109,26 @@ class SaveTrainable(L.Callback):
         self._save(trainer, module, "last")
 
 
+def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
+    """What decides the cached encoder features: encoders, training labels and noise (by
+    content), augmentation settings, number of copies and the seed."""
+    d, m = cfg.data, cfg.model
+    h = hashlib.sha256()
+    settings = dict(version=1, modalities=modalities, snrs=list(d.snrs), copies=d.feature_cache_copies,
+                    seed=cfg.seed, pad_audio_to_30s=m.pad_audio_to_30s, root=str(Path(d.root).resolve()),
+                    encoders={k: str(Path(v).resolve()) if v and Path(v).exists() else v
+                              for k, v in (("audio", m.audio_encoder), ("video", m.video_encoder))
+                              if k in modalities})
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for path in (d.labels(d.train_split), d.noise_path()):
+        if path is not None and Path(path).is_file():
+            h.update(Path(path).read_bytes())
+    for name in settings["encoders"].values():  # weights may be retrained in place
+        for f in sorted(Path(name).glob("*.safetensors")) if name and Path(name).is_dir() else []:
+            h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
 def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
                  progress: bool = True) -> tuple[DataLoader, DataLoader]:
     d = cfg.data
@@ -119,7 +141,9 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     if d.feature_cache_copies > 0:
         needed = {m for t in cfg.model.tasks for m in MODALITIES[t]}
         encoders = torch.nn.ModuleDict({m: e for m, e in model.encoders.items() if m in needed})
-        train = FeatureCache(encoders, train, d.feature_cache_copies, progress=progress)
+        key = feature_fingerprint(cfg, sorted(needed))
+        store = Path(d.feature_cache_dir) / f"features-{key[:16]}.pt" if d.feature_cache_dir else None
+        train = FeatureCache(encoders, train, d.feature_cache_copies, progress=progress, store=store, fingerprint=key)
         train_collate = collate_features
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=True, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)

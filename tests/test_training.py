@@ -124,8 +124,9 @@ def test_evaluation_report(tiny_corpus, tmp_path, projector):
     corpus_cfg, _ = tiny_corpus
     root = Path(corpus_cfg.out)
     model = tiny_model(seed=12, projector=projector, smop_topology="jejr")
-    report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "avsr"), (None, 0),
-                      str(root / "noise" / "synth_babble.wav"), num_beams=2, max_new_tokens=6, progress=False)
+    report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "vsr", "avsr"),
+                      (None, 0), str(root / "noise" / "synth_babble.wav"), num_beams=2, max_new_tokens=6, progress=False)
+    assert report["results"]["vsr"]["0 dB"] == report["results"]["vsr"]["clean"]  # VSR hears no noise
     for task in ("asr", "avsr"):
         for cond in ("clean", "0 dB"):
             r = report["results"][task][cond]

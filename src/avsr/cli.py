@@ -97,7 +97,7 @@ def cmd_pretrain_lm(args: argparse.Namespace) -> int:
     from avsr.models.small_lm import SmallLMConfig, pretrain_lm_from_labels
 
     labels = [Path(args.root) / "labels" / f"{args.corpus}_{s}.csv" for s in ("train", "val")]
-    cfg = SmallLMConfig(steps=args.steps, seed=args.seed)
+    cfg = SmallLMConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     print(pretrain_lm_from_labels([p for p in labels if p.is_file()], args.out, cfg))
     return 0
 
@@ -108,7 +108,7 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     if args.modality != "video":
         raise AvsrError("only --modality video is pretrained here; the audio encoder is Whisper (avsr prepare-whisper)")
     labels = Path(args.root) / "labels"
-    cfg = VideoPretrainConfig(steps=args.steps, seed=args.seed)
+    cfg = VideoPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     print(pretrain_video_encoder(args.root, labels / f"{args.corpus}_train.csv", labels / f"{args.corpus}_val.csv",
                                  args.out, cfg))
     return 0
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--root", default="data")
     lm.add_argument("--corpus", default="synth")
     lm.add_argument("--out", default="models/small-lm")
-    lm.add_argument("--steps", type=int, default=400)
+    lm.add_argument("--steps", type=int, default=None, help="default: the quickstart's (SmallLMConfig.steps)")
     lm.add_argument("--seed", type=int, default=0)
     lm.set_defaults(func=cmd_pretrain_lm)
 
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--root", default="data")
     enc.add_argument("--corpus", default="synth")
     enc.add_argument("--out", default="models/video-encoder")
-    enc.add_argument("--steps", type=int, default=700)
+    enc.add_argument("--steps", type=int, default=None, help="default: the quickstart's (VideoPretrainConfig.steps)")
     enc.add_argument("--seed", type=int, default=0)
     enc.set_defaults(func=cmd_pretrain_encoder)
 

@@ -2,7 +2,8 @@
 
 Test noise is babble mixed at each SNR with a per-utterance seed (the same noise segment
 for an utterance across tasks and runs), so numbers are reproducible and the tasks see
-identical inputs.
+identical inputs. Noise is added to the audio only, so tasks without audio (VSR) are decoded
+once and their result is reported for every SNR.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from avsr.data.dataset import AVDataset
 from avsr.data.media import SAMPLE_RATE, read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform
 from avsr.evaluation.wer import word_errors
-from avsr.models.avsr_model import AVSRModel
+from avsr.models.avsr_model import MODALITIES, AVSRModel
 
 CLEAN = None
 
@@ -49,6 +50,13 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
         loader = DataLoader(data, batch_sampler=FrameBudgetBatchSampler(frame_lengths(dataset), max_frames,
                                                                          shuffle=False), collate_fn=collate)
         for task in tasks:
+            if "audio" not in MODALITIES[task] and task in results:  # noise cannot change it: decoded once
+                first = next(iter(results[task]))
+                results[task][snr_label(snr)] = dict(results[task][first])
+                examples[task][snr_label(snr)] = examples[task][first]
+                if task in expert_usage:
+                    expert_usage[task][snr_label(snr)] = expert_usage[task][first]
+                continue
             refs, hyps, seconds, audio_seconds = [], [], 0.0, 0.0
             usage: dict[str, torch.Tensor] = {}
             for batch in tqdm(loader, desc=f"eval {task} {snr_label(snr)}", disable=not progress, leave=False):

@@ -1,0 +1,75 @@
+"""Compare model variants on the embedded setting: same backbones, corpus, budget and seeds.
+
+A variant is a recipe plus overrides. Every variant trains on the backbones and corpus of a
+quickstart run folder (`<run>/models/{whisper-base,small-lm,video-encoder}`, `<run>/data`),
+with the same number of steps and seed, shares one on-disk cache of encoder features, and is
+evaluated on the same test utterances and noise. Finished trainings and evaluations are
+reused, so an interrupted experiment continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from avsr.evaluation.evaluate import evaluate, snr_label, write_report
+
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+
+
+def backbone_overrides(run: Path, corpus: str = "synth") -> list[str]:
+    """Overrides pointing a recipe at a quickstart run folder's backbones and corpus."""
+    models = run / "models"
+    needed = [models / "whisper-base", models / "small-lm", models / "video-encoder", run / "data" / "labels"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{run} is not a finished quickstart run folder (missing {', '.join(missing)}); "
+                                f"run `avsr quickstart --out {run}` first")
+    return [f"model.audio_encoder={models / 'whisper-base'}", f"model.llm={models / 'small-lm'}",
+            f"model.video_encoder={models / 'video-encoder'}", f"data.root={run / 'data'}", f"data.corpus={corpus}"]
+
+
+def run_variant(name: str, recipe: str, overrides: list[str], run: Path, out: Path, steps: int, limit: int | None,
+                snrs: tuple, beams: int, tasks: tuple[str, ...] = ("asr", "vsr", "avsr"),
+                progress: bool = True) -> dict:
+    """Train (unless done) and evaluate one variant; returns its row of results."""
+    from avsr.models.loading import load_checkpoint
+    from avsr.training.config import load_config
+    from avsr.training.train import train
+
+    folder = out / name
+    result_file = folder / "eval" / "results.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={folder}", f"optim.max_steps={steps}",
+                                         f"data.feature_cache_dir={out / 'features'}", *overrides])
+    checkpoint = folder / "checkpoints" / "last"
+    if not checkpoint.is_dir():
+        checkpoint = train(cfg, progress=progress)
+    model = load_checkpoint(checkpoint)
+    corpus = cfg.data.corpus
+    root = Path(cfg.data.root)
+    report = evaluate(model, str(root), str(root / "labels" / f"{corpus}_test.csv"), tasks, snrs,
+                      str(root / "noise" / f"{corpus}_babble.wav"), num_beams=beams, limit=limit, progress=progress)
+    report.update(variant=name, recipe=recipe, overrides=overrides, steps=steps,
+                  parameters=model.parameter_counts())
+    write_report(report, folder / "eval", title=f"{name} ({recipe} {' '.join(overrides)})")
+    return report
+
+
+def comparison_table(rows: list[dict], snrs: tuple) -> str:
+    """Markdown: one line per variant, WER per task and condition, parameter counts."""
+    tasks = list(rows[0]["results"])
+    conditions = [snr_label(s) for s in snrs]
+    head = ["variant", "trainable", "projector", "projector active / token"]
+    head += [f"{t.upper()} {c}" for t in tasks for c in (conditions if t != "vsr" else conditions[:1])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = r["parameters"]
+        cells = [r["variant"], f"{p['trainable'] / 1e6:.2f}M", f"{p['projector'] / 1e6:.2f}M",
+                 f"{p['projector_active'] / 1e6:.2f}M"]
+        for t in tasks:
+            for c in (conditions if t != "vsr" else conditions[:1]):
+                cells.append(f"{100 * r['results'][t][c]['wer']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nWER in %. VSR does not hear the audio, so it has one column."

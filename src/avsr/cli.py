@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -127,8 +128,18 @@ def _snr(value: str) -> float | None:
     return None if value.lower() in ("clean", "none", "inf") else float(value)
 
 
+def _rates(text: str) -> tuple:
+    """'16,5' -> (16, 5); '-' for a modality the task does not use ('16,-')."""
+    try:
+        audio, video = text.split(",")
+        return tuple(None if r.strip() == "-" else int(r) for r in (audio, video))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rates takes AUDIO,VIDEO compression rates like 4,2 or 16,-; got {text!r}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from avsr.evaluation.evaluate import evaluate, markdown_table, write_report
+    from avsr.evaluation.evaluate import (choose_pair, evaluate, grid_table, markdown_table, rate_grid,
+                                          write_report)
     from avsr.models.loading import load_checkpoint, read_checkpoint_config
 
     saved = read_checkpoint_config(args.checkpoint)
@@ -137,12 +148,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     corpus = args.corpus or data.get("corpus", "synth")
     tasks = tuple(args.tasks) if args.tasks else tuple(saved["model"]["tasks"])
     noise = args.noise or str(Path(root) / "noise" / f"{corpus}_babble.wav")
-    model = load_checkpoint(args.checkpoint)
-    report = evaluate(model, root, str(Path(root) / "labels" / f"{corpus}_{args.split}.csv"), tasks,
-                      tuple(_snr(s) for s in args.snrs), noise, num_beams=args.beams,
-                      max_new_tokens=args.max_new_tokens, limit=args.limit, progress=not args.quiet)
-    report["checkpoint"] = str(args.checkpoint)
+    labels = str(Path(root) / "labels" / f"{corpus}_{args.split}.csv")
+    snrs = tuple(_snr(s) for s in args.snrs)
     out = args.out or str(Path(args.checkpoint) / "eval")
+    model = load_checkpoint(args.checkpoint)
+    options = dict(num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit, progress=not args.quiet)
+    if args.rate_grid:
+        grid = rate_grid(model, root, labels, tasks, snrs, noise, **options)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "rate_grid.json").write_text(json.dumps(grid, indent=1))
+        (Path(out) / "rate_grid.md").write_text(f"# rate grid: {args.checkpoint}\n\n{grid_table(grid)}\n")
+        print(grid_table(grid))
+        print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
+        return 0
+    pairs, reasons = {}, {}
+    for task in tasks:
+        try:
+            if args.budget_tokens or args.max_rtf:
+                rtf = None
+                if args.max_rtf:  # measure each pair's real-time factor on a few validation utterances
+                    val = str(Path(root) / "labels" / f"{corpus}_val.csv")
+                    rtf = {p: evaluate(model, root, val, (task,), (None,), None, pairs={task: p},
+                                       **{**options, "limit": args.calibration})["results"][task]["clean"]["rtf"]
+                           for p in model.pairs(task)}
+                pairs[task], reasons[task] = choose_pair(model, task, args.budget_tokens, args.max_rtf, rtf)
+                print(f"[avsr eval] {task} rates {reasons[task]}")
+            else:
+                pairs[task] = model.check_pair(task, args.rates)
+        except ValueError as err:
+            raise AvsrError(str(err)) from None
+    report = evaluate(model, root, labels, tasks, snrs, noise, pairs=pairs, **options)
+    for task, reason in reasons.items():
+        report["rates"][task]["chosen_by"] = reason
+    report["checkpoint"] = str(args.checkpoint)
     write_report(report, out)
     print(markdown_table(report))
     print(f"report: {out}/report.md, {out}/results.json, {out}/wer_vs_snr.png")
@@ -224,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="only the first N utterances")
     ev.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
     ev.add_argument("--quiet", action="store_true")
+    elastic = ev.add_argument_group("rates (elastic inference with a Matryoshka model)")
+    elastic.add_argument("--rates", type=_rates, help="AUDIO,VIDEO compression rates, e.g. 16,5 (default: the "
+                                                       "first trained pair)")
+    elastic.add_argument("--rate-grid", action="store_true", help="evaluate every trained rate pair")
+    elastic.add_argument("--budget-tokens", type=float, metavar="TOKENS_PER_SECOND",
+                         help="choose the pair with the most LLM input tokens per second of speech within this")
+    elastic.add_argument("--max-rtf", type=float, help="choose the pair with the most tokens whose real-time factor, "
+                                                       "measured on --calibration validation utterances, is within this")
+    elastic.add_argument("--calibration", type=int, default=16, help="validation utterances for --max-rtf")
     ev.set_defaults(func=cmd_eval)
 
     quick = sub.add_parser("quickstart", help="the main job: corpus -> backbones -> ASR/VSR/AVSR training -> report",

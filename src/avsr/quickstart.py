@@ -64,7 +64,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
         cfg = load_config(RECIPE, [f"model.llm={llm}", f"model.audio_encoder={whisper}",
                                    f"model.video_encoder={video}", f"data.root={root}",
-                                   f"data.corpus={synth.corpus}", f"out={out / 'avsr'}", *train_overrides])
+                                   f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
+                                   f"data.feature_cache_dir={out / 'features'}", *train_overrides])
         checkpoint = Path(cfg.out) / "checkpoints" / "last"
         if not checkpoint.is_dir():
             checkpoint = train(cfg, progress=progress)

@@ -21,7 +21,7 @@ from avsr.data.dataset import AVDataset
 from avsr.data.media import SAMPLE_RATE, read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform
 from avsr.evaluation.wer import word_errors
-from avsr.models.avsr_model import MODALITIES, AVSRModel
+from avsr.models.avsr_model import MODALITIES, AVSRModel, scale_name
 
 CLEAN = None
 
@@ -30,10 +30,43 @@ def snr_label(snr: float | None) -> str:
     return "clean" if snr is None else f"{snr:g} dB"
 
 
+def tokens_per_second(task: str, pair: tuple) -> float:
+    """LLM input tokens per second of speech from the audio/video blocks at a rate pair."""
+    audio, video = pair
+    return (50.0 / audio if "audio" in MODALITIES[task] else 0.0) + (25.0 / video if "video" in MODALITIES[task] else 0.0)
+
+
+def choose_pair(model: AVSRModel, task: str, max_tokens_per_second: float | None = None,
+                max_rtf: float | None = None, rtf_by_pair: dict | None = None) -> tuple[tuple, str]:
+    """Elastic inference: the trained rate pair with the most tokens per second that fits the
+    budget (tokens per second of speech, and/or a real-time factor measured per pair in
+    `rtf_by_pair`). Returns (pair, reason). More tokens = finer rates = (usually) lower WER."""
+    fits = []
+    for pair in model.pairs(task):
+        tps = tokens_per_second(task, pair)
+        if max_tokens_per_second is not None and tps > max_tokens_per_second:
+            continue
+        if max_rtf is not None and rtf_by_pair[pair] > max_rtf:
+            continue
+        fits.append((tps, pair))
+    budget = " and ".join(x for x in (f"<= {max_tokens_per_second:g} tokens/s" if max_tokens_per_second else "",
+                                       f"RTF <= {max_rtf:g}" if max_rtf else "") if x)
+    if not fits:
+        cheapest = min(model.pairs(task), key=lambda p: tokens_per_second(task, p))
+        raise ValueError(f"no trained {task} rate pair fits {budget}; the cheapest, "
+                         f"{scale_name(task, cheapest)}, needs {tokens_per_second(task, cheapest):g} tokens/s"
+                         + (f" and RTF {rtf_by_pair[cheapest]:.3f}" if rtf_by_pair else ""))
+    tps, pair = max(fits)
+    return pair, f"{scale_name(task, pair)}: the most tokens ({tps:g}/s) within {budget or 'no budget'}"
+
+
 def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], snrs: tuple, noise_path: str | None,
              num_beams: int = 4, max_new_tokens: int = 32, max_frames: int = 1000, seed: int = 0,
-             limit: int | None = None, progress: bool = True) -> dict:
-    """{task: {snr label: {wer, substitutions, deletions, insertions, reference_words, rtf, utterances}}}."""
+             limit: int | None = None, progress: bool = True, pairs: dict | None = None) -> dict:
+    """{task: {snr label: {wer, substitutions, deletions, insertions, reference_words, rtf, utterances,
+    llm_input_tokens}}}; `pairs` {task: (audio rate, video rate)} picks the rates (default: the
+    model's first pair)."""
+    pairs = {t: model.check_pair(t, (pairs or {}).get(t)) for t in tasks}
     dataset = AVDataset(root, labels)
     if limit:
         dataset.rows = dataset.rows[:limit]
@@ -57,14 +90,15 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
                 if task in expert_usage:
                     expert_usage[task][snr_label(snr)] = expert_usage[task][first]
                 continue
-            refs, hyps, seconds, audio_seconds = [], [], 0.0, 0.0
+            refs, hyps, seconds, audio_seconds, input_tokens = [], [], 0.0, 0.0, 0
             usage: dict[str, torch.Tensor] = {}
             for batch in tqdm(loader, desc=f"eval {task} {snr_label(snr)}", disable=not progress, leave=False):
                 start = time.perf_counter()
                 texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                            return_aux=True)
+                                            return_aux=True, pair=pairs[task])
                 seconds += time.perf_counter() - start
                 hyps += texts
+                input_tokens += int(aux["llm_input_tokens"].sum())
                 for k, v in aux.items():
                     if k.startswith("usage/"):
                         usage[k] = usage.get(k, 0) + v.detach().float().cpu()
@@ -74,14 +108,44 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
                 expert_usage.setdefault(task, {})[snr_label(snr)] = usage_fractions(usage)
             counts = word_errors(refs, hyps)
             results.setdefault(task, {})[snr_label(snr)] = {
-                **counts.to_dict(), "rtf": round(seconds / max(audio_seconds, 1e-9), 4), "utterances": len(refs)}
+                **counts.to_dict(), "rtf": round(seconds / max(audio_seconds, 1e-9), 4), "utterances": len(refs),
+                "llm_input_tokens": round(input_tokens / max(1, len(refs)), 1)}
             examples.setdefault(task, {})[snr_label(snr)] = [{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])]
     report = {"results": results, "examples": examples,
+              "rates": {t: {"audio": p[0], "video": p[1], "scale": scale_name(t, p),
+                            "tokens_per_second": tokens_per_second(t, p)} for t, p in pairs.items()},
               "decoding": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False},
               "noise": {"file": str(noise_path) if noise_path else None, "seed": seed}}
     if expert_usage:
         report["expert_usage"] = expert_usage
     return report
+
+
+def rate_grid(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], snrs: tuple,
+              noise_path: str | None, **kwargs) -> dict:
+    """Evaluate every trained rate pair of every task: {task: {scale: evaluate(...) of that pair}}."""
+    grid: dict = {}
+    for task in tasks:
+        for pair in model.pairs(task):
+            grid.setdefault(task, {})[scale_name(task, pair)] = evaluate(
+                model, root, labels, (task,), snrs, noise_path, pairs={task: pair}, **kwargs)
+    return grid
+
+
+def grid_table(grid: dict) -> str:
+    """Markdown: per task, one row per rate pair with tokens/s, LLM input tokens and WER per condition."""
+    out = []
+    for task, by_scale in grid.items():
+        conditions = list(next(iter(by_scale.values()))["results"][task])
+        out += [f"| {task.upper()} rates | tokens/s | LLM input tokens / utt | RTF | "
+                + " | ".join(conditions) + " |", "|---|---|---|---|" + "---|" * len(conditions)]
+        for scale, report in by_scale.items():
+            r = report["results"][task]
+            first = next(iter(r.values()))
+            out.append(f"| {scale} | {report['rates'][task]['tokens_per_second']:g} | {first['llm_input_tokens']:g} | "
+                       f"{first['rtf']:.3f} | " + " | ".join(f"{100 * r[c]['wer']:.1f}" for c in conditions) + " |")
+        out.append("")
+    return "\n".join(out) + "WER in %."
 
 
 def usage_fractions(sums: dict[str, torch.Tensor]) -> dict:

@@ -2,7 +2,8 @@
 
 A variant is a recipe plus overrides. Every variant trains on the backbones and corpus of a
 quickstart run folder (`<run>/models/{whisper-base,small-lm,video-encoder}`, `<run>/data`),
-with the same number of steps and seed, shares one on-disk cache of encoder features, and is
+with the same number of steps and seed, reuses the run's on-disk cache of encoder features
+(`<run>/features`, written by the quickstart), and is
 evaluated on the same test utterances and noise. Finished trainings and evaluations are
 reused, so an interrupted experiment continues where it stopped.
 """
@@ -42,7 +43,7 @@ def run_variant(name: str, recipe: str, overrides: list[str], run: Path, out: Pa
     if result_file.is_file():
         return json.loads(result_file.read_text())
     cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={folder}", f"optim.max_steps={steps}",
-                                         f"data.feature_cache_dir={out / 'features'}", *overrides])
+                                         f"data.feature_cache_dir={run / 'features'}", *overrides])
     checkpoint = folder / "checkpoints" / "last"
     if not checkpoint.is_dir():
         checkpoint = train(cfg, progress=progress)

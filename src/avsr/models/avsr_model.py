@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avsr.models.compression import compress
-from avsr.models.lora import add_lora
+from avsr.models.lora import add_lora, set_active
 from avsr.models.masks import lengths_to_padding_mask
 from avsr.models.projector import build_projector
 
@@ -27,6 +28,25 @@ PROMPTS = {  # as in the Llama-AVSR papers
 }
 SPECIAL_TOKENS = ("<audio>", "</audio>", "<video>", "</video>")
 IGNORE = -100
+LORA_SCHEMES = ("ms", "ss", "mss", "s", "t", "st")
+
+Pair = tuple  # (audio rate or None, video rate or None): the rates a task uses
+
+
+def scale_name(task: str, pair: Pair) -> str:
+    """The Matryoshka scale of a task at a rate pair: "a4v2" (AVSR), "a4" (ASR), "v2" (VSR)."""
+    return "".join(f"{m[0]}{r}" for m, r in zip(("audio", "video"), pair) if m in MODALITIES[task])
+
+
+def adapter_names(scheme: str, task: str, pair: Pair) -> tuple[str, ...]:
+    """The LoRA adapters that run for a task at a rate pair under a scheme.
+
+    MS / S: the global adapter "shared"; SS: the scale's own; MSS: both (updates added);
+    T: the task's own; ST: "shared" and the task's. Nothing else runs.
+    """
+    shared = ("shared",) if scheme in ("ms", "mss", "s", "st") else ()
+    specific = {"ss": scale_name(task, pair), "mss": scale_name(task, pair), "t": task, "st": task}.get(scheme)
+    return shared + ((specific,) if specific else ())
 
 
 @dataclass
@@ -36,8 +56,12 @@ class AVSRConfig:
     llm: str = ""  # Hugging Face causal LM: local folder or hub id
     audio_encoder: str | None = None  # Whisper folder or hub id (None: no audio tasks)
     video_encoder: str | None = None  # folder written by `avsr pretrain-encoder --modality video`
-    audio_rate: int = 4  # audio tokens at 50/K Hz
-    video_rate: int = 2  # video tokens at 25/K Hz
+    # Compression rates: audio tokens at 50/K Hz, video at 25/K Hz. Several rates per modality
+    # train one model for all of them (Llama-MTSK / Omni-AVSR, "Matryoshka"); the first pair
+    # is the one decoding uses unless told otherwise.
+    audio_rates: tuple[int, ...] = (4,)
+    video_rates: tuple[int, ...] = (2,)
+    rate_projectors: bool = True  # one projector per rate (papers); False: one shared by all rates
     compression: str = "avg-pooling"  # or "stack"
     projector: str = "mlp"  # "mlp" (Llama-AVSR) or "smop" (sparse mixture of projectors, Llama-SMoP)
     projector_hidden: int = 2048
@@ -51,12 +75,36 @@ class AVSRConfig:
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # LoRA adapter banks (see `adapter_names`): "ms" one global adapter (= Omni "s"), "ss" one
+    # per scale (rate pair), "mss" global + per scale, "t" one per task, "st" shared + per task.
+    lora_scheme: str = "ms"
+    pair_weights: tuple[float, ...] = ()  # Matryoshka c_ij per rate pair (audio-major order); () = all 1
+    matryoshka_batched: bool = True  # all rate pairs through the LLM as one batch (else one pass each)
     tasks: tuple[str, ...] = TASKS
     pad_audio_to_30s: bool = False
     llm_dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        if self.lora_scheme not in LORA_SCHEMES:
+            raise ValueError(f"unknown lora_scheme {self.lora_scheme!r}; choose from {LORA_SCHEMES}")
+        for name in ("audio_rates", "video_rates"):
+            rates = tuple(getattr(self, name))
+            if not rates or any(not isinstance(r, int) or r < 1 for r in rates) or len(set(rates)) < len(rates):
+                raise ValueError(f"{name} must be distinct positive integers, got {rates}")
+        n_pairs = len(self.audio_rates) * len(self.video_rates)
+        if self.pair_weights and len(self.pair_weights) != n_pairs:
+            raise ValueError(f"pair_weights needs one weight per (audio, video) rate pair: {n_pairs}, "
+                             f"got {len(self.pair_weights)}")
+        if not self.rate_projectors and self.compression == "stack" and (
+                len(self.audio_rates) > 1 or len(self.video_rates) > 1):
+            raise ValueError("one projector shared by several rates needs avg-pooling (stacking changes the width)")
+
     @classmethod
     def from_dict(cls, data: dict) -> "AVSRConfig":
+        data = dict(data)
+        for m in ("audio", "video"):  # configs saved before Matryoshka had one rate per modality
+            if f"{m}_rate" in data:
+                data[f"{m}_rates"] = [data.pop(f"{m}_rate")]
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -81,11 +129,13 @@ class AVSRModel(nn.Module):
         for p in self.llm.parameters():
             p.requires_grad_(False)
         d_llm = llm.get_input_embeddings().embedding_dim
-        rates = {"audio": cfg.audio_rate, "video": cfg.video_rate}
-        self.rates = rates
-        d_in = {m: enc.output_dim * (rates[m] if cfg.compression == "stack" else 1) for m, enc in self.encoders.items()}
+        self.rates = {"audio": tuple(cfg.audio_rates), "video": tuple(cfg.video_rates)}
+        d_in = {self.stream(m, r): enc.output_dim * (r if cfg.compression == "stack" else 1)
+                for m, enc in self.encoders.items() for r in self.rates[m]}
         self.projector = build_projector(cfg, d_in, d_llm)
-        add_lora(self.llm, tuple(cfg.lora_targets), ("default",), cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+        adapters = dict.fromkeys(n for t in cfg.tasks for pair in self.pairs(t)
+                                 for n in adapter_names(cfg.lora_scheme, t, pair))
+        add_lora(self.llm, tuple(cfg.lora_targets), tuple(adapters), cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
         self.tokenizer = tokenizer
         self._add_special_tokens(d_llm)
 
@@ -130,19 +180,50 @@ class AVSRModel(nn.Module):
         return torch.tensor(ids, dtype=torch.long, device=self.new_token_embed.device)
 
     # ------------------------------------------------------------------ stages
-    def encode(self, batch: dict, task: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
-        """Per modality of the task: LLM-width tokens (B, T', D) and padding (B, T'); plus aux."""
-        compressed = {}
-        for m in MODALITIES[task]:
+    def stream(self, modality: str, rate: int) -> str:
+        """Projector input name: "audio@4" with a projector per rate, else the modality."""
+        per_rate = self.cfg.rate_projectors and len(self.rates[modality]) > 1
+        return f"{modality}@{rate}" if per_rate else modality
+
+    def pairs(self, task: str) -> list[Pair]:
+        """Every trained rate pair of a task, audio-major; None for a modality it does not use."""
+        audio = self.rates["audio"] if "audio" in MODALITIES[task] else (None,)
+        video = self.rates["video"] if "video" in MODALITIES[task] else (None,)
+        return [(a, v) for a in audio for v in video]
+
+    def default_pair(self, task: str) -> Pair:
+        return self.pairs(task)[0]
+
+    def encode(self, batch: dict, task: str, pairs: list[Pair] | None = None) -> tuple[dict, dict]:
+        """Tokens of a task at each rate pair: {pair: {m: (tokens (B, T', D_llm), pad (B, T'))}}, aux.
+
+        Each encoder runs once (or its cached output is used); its output is pooled at every
+        rate the pairs need and projected. Inputs that share a projector (one shared by all
+        rates) go through it in one call, stacked along the batch.
+        """
+        pairs = pairs or [self.default_pair(task)]
+        needed = {m: sorted({p[i] for p in pairs}) for i, m in enumerate(("audio", "video")) if m in MODALITIES[task]}
+        inputs: dict[str, list] = {}  # projector input name -> [(modality, rate, x (B, T', ·), pad (B, T'))]
+        for m, rates in needed.items():
             if f"{m}_features" in batch:  # precomputed by the frozen encoder (training.feature_cache)
                 feats = batch[f"{m}_features"]  # (B, T, D_enc)
                 pad = lengths_to_padding_mask(batch[f"{m}_feature_lengths"], feats.shape[1])
             else:
                 with torch.no_grad():
                     feats, pad = self.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc)
-            compressed[m] = compress(feats, pad, self.rates[m], self.cfg.compression)  # (B, T', ·), (B, T')
-        tokens, aux = self.projector(compressed)  # {m: (B, T', D_llm)}
-        return {m: (tokens[m], compressed[m][1]) for m in compressed}, aux
+            for r in rates:
+                x, p = compress(feats, pad, r, self.cfg.compression)  # (B, T', ·), (B, T')
+                inputs.setdefault(self.stream(m, r), []).append((m, r, x, p))
+        joined = {name: _stack_batches([(x, p) for _, _, x, p in group]) for name, group in inputs.items()}
+        projected, aux = self.projector(joined)  # {name: (n_rates * B, T_max, D_llm)}
+        by_rate: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, group in inputs.items():
+            b = group[0][2].shape[0]
+            for j, (m, r, x, p) in enumerate(group):
+                by_rate[(m, r)] = (projected[name][j * b:(j + 1) * b, : x.shape[1]], p)
+        out = {pair: {m: by_rate[(m, pair[i])] for i, m in enumerate(("audio", "video")) if m in needed}
+               for pair in pairs}
+        return out, aux
 
     def assemble(self, tokens: dict, task: str, texts: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Build LLM inputs. With texts (training): right-padded, labels on transcript + EOS.
@@ -181,22 +262,73 @@ class AVSRModel(nn.Module):
         return embeds, mask, (label_t if texts is not None else None)
 
     # ------------------------------------------------------------------ API
-    def forward(self, batch: dict, task: str) -> tuple[torch.Tensor, dict]:
-        """Mean cross-entropy over transcript and EOS tokens, plus auxiliary terms."""
-        tokens, aux = self.encode(batch, task)
-        embeds, mask, labels = self.assemble(tokens, task, batch["text"])
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-        return out.loss, aux
+    def forward(self, batch: dict, task: str, pair: Pair | None = None) -> tuple[torch.Tensor, dict]:
+        """Mean cross-entropy over transcript and EOS tokens, plus auxiliary terms.
+
+        At one rate pair when `pair` is given or only one is trained; otherwise the
+        Matryoshka loss (Llama-MTSK): (1 / P) * sum_p c_p * CE_p over the task's P rate pairs,
+        with every pair's sequences in one LLM batch (`matryoshka_batched`) or one pass each.
+        aux gets the per-pair losses as `loss/<scale>`.
+        """
+        pairs = [pair] if pair is not None else self.pairs(task)
+        tokens, aux = self.encode(batch, task, pairs)
+        if len(pairs) > 1 and self.cfg.matryoshka_batched:
+            losses = self._batched_losses(tokens, task, batch["text"])
+        else:
+            losses = []
+            for p in pairs:
+                set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, p))
+                embeds, mask, labels = self.assemble(tokens[p], task, batch["text"])
+                losses.append(self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss)
+        weights = self.pair_weights(task, pairs) if len(pairs) > 1 else [1.0]
+        loss = sum(w * l for w, l in zip(weights, losses)) / len(losses)
+        if len(pairs) > 1:
+            aux.update({f"loss/{scale_name(task, p)}": l.detach() for p, l in zip(pairs, losses)})
+        return loss, aux
+
+    def pair_weights(self, task: str, pairs: list[Pair]) -> list[float]:
+        """c_p for each pair: config `pair_weights` for AVSR pairs (audio-major), else 1."""
+        if not self.cfg.pair_weights or task != "avsr":
+            return [1.0] * len(pairs)
+        table = dict(zip(self.pairs("avsr"), self.cfg.pair_weights))
+        return [float(table[p]) for p in pairs]
+
+    def _batched_losses(self, tokens: dict, task: str, texts: list[str]) -> list[torch.Tensor]:
+        """Every pair's sequences in one LLM pass: blocks of B rows, each block with its own
+        adapters (shared ones on all rows); per-pair mean token losses, as one pass each would give."""
+        pairs = list(tokens)
+        built = [self.assemble(tokens[p], task, texts) for p in pairs]  # each (B, L_p, ·)
+        b, length = built[0][0].shape[0], max(e.shape[1] for e, _, _ in built)
+        embeds = torch.cat([F.pad(e, (0, 0, 0, length - e.shape[1])) for e, _, _ in built])  # (P*B, L, D)
+        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m, _ in built])  # (P*B, L)
+        labels = torch.cat([F.pad(l, (0, length - l.shape[1]), value=IGNORE) for _, _, l in built])  # (P*B, L)
+        names = [adapter_names(self.cfg.lora_scheme, task, p) for p in pairs]
+        common = tuple(n for n in names[0] if all(n in other for other in names))
+        set_active(self.llm, common, rows=[(tuple(n for n in own if n not in common), slice(i * b, (i + 1) * b))
+                                           for i, own in enumerate(names)])
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits.float()  # (P*B, L, V)
+        set_active(self.llm, names[0])  # never leave row-restricted adapters behind
+        target = labels[:, 1:]  # (P*B, L-1): position t predicts token t+1
+        token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE,
+                                     reduction="none")  # (P*B, L-1)
+        valid = (target != IGNORE).float()
+        return [token_loss[i * b:(i + 1) * b].sum() / valid[i * b:(i + 1) * b].sum() for i in range(len(pairs))]
 
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
-                 do_sample: bool = False, return_aux: bool = False, **kwargs) -> list[str] | tuple[list[str], dict]:
+                 do_sample: bool = False, return_aux: bool = False, pair: Pair | None = None,
+                 **kwargs) -> list[str] | tuple[list[str], dict]:
         """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
 
-        With return_aux, also the projector's aux dict (e.g. the SMoP expert-usage sums).
+        `pair` chooses the rates (elastic inference: any trained pair; default the first).
+        Only that scale's projectors and adapters run. With return_aux, also the projector's
+        aux dict (e.g. the SMoP expert-usage sums).
         """
-        tokens, aux = self.encode(batch, task)
-        embeds, mask, _ = self.assemble(tokens, task, None)
+        pair = self.check_pair(task, pair)
+        tokens, aux = self.encode(batch, task, [pair])
+        set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, pair))
+        embeds, mask, _ = self.assemble(tokens[pair], task, None)
+        aux["llm_input_tokens"] = mask.sum(1)  # (B,) prefix length: BOS, blocks, prompt
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                 max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id,
@@ -204,6 +336,16 @@ class AVSRModel(nn.Module):
                                                           if not do_sample else {}), **kwargs)
         texts = [" ".join(t.lower().split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return (texts, aux) if return_aux else texts
+
+    def check_pair(self, task: str, pair: Pair | None) -> Pair:
+        """The task's rates from a full (audio, video) pair; None = the default pair."""
+        if pair is None:
+            return self.default_pair(task)
+        pair = tuple(r if m in MODALITIES[task] else None for m, r in zip(("audio", "video"), pair))
+        if pair not in self.pairs(task):
+            trained = ", ".join(scale_name(task, p) for p in self.pairs(task))
+            raise ValueError(f"{task} was not trained at rates {scale_name(task, pair)}; trained: {trained}")
+        return pair
 
     def train(self, mode: bool = True) -> "AVSRModel":
         """Frozen encoders and LLM stay in eval mode (no dropout), unlike the reference."""
@@ -217,6 +359,9 @@ class AVSRModel(nn.Module):
         return {k: p.detach().cpu().contiguous() for k, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # checkpoints saved before the LoRA banks named the single adapter "default"
+        state = {k.replace(".lora_A.default", ".lora_A.shared").replace(".lora_B.default", ".lora_B.shared"): v
+                 for k, v in state.items()}
         expected = {k for k, p in self.named_parameters() if p.requires_grad}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -235,3 +380,13 @@ class AVSRModel(nn.Module):
         counts["projector"] = sum(p.numel() for p in self.projector.parameters())
         counts["projector_active"] = self.projector.active_parameters()
         return counts
+
+
+def _stack_batches(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(x (B, T_i, D), pad (B, T_i))] -> one batch (n*B, max T_i, D) with its padding mask."""
+    if len(parts) == 1:
+        return parts[0]
+    t = max(x.shape[1] for x, _ in parts)
+    x = torch.cat([F.pad(x, (0, 0, 0, t - x.shape[1])) for x, _ in parts])
+    pad = torch.cat([F.pad(p, (0, t - p.shape[1]), value=True) for _, p in parts])
+    return x, pad

@@ -31,14 +31,21 @@ class LoRALinear(nn.Module):
             self.lora_A[name] = nn.Parameter(a)  # (r, in)
             self.lora_B[name] = nn.Parameter(torch.zeros(base.out_features, rank))  # (out, r)
         self.dropout = nn.Dropout(dropout)
-        self.active: tuple[str, ...] = names[:1]
+        # (adapter name, rows) pairs; rows None = every row of the batch, else a slice of it
+        self.active: tuple[tuple[str, slice | None], ...] = ((names[0], None),) if names else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self.base(x)  # (B, T, out)
         if self.active:
             h = self.dropout(x)
-            for name in self.active:
-                y = y + self.scale * ((h @ self.lora_A[name].T) @ self.lora_B[name].T)
+            for name, rows in self.active:
+                a, b = self.lora_A[name], self.lora_B[name]
+                if rows is None:
+                    y = y + self.scale * ((h @ a.T) @ b.T)
+                else:  # only this block of rows (one Matryoshka scale in a batched step)
+                    delta = self.scale * ((h[rows] @ a.T) @ b.T)
+                    index = torch.arange(rows.start, rows.stop, device=y.device)
+                    y = y.index_add(0, index, delta)
         return y
 
 
@@ -57,11 +64,18 @@ def add_lora(model: nn.Module, targets: tuple[str, ...], names: tuple[str, ...],
     return wrapped
 
 
-def set_active(model: nn.Module, names: tuple[str, ...]) -> None:
-    """Choose which adapters run in every LoRA layer of `model`."""
+def set_active(model: nn.Module, names: tuple[str, ...], rows: list[tuple[tuple[str, ...], slice]] | None = None) -> None:
+    """Choose which adapters run in every LoRA layer of `model`.
+
+    `names` run on every row. `rows` (optional) adds adapters that run on a block of rows
+    only, e.g. [(("a4v2",), slice(0, 8)), (("a16v5",), slice(8, 16))] when several scales
+    share one batch; adapters not named are never touched.
+    """
+    spec = tuple((n, None) for n in names) + tuple((n, block) for group, block in (rows or []) for n in group)
+    wanted = {n for n, _ in spec}
     for module in model.modules():
         if isinstance(module, LoRALinear):
-            unknown = set(names) - set(module.lora_A.keys())
+            unknown = wanted - set(module.lora_A.keys())
             if unknown:
-                raise KeyError(f"unknown LoRA adapters {sorted(unknown)}")
-            module.active = tuple(names)
+                raise KeyError(f"unknown LoRA adapters {sorted(unknown)}; this model has {sorted(module.lora_A.keys())}")
+            module.active = spec

@@ -55,6 +55,9 @@ class OptimConfig:
     grad_clip: float = 10.0
 
 
+OBJECTIVES = ("cycle", "omni")
+
+
 @dataclass
 class TrainConfig:
     model: AVSRConfig = field(default_factory=AVSRConfig)
@@ -62,6 +65,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     out: str = "runs/avsr"
     seed: int = 42
+    # "cycle": one task per step, in turn; with several rates, that task's Matryoshka loss over
+    # all its rate pairs (Llama-MTSK). "omni": every task every step at one drawn audio rate and
+    # one drawn video rate, losses weighted by task_weights and divided by the number of tasks
+    # (Omni-AVSR).
+    objective: str = "cycle"
+    task_weights: dict = field(default_factory=lambda: {"asr": 1.0, "vsr": 1.5, "avsr": 1.0})
     accelerator: str = "auto"  # cpu, gpu, auto
     devices: Any = 1  # e.g. 8 GPUs
     strategy: str = "auto"  # ddp, fsdp, ...
@@ -70,6 +79,13 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 500  # steps
     checkpoint_every: int = 500  # steps
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {OBJECTIVES}")
+        missing = [t for t in self.model.tasks if t not in self.task_weights]
+        if self.objective == "omni" and missing:
+            raise ValueError(f"task_weights has no weight for {missing}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +124,10 @@ def _build(cls, data: dict, prefix: str = ""):
             values[k] = _build(hints[k], {**asdict(getattr(base, k)), **v}, prefix + k + ".")
         else:
             values[k] = _coerce(v, hints[k], prefix + k)
-    return dataclasses.replace(base, **values)
+    try:
+        return dataclasses.replace(base, **values)
+    except ValueError as err:  # a setting the dataclass itself rejects (e.g. an unknown lora_scheme)
+        raise ConfigError(f"{prefix or 'config'}: {err}") from None
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

@@ -48,21 +48,42 @@ class AVSRLightning(L.LightningModule):
         self.strict_loading = False  # resume checkpoints hold the trainable weights only
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        task = self.tasks[self.global_step % len(self.tasks)]
-        loss, aux = self.model(batch, task)
-        total = loss + sum((v for k, v in aux.items() if k.endswith("_loss")), torch.zeros_like(loss))
         bs = len(batch["text"])
+        if self.cfg.objective == "omni":
+            loss, aux = self.omni_loss(batch)
+        else:
+            task = self.tasks[self.global_step % len(self.tasks)]
+            loss, aux = self.model(batch, task)
+            self.log(f"train/loss_{task}", loss, batch_size=bs)
+        total = loss + sum((v for k, v in aux.items() if k.endswith("_loss")), torch.zeros_like(loss))
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log(f"train/loss_{task}", loss, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         for key, value in aux.items():
-            if key.startswith("smop/"):  # unweighted router losses
+            if key.startswith("loss/"):  # per rate pair (Matryoshka) or per task (Omni)
+                self.log(f"train/{key}", value, batch_size=bs)
+            elif key.startswith("smop/"):  # unweighted router losses
                 self.log(f"train/{key}", value, batch_size=bs)
             elif key.startswith("usage/") and key.endswith("/routed"):  # fraction of tokens per expert
                 tokens = float(aux[key.replace("/routed", "/tokens")])
                 for e, count in enumerate(value.tolist()):
                     self.log(f"train/{key}_e{e}", count / max(tokens, 1.0), batch_size=bs)
         return total
+
+    def omni_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Omni-AVSR: one audio and one video rate drawn for the step (seeded by the step, so a
+        resumed run draws the same), every task at them, sum_t w_t L_t / number of tasks."""
+        m = self.model
+        draw = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.global_step)
+        pair = tuple(rates[int(torch.randint(len(rates), (1,), generator=draw))]
+                     for rates in (m.rates["audio"], m.rates["video"]))
+        total, aux = 0.0, {}
+        for task in self.tasks:
+            loss, extra = m(batch, task, m.check_pair(task, pair))
+            total = total + self.cfg.task_weights[task] * loss
+            aux[f"loss/{task}"] = loss.detach()
+            for k, v in extra.items():  # projector losses: averaged over the tasks, like the LLM's
+                aux[k] = aux.get(k, 0) + v / len(self.tasks) if k.endswith("_loss") else v
+        return total / len(self.tasks), aux
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         for task in self.tasks:

@@ -1,0 +1,110 @@
+"""Llama-MTSK and Omni-AVSR on the synthetic corpus.
+
+    python experiments/matryoshka_synthetic.py --run runs/quickstart [--steps 1000] [--limit 100]
+                                               [--beams 2] [--out runs/matryoshka-synthetic]
+
+On the backbones and corpus of a quickstart run folder, with one budget and seed (42):
+- one MTSK AVSR model per LoRA scheme (MS, SS, MSS), audio rates {4, 16} x video rates {2, 5},
+  each evaluated at all four pairs from its single checkpoint;
+- four single-rate AVSR models, one per pair, trained separately;
+- one Omni model (ST LoRA) for ASR, VSR and AVSR, evaluated at every pair of every task.
+Clean and babble at 0 dB (seed 0), first `--limit` test utterances. Writes
+<out>/<variant>/eval/rate_grid.{md,json} and <out>/matryoshka_table.md + matryoshka_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from avsr.evaluation.evaluate import grid_table, rate_grid, snr_label
+from avsr.evaluation.experiment import backbone_overrides
+from avsr.models.avsr_model import scale_name
+
+PAIRS = [(4, 2), (4, 5), (16, 2), (16, 5)]
+SNRS = (None, 0)
+VARIANTS = {
+    **{f"mtsk-{s}": ("quickstart_mtsk.yaml", [f"model.lora_scheme={s}"]) for s in ("ms", "ss", "mss")},
+    **{f"single-a{a}v{v}": ("quickstart.yaml", ["model.tasks=[avsr]", f"model.audio_rates=[{a}]",
+                                               f"model.video_rates=[{v}]"]) for a, v in PAIRS},
+    "omni-st": ("quickstart_omni.yaml", []),
+}
+
+
+def train_and_grid(name: str, recipe: str, overrides: list[str], args) -> dict:
+    """Train (unless done), then evaluate every trained pair: {task: {scale: report}}."""
+    from avsr.evaluation.experiment import RECIPES
+    from avsr.models.loading import load_checkpoint
+    from avsr.training.config import load_config
+    from avsr.training.train import train
+
+    out, run = Path(args.out), Path(args.run)
+    folder = out / name
+    grid_file = folder / "eval" / "rate_grid.json"
+    if grid_file.is_file():
+        return json.loads(grid_file.read_text())
+    cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={folder}", f"optim.max_steps={args.steps}",
+                                         f"data.feature_cache_dir={run / 'features'}", *overrides])
+    checkpoint = folder / "checkpoints" / "last"
+    if not checkpoint.is_dir():
+        checkpoint = train(cfg)
+    model = load_checkpoint(checkpoint)
+    root = Path(cfg.data.root)
+    grid = rate_grid(model, str(root), str(root / "labels" / f"{cfg.data.corpus}_test.csv"), tuple(cfg.model.tasks),
+                     SNRS, str(root / "noise" / f"{cfg.data.corpus}_babble.wav"), num_beams=args.beams,
+                     limit=args.limit or None)
+    grid_file.parent.mkdir(parents=True, exist_ok=True)
+    (folder / "eval" / "rate_grid.md").write_text(f"# {name}\n\n{grid_table(grid)}\n")
+    grid_file.write_text(json.dumps(grid, indent=1))
+    return grid
+
+
+def tables(grids: dict) -> str:
+    conditions = [snr_label(s) for s in SNRS]
+    cols = [f"{scale_name('avsr', p)} {c}" for p in PAIRS for c in conditions]
+    lines = ["AVSR WER (%) per rate pair (audio a / video v):", "",
+             "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+
+    def wer(grid, task, scale, c):
+        return f"{100 * grid[task][scale]['results'][task][c]['wer']:.1f}"
+
+    for name, grid in grids.items():
+        if name.startswith("single-"):
+            continue
+        lines.append(f"| {name} | " + " | ".join(wer(grid, "avsr", scale_name("avsr", p), c)
+                                                for p in PAIRS for c in conditions) + " |")
+    singles = [wer(grids[f"single-{scale_name('avsr', p)}"], "avsr", scale_name("avsr", p), c)
+               for p in PAIRS for c in conditions if f"single-{scale_name('avsr', p)}" in grids]
+    if len(singles) == len(cols):
+        lines.append("| single-rate models (one per pair) | " + " | ".join(singles) + " |")
+    if "omni-st" in grids:
+        lines += ["", "Omni ST, one model (WER %):", "", grid_table(grids["omni-st"])]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/quickstart")
+    parser.add_argument("--out", default="runs/matryoshka-synthetic")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--beams", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+
+    grids = {}
+    for name in args.variants:
+        print(f"\n== {name}", flush=True)
+        grids[name] = train_and_grid(name, *VARIANTS[name], args)
+    text = tables(grids)
+    out = Path(args.out)
+    (out / "matryoshka_table.md").write_text(text + "\n")
+    (out / "matryoshka_results.json").write_text(json.dumps(
+        {name: {task: {scale: r["results"][task] for scale, r in by.items()} for task, by in g.items()}
+         for name, g in grids.items()}, indent=1) + "\n")
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

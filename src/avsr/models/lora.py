@@ -36,16 +36,30 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # (B, T, out)
-        if self.active:
-            h = self.dropout(x)
-            for name, rows in self.active:
-                a, b = self.lora_A[name], self.lora_B[name]
-                if rows is None:
-                    y = y + self.scale * ((h @ a.T) @ b.T)
-                else:  # only this block of rows (one Matryoshka scale in a batched step)
-                    delta = self.scale * ((h[rows] @ a.T) @ b.T)
-                    index = torch.arange(rows.start, rows.stop, device=y.device)
-                    y = y.index_add(0, index, delta)
+        if not self.active:
+            return y
+        h = self.dropout(x)
+        blocks: dict[tuple[int, int], torch.Tensor] = {}  # (start, stop) -> summed update of those rows
+        for name, rows in self.active:
+            a, b = self.lora_A[name], self.lora_B[name]
+            if rows is None:
+                y = y + self.scale * ((h @ a.T) @ b.T)
+            else:  # only this block of rows (one Matryoshka scale in a batched step)
+                key = (rows.start, rows.stop)
+                delta = self.scale * ((h[rows] @ a.T) @ b.T)
+                blocks[key] = blocks[key] + delta if key in blocks else delta
+        if blocks:  # one addition for all blocks: zeros between them, blocks in row order
+            pieces, end = [], 0
+            for (start, stop), delta in sorted(blocks.items()):
+                if start < end:
+                    raise ValueError("row blocks of LoRA adapters overlap; give each block its adapters at once")
+                if start > end:
+                    pieces.append(y.new_zeros(start - end, *y.shape[1:]))
+                pieces.append(delta)
+                end = stop
+            if end < y.shape[0]:
+                pieces.append(y.new_zeros(y.shape[0] - end, *y.shape[1:]))
+            y = y + torch.cat(pieces)
         return y
 
 

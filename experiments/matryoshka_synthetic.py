@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from avsr.evaluation.evaluate import grid_table, rate_grid, snr_label
-from avsr.evaluation.experiment import backbone_overrides
+from avsr.evaluation.experiment import corpus_files, train_variant
 from avsr.models.avsr_model import scale_name
 
 PAIRS = [(4, 2), (4, 5), (16, 2), (16, 5)]
@@ -34,28 +34,16 @@ VARIANTS = {
 
 def train_and_grid(name: str, recipe: str, overrides: list[str], args) -> dict:
     """Train (unless done), then evaluate every trained pair: {task: {scale: report}}."""
-    from avsr.evaluation.experiment import RECIPES
-    from avsr.models.loading import load_checkpoint
-    from avsr.training.config import load_config
-    from avsr.training.train import train
-
-    out, run = Path(args.out), Path(args.run)
-    folder = out / name
-    grid_file = folder / "eval" / "rate_grid.json"
+    out = Path(args.out)
+    grid_file = out / name / "eval" / "rate_grid.json"
     if grid_file.is_file():
         return json.loads(grid_file.read_text())
-    cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={folder}", f"optim.max_steps={args.steps}",
-                                         f"data.feature_cache_dir={run / 'features'}", *overrides])
-    checkpoint = folder / "checkpoints" / "last"
-    if not checkpoint.is_dir():
-        checkpoint = train(cfg)
-    model = load_checkpoint(checkpoint)
-    root = Path(cfg.data.root)
-    grid = rate_grid(model, str(root), str(root / "labels" / f"{cfg.data.corpus}_test.csv"), tuple(cfg.model.tasks),
-                     SNRS, str(root / "noise" / f"{cfg.data.corpus}_babble.wav"), num_beams=args.beams,
+    model, cfg = train_variant(name, recipe, overrides, Path(args.run), out, args.steps)
+    root, labels, noise = corpus_files(cfg)
+    grid = rate_grid(model, root, labels, tuple(cfg.model.tasks), SNRS, noise, num_beams=args.beams,
                      limit=args.limit or None)
     grid_file.parent.mkdir(parents=True, exist_ok=True)
-    (folder / "eval" / "rate_grid.md").write_text(f"# {name}\n\n{grid_table(grid)}\n")
+    (out / name / "eval" / "rate_grid.md").write_text(f"# {name}\n\n{grid_table(grid)}\n")
     grid_file.write_text(json.dumps(grid, indent=1))
     return grid
 

@@ -30,31 +30,41 @@ def backbone_overrides(run: Path, corpus: str = "synth") -> list[str]:
             f"model.video_encoder={models / 'video-encoder'}", f"data.root={run / 'data'}", f"data.corpus={corpus}"]
 
 
-def run_variant(name: str, recipe: str, overrides: list[str], run: Path, out: Path, steps: int, limit: int | None,
-                snrs: tuple, beams: int, tasks: tuple[str, ...] = ("asr", "vsr", "avsr"),
-                progress: bool = True) -> dict:
-    """Train (unless done) and evaluate one variant; returns its row of results."""
+def train_variant(name: str, recipe: str, overrides: list[str], run: Path, out: Path, steps: int,
+                  progress: bool = True):
+    """Train a variant into <out>/<name> unless its checkpoint exists; returns (model, config)."""
     from avsr.models.loading import load_checkpoint
     from avsr.training.config import load_config
     from avsr.training.train import train
 
-    folder = out / name
-    result_file = folder / "eval" / "results.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={folder}", f"optim.max_steps={steps}",
+    cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={out / name}", f"optim.max_steps={steps}",
                                          f"data.feature_cache_dir={run / 'features'}", *overrides])
-    checkpoint = folder / "checkpoints" / "last"
+    checkpoint = out / name / "checkpoints" / "last"
     if not checkpoint.is_dir():
         checkpoint = train(cfg, progress=progress)
-    model = load_checkpoint(checkpoint)
-    corpus = cfg.data.corpus
+    return load_checkpoint(checkpoint), cfg
+
+
+def corpus_files(cfg) -> tuple[str, str, str]:
+    """(corpus root, test label CSV, babble wav) of a training config's corpus."""
     root = Path(cfg.data.root)
-    report = evaluate(model, str(root), str(root / "labels" / f"{corpus}_test.csv"), tasks, snrs,
-                      str(root / "noise" / f"{corpus}_babble.wav"), num_beams=beams, limit=limit, progress=progress)
+    return (str(root), str(root / "labels" / f"{cfg.data.corpus}_test.csv"),
+            str(root / "noise" / f"{cfg.data.corpus}_babble.wav"))
+
+
+def run_variant(name: str, recipe: str, overrides: list[str], run: Path, out: Path, steps: int, limit: int | None,
+                snrs: tuple, beams: int, tasks: tuple[str, ...] = ("asr", "vsr", "avsr"),
+                progress: bool = True) -> dict:
+    """Train (unless done) and evaluate one variant; returns its row of results."""
+    result_file = out / name / "eval" / "results.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    model, cfg = train_variant(name, recipe, overrides, run, out, steps, progress)
+    root, labels, noise = corpus_files(cfg)
+    report = evaluate(model, root, labels, tasks, snrs, noise, num_beams=beams, limit=limit, progress=progress)
     report.update(variant=name, recipe=recipe, overrides=overrides, steps=steps,
                   parameters=model.parameter_counts())
-    write_report(report, folder / "eval", title=f"{name} ({recipe} {' '.join(overrides)})")
+    write_report(report, out / name / "eval", title=f"{name} ({recipe} {' '.join(overrides)})")
     return report
 
 

@@ -168,7 +168,8 @@ def plot_expert_usage(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     usage = report["expert_usage"]
-    fig, axes = plt.subplots(1, len(usage), figsize=(3.2 * len(usage), 2.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(usage), figsize=(3.6 * len(usage), 2.4), squeeze=False,
+                             gridspec_kw={"wspace": 0.45})
     for ax, (task, by_snr) in zip(axes[0], usage.items()):
         condition, by_modality = next(iter(by_snr.items()))
         rows = list(by_modality)

@@ -200,3 +200,18 @@ def test_checkpoints_from_before_matryoshka_still_load():
     state = {k.replace(".shared", ".default"): v + 1 for k, v in model.trainable_state_dict().items()}
     model.load_trainable_state_dict(state)  # adapter "default" was the single global adapter
     assert all(torch.equal(v, state[k.replace(".shared", ".default")]) for k, v in model.trainable_state_dict().items())
+
+
+def test_budget_picks_the_pair_with_the_most_tokens_that_fits():
+    from avsr.evaluation.evaluate import choose_pair, tokens_per_second
+
+    model = tiny_model(**RATES)
+    assert tokens_per_second("avsr", (4, 2)) == 25.0 and tokens_per_second("asr", (16, None)) == 3.125
+    assert choose_pair(model, "avsr", max_tokens_per_second=100)[0] == (4, 2)
+    pair, reason = choose_pair(model, "avsr", max_tokens_per_second=16)
+    assert pair == (16, 2) and "a16v2" in reason  # 15.6 tokens/s; (4, 5) needs 17.5
+    assert choose_pair(model, "vsr", max_tokens_per_second=6)[0] == (None, 5)
+    rtf = {(4, 2): 0.4, (4, 5): 0.1, (16, 2): 0.3, (16, 5): 0.05}
+    assert choose_pair(model, "avsr", max_rtf=0.2, rtf_by_pair=rtf)[0] == (4, 5)
+    with pytest.raises(ValueError, match="cheapest, a16v5, needs 8.125 tokens/s"):
+        choose_pair(model, "avsr", max_tokens_per_second=5)

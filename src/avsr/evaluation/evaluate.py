@@ -145,7 +145,7 @@ def grid_table(grid: dict) -> str:
             out.append(f"| {scale} | {report['rates'][task]['tokens_per_second']:g} | {first['llm_input_tokens']:g} | "
                        f"{first['rtf']:.3f} | " + " | ".join(f"{100 * r[c]['wer']:.1f}" for c in conditions) + " |")
         out.append("")
-    return "\n".join(out) + "WER in %."
+    return "\n".join(out) + "\nWER in %."
 
 
 def usage_fractions(sums: dict[str, torch.Tensor]) -> dict:

@@ -39,28 +39,39 @@ class LoRALinear(nn.Module):
         if not self.active:
             return y
         h = self.dropout(x)
-        blocks: dict[tuple[int, int], torch.Tensor] = {}  # (start, stop) -> summed update of those rows
+        blocks: dict[tuple[int, int], list[str]] = {}  # (start, stop) -> adapters of those rows only
         for name, rows in self.active:
-            a, b = self.lora_A[name], self.lora_B[name]
             if rows is None:
-                y = y + self.scale * ((h @ a.T) @ b.T)
+                y = y + self.update(name, h)
             else:  # only this block of rows (one Matryoshka scale in a batched step)
-                key = (rows.start, rows.stop)
-                delta = self.scale * ((h[rows] @ a.T) @ b.T)
-                blocks[key] = blocks[key] + delta if key in blocks else delta
-        if blocks:  # one addition for all blocks: zeros between them, blocks in row order
-            pieces, end = [], 0
-            for (start, stop), delta in sorted(blocks.items()):
+                blocks.setdefault((rows.start, rows.stop), []).append(name)
+        if blocks:
+            # cut the rows into consecutive pieces with split (its backward is one cat; slicing
+            # would allocate a zero-filled full-size gradient per block) and update each block
+            bounds, sizes, end = [], [], 0
+            for start, stop in sorted(blocks):
                 if start < end:
                     raise ValueError("row blocks of LoRA adapters overlap; give each block its adapters at once")
                 if start > end:
-                    pieces.append(y.new_zeros(start - end, *y.shape[1:]))
-                pieces.append(delta)
+                    bounds.append(None)
+                    sizes.append(start - end)
+                bounds.append((start, stop))
+                sizes.append(stop - start)
                 end = stop
             if end < y.shape[0]:
-                pieces.append(y.new_zeros(y.shape[0] - end, *y.shape[1:]))
-            y = y + torch.cat(pieces)
+                bounds.append(None)
+                sizes.append(y.shape[0] - end)
+            pieces = []
+            for key, y_rows, h_rows in zip(bounds, y.split(sizes), h.split(sizes)):
+                for name in blocks.get(key, ()):
+                    y_rows = y_rows + self.update(name, h_rows)
+                pieces.append(y_rows)
+            y = torch.cat(pieces)
         return y
+
+    def update(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        """(alpha / r) B A h for one adapter; the scale goes on B (out x r), the small side."""
+        return (h @ self.lora_A[name].T) @ (self.scale * self.lora_B[name]).T  # (..., out)
 
 
 def add_lora(model: nn.Module, targets: tuple[str, ...], names: tuple[str, ...], rank: int, alpha: float,

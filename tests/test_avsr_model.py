@@ -77,7 +77,7 @@ def test_compression_lengths_for_every_rate(mode):
 def test_loss_is_on_transcript_and_eos_only(model):
     batch = make_batch([30, 22])
     tokens, _ = model.encode(batch, "avsr")
-    embeds, mask, labels = model.assemble(tokens[model.default_pair("avsr")], "avsr", batch["text"])
+    embeds, mask, labels = model.assemble(tokens[model.default_pair("avsr")], "avsr", model.targets(batch["text"]))
     for i, text in enumerate(batch["text"]):
         target = model.tokenizer(text, add_special_tokens=False)["input_ids"] + [model.eos]
         real = labels[i][labels[i] != IGNORE].tolist()
@@ -105,7 +105,7 @@ def test_decoding_does_not_depend_on_the_batch(model, task):
 def test_lora_starts_as_identity_and_only_new_parts_train(model):
     batch = make_batch([20, 14], seed=2)
     tokens, _ = model.encode(batch, "avsr")
-    embeds, mask, _ = model.assemble(tokens[model.default_pair("avsr")], "avsr", batch["text"])
+    embeds, mask, _ = model.assemble(tokens[model.default_pair("avsr")], "avsr", model.targets(batch["text"]))
     with torch.no_grad():
         with_lora = model.llm(inputs_embeds=embeds, attention_mask=mask).logits
         set_active(model.llm, ())

@@ -8,6 +8,7 @@ is masked at every stage, so an utterance's hypothesis does not depend on its ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -225,9 +226,13 @@ class AVSRModel(nn.Module):
                for pair in pairs}
         return out, aux
 
-    def assemble(self, tokens: dict, task: str, texts: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Build LLM inputs. With texts (training): right-padded, labels on transcript + EOS.
-        Without (decoding): the prefix only, left-padded for generation.
+    def targets(self, texts: list[str]) -> list[list[int]]:
+        """Transcript token ids + EOS: what the LLM is trained to write."""
+        return [ids + [self.eos] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def assemble(self, tokens: dict, task: str, targets: list[list[int]] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Build LLM inputs. With targets (training; see `targets`): right-padded, labels on
+        transcript + EOS. Without (decoding): the prefix only, left-padded for generation.
         Returns inputs_embeds (B, L, D), attention_mask (B, L), labels (B, L) or None.
         """
         b = next(iter(tokens.values()))[0].shape[0]
@@ -241,10 +246,9 @@ class AVSRModel(nn.Module):
             parts.append(self.embed(self._ids(self.prompt_ids[task])))
             prefix = sum(p.shape[0] for p in parts)
             label = [IGNORE] * prefix
-            if texts is not None:
-                target = self.tokenizer(texts[i], add_special_tokens=False)["input_ids"] + [self.eos]
-                parts.append(self.embed(self._ids(target)))
-                label += target
+            if targets is not None:
+                parts.append(self.embed(self._ids(targets[i])))
+                label += targets[i]
             seqs.append(torch.cat(parts))
             labels.append(label)
         length = max(s.shape[0] for s in seqs)
@@ -254,12 +258,12 @@ class AVSRModel(nn.Module):
         label_t = torch.full((b, length), IGNORE, dtype=torch.long, device=embeds.device)
         for i, s in enumerate(seqs):
             n = s.shape[0]
-            if texts is not None:  # right padding
+            if targets is not None:  # right padding
                 embeds[i, :n], mask[i, :n] = s, 1
                 label_t[i, :n] = torch.tensor(labels[i], device=embeds.device)
             else:  # left padding
                 embeds[i, length - n:], mask[i, length - n:] = s, 1
-        return embeds, mask, (label_t if texts is not None else None)
+        return embeds, mask, (label_t if targets is not None else None)
 
     # ------------------------------------------------------------------ API
     def forward(self, batch: dict, task: str, pair: Pair | None = None) -> tuple[torch.Tensor, dict]:
@@ -272,13 +276,14 @@ class AVSRModel(nn.Module):
         """
         pairs = [pair] if pair is not None else self.pairs(task)
         tokens, aux = self.encode(batch, task, pairs)
+        targets = self.targets(batch["text"])  # tokenised once for every pair
         if len(pairs) > 1 and self.cfg.matryoshka_batched:
-            losses = self._batched_losses(tokens, task, batch["text"])
+            losses = self._batched_losses(tokens, task, targets)
         else:
             losses = []
             for p in pairs:
                 set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, p))
-                embeds, mask, labels = self.assemble(tokens[p], task, batch["text"])
+                embeds, mask, labels = self.assemble(tokens[p], task, targets)
                 losses.append(self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss)
         weights = self.pair_weights(task, pairs) if len(pairs) > 1 else [1.0]
         loss = sum(w * l for w, l in zip(weights, losses)) / len(losses)
@@ -293,15 +298,13 @@ class AVSRModel(nn.Module):
         table = dict(zip(self.pairs("avsr"), self.cfg.pair_weights))
         return [float(table[p]) for p in pairs]
 
-    def _batched_losses(self, tokens: dict, task: str, texts: list[str]) -> list[torch.Tensor]:
+    def _batched_losses(self, tokens: dict, task: str, targets: list[list[int]]) -> list[torch.Tensor]:
         """Every pair's sequences in one LLM pass: blocks of B rows, each block with its own
         adapters (shared ones on all rows); per-pair mean token losses, as one pass each would give."""
         pairs = list(tokens)
-        built = [self.assemble(tokens[p], task, texts) for p in pairs]  # each (B, L_p, ·)
-        b, length = built[0][0].shape[0], max(e.shape[1] for e, _, _ in built)
-        embeds = torch.cat([F.pad(e, (0, 0, 0, length - e.shape[1])) for e, _, _ in built])  # (P*B, L, D)
-        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m, _ in built])  # (P*B, L)
-        labels = torch.cat([F.pad(l, (0, length - l.shape[1]), value=IGNORE) for _, _, l in built])  # (P*B, L)
+        embeds, mask, labels = zip(*(self.assemble(tokens[p], task, targets) for p in pairs))  # each (B, L_p, ·)
+        b = embeds[0].shape[0]
+        embeds, mask, labels = _pad_cat(embeds, 0.0), _pad_cat(mask, 0), _pad_cat(labels, IGNORE)  # (P*B, L, ·)
         names = [adapter_names(self.cfg.lora_scheme, task, p) for p in pairs]
         common = tuple(n for n in names[0] if all(n in other for other in names))
         set_active(self.llm, common, rows=[(tuple(n for n in own if n not in common), slice(i * b, (i + 1) * b))
@@ -382,11 +385,14 @@ class AVSRModel(nn.Module):
         return counts
 
 
-def _stack_batches(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(x (B, T_i, D), pad (B, T_i))] -> one batch (n*B, max T_i, D) with its padding mask."""
+def _pad_cat(parts: Sequence[torch.Tensor], value: float | int | bool) -> torch.Tensor:
+    """[(B_i, T_i, ...)] -> (sum B_i, max T_i, ...): right-padded with `value` along dim 1."""
     if len(parts) == 1:
         return parts[0]
-    t = max(x.shape[1] for x, _ in parts)
-    x = torch.cat([F.pad(x, (0, 0, 0, t - x.shape[1])) for x, _ in parts])
-    pad = torch.cat([F.pad(p, (0, t - p.shape[1]), value=True) for _, p in parts])
-    return x, pad
+    t = max(x.shape[1] for x in parts)
+    return torch.cat([F.pad(x, (0, 0) * (x.dim() - 2) + (0, t - x.shape[1]), value=value) for x in parts])
+
+
+def _stack_batches(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(x (B, T_i, D), pad (B, T_i))] -> one batch (n*B, max T_i, D) with its padding mask."""
+    return _pad_cat([x for x, _ in parts], 0.0), _pad_cat([p for _, p in parts], True)

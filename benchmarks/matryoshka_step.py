@@ -25,11 +25,11 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from avsr.io import write_text_atomic
 from avsr.models.avsr_model import AVSRConfig, AVSRModel, scale_name
 from avsr.models.small_lm import train_tokenizer
 from avsr.synth.text import grid_sentence
@@ -146,11 +146,7 @@ def main() -> None:
         "ratio_to_single": {k: round(v / median["single"], 3) for k, v in median.items()},
         "decode_per_pair": decode,
     }
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+    path = write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     print(f"batch {args.batch} x {args.seconds:g} s, LM {args.hidden}x{args.layers}, {args.threads} threads, "
           f"median of {args.repeats}")
     for name in median:

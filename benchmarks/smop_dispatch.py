@@ -19,10 +19,10 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from avsr.io import write_text_atomic
 from avsr.models.mixture import SparseMixtureProjector
 from avsr.models.projector import MLPProjector
 
@@ -76,11 +76,7 @@ def main() -> None:
         "ratio_to_E2": {k: round(v / median["E2"], 3) for k, v in median.items() if k != "mlp"},
         "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in projectors.items()},
     }
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+    path = write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     print(f"{args.tokens} tokens, d_in {args.d_in}, hidden {args.hidden}, d_out {args.d_out}, top-{args.top_k}, "
           f"{args.threads} threads, median of {args.repeats}")
     for name in projectors:

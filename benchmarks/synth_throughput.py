@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from avsr.data.dataset import load_item, read_labels
+from avsr.io import write_text_atomic
 from avsr.synth.analysis import lip_audio_correlation
 from avsr.synth.corpus import SynthConfig, synthesize_corpus
 
@@ -57,8 +58,7 @@ def main() -> None:
         "lip_energy_correlation_min": round(float(np.min(corr)), 3),
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print(f"{result['utterances_per_second']} utterances/s with {args.workers} workers; "
           f"{result['bytes_per_utterance'] / 1e3:.1f} kB/utterance; 2,000 utterances in ~{result['projected_seconds_for_2000']:.0f} s")

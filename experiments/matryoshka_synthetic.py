@@ -20,6 +20,7 @@ from pathlib import Path
 
 from avsr.evaluation.evaluate import grid_table, rate_grid, snr_label
 from avsr.evaluation.experiment import corpus_files, train_variant
+from avsr.io import write_text_atomic
 from avsr.models.avsr_model import scale_name
 
 PAIRS = [(4, 2), (4, 5), (16, 2), (16, 5)]
@@ -42,9 +43,8 @@ def train_and_grid(name: str, recipe: str, overrides: list[str], args) -> dict:
     root, labels, noise = corpus_files(cfg)
     grid = rate_grid(model, root, labels, tuple(cfg.model.tasks), SNRS, noise, num_beams=args.beams,
                      limit=args.limit or None)
-    grid_file.parent.mkdir(parents=True, exist_ok=True)
-    (out / name / "eval" / "rate_grid.md").write_text(f"# {name}\n\n{grid_table(grid)}\n")
-    grid_file.write_text(json.dumps(grid, indent=1))
+    write_text_atomic(out / name / "eval" / "rate_grid.md", f"# {name}\n\n{grid_table(grid)}\n")
+    write_text_atomic(grid_file, json.dumps(grid, indent=1))  # last: marks the variant done
     return grid
 
 
@@ -87,8 +87,8 @@ def main() -> None:
         grids[name] = train_and_grid(name, *VARIANTS[name], args)
     text = tables(grids)
     out = Path(args.out)
-    (out / "matryoshka_table.md").write_text(text + "\n")
-    (out / "matryoshka_results.json").write_text(json.dumps(
+    write_text_atomic(out / "matryoshka_table.md", text + "\n")
+    write_text_atomic(out / "matryoshka_results.json", json.dumps(
         {name: {task: {scale: r["results"][task] for scale, r in by.items()} for task, by in g.items()}
          for name, g in grids.items()}, indent=1) + "\n")
     print("\n" + text)

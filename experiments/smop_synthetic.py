@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from avsr.evaluation.experiment import comparison_table, run_variant
+from avsr.io import write_text_atomic
 
 VARIANTS = {
     "mlp": ("quickstart.yaml", []),
@@ -45,8 +46,8 @@ def main() -> None:
         rows.append(run_variant(name, recipe, overrides, Path(args.run), out, args.steps, args.limit or None,
                                 SNRS, args.beams))
     table = comparison_table(rows, SNRS)
-    (out / "smop_table.md").write_text(table + "\n")
-    (out / "smop_results.json").write_text(json.dumps(
+    write_text_atomic(out / "smop_table.md", table + "\n")
+    write_text_atomic(out / "smop_results.json", json.dumps(
         [{k: r[k] for k in ("variant", "recipe", "overrides", "steps", "parameters", "results", "expert_usage")
           if k in r} for r in rows], indent=1) + "\n")
     print("\n" + table)

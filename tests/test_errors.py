@@ -124,3 +124,25 @@ def test_label_formats(tmp_path):
     labels.write_text("synth,train/x.mp4,forty,bin\n")
     with pytest.raises(DataError, match="l.csv:1: frame count"):
         read_labels(labels)
+
+
+def test_atomic_writes_leave_old_content_or_new_never_half(tmp_path):
+    from avsr.io import atomic_folder, write_text_atomic
+
+    target = tmp_path / "results.json"
+    write_text_atomic(target, '{"wer": 0.1}')
+    with pytest.raises(TypeError):
+        write_text_atomic(target, None)  # fails while writing: the old file stays whole
+    assert target.read_text() == '{"wer": 0.1}'
+    write_text_atomic(target, '{"wer": 0.2}')
+    assert target.read_text() == '{"wer": 0.2}'
+
+    folder = tmp_path / "checkpoint"
+    with atomic_folder(folder) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(folder) as tmp:
+            (tmp / "weights").write_text("v2, half")
+            raise RuntimeError("interrupted")
+    assert (folder / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "results.json"]  # no temp leftovers

@@ -140,6 +140,7 @@ def _rates(text: str) -> tuple:
 def cmd_eval(args: argparse.Namespace) -> int:
     from avsr.evaluation.evaluate import (choose_pair, evaluate, grid_table, markdown_table, rate_grid,
                                           write_report)
+    from avsr.io import write_text_atomic
     from avsr.models.loading import load_checkpoint, read_checkpoint_config
 
     saved = read_checkpoint_config(args.checkpoint)
@@ -155,9 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = dict(num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit, progress=not args.quiet)
     if args.rate_grid:
         grid = rate_grid(model, root, labels, tasks, snrs, noise, **options)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "rate_grid.json").write_text(json.dumps(grid, indent=1))
-        (Path(out) / "rate_grid.md").write_text(f"# rate grid: {args.checkpoint}\n\n{grid_table(grid)}\n")
+        write_text_atomic(Path(out) / "rate_grid.json", json.dumps(grid, indent=1))
+        write_text_atomic(Path(out) / "rate_grid.md", f"# rate grid: {args.checkpoint}\n\n{grid_table(grid)}\n")
         print(grid_table(grid))
         print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
         return 0

@@ -1,4 +1,4 @@
-"""Writing folders so that a reader never sees a half-written one."""
+"""Writing files and folders so that a reader never sees a half-written one."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a hidden sibling, then rename it over `path` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, "utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -21,6 +21,7 @@ from avsr.data.dataset import AVDataset
 from avsr.data.media import SAMPLE_RATE, read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform
 from avsr.evaluation.wer import word_errors
+from avsr.io import write_text_atomic
 from avsr.models.avsr_model import MODALITIES, AVSRModel, scale_name
 
 CLEAN = None
@@ -235,11 +236,11 @@ def plot_wer_vs_snr(report: dict, path: Path) -> None:
 def write_report(report: dict, out: str | Path, title: str = "avsr evaluation") -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(report, indent=1))
     text = f"# {title}\n\n{markdown_table(report)}\n"
     if "expert_usage" in report:
         text += f"\n## Expert usage (sparse mixture of projectors)\n\n{usage_table(report)}\n"
-    (out / "report.md").write_text(text)
+    write_text_atomic(out / "report.md", text)
     plot_wer_vs_snr(report, out / "wer_vs_snr.png")
     if "expert_usage" in report:
         plot_expert_usage(report, out / "expert_usage.png")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from avsr.data.dataset import read_labels
 from avsr.data.media import read_video
+from avsr.data.transforms import crop
 from avsr.io import atomic_folder
 from avsr.models.video_encoder import (AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD,
                                        VideoEncoder, VideoEncoderConfig)
@@ -159,18 +159,11 @@ def load_clips(root: str | Path, labels: str | Path, tokenizer: CharTokenizer) -
     return clips
 
 
-def preprocess(video: np.ndarray, crop: int, rng: random.Random | None = None, hflip: bool = False) -> torch.Tensor:
-    """uint8 (T, H, W) -> float (T, crop, crop), normalised as AV-HuBERT expects.
+def preprocess(video: np.ndarray, size: int, rng: np.random.Generator | None = None, hflip: bool = False) -> torch.Tensor:
+    """uint8 (T, H, W) -> float (T, size, size), normalised as AV-HuBERT expects.
 
     With `rng` the crop offset is random (training), else centred (evaluation)."""
-    frames, height, width = video.shape
-    if crop > min(height, width):
-        raise ValueError(f"crop {crop} is larger than the {height}x{width} frames")
-    if rng is None:
-        top, left = (height - crop) // 2, (width - crop) // 2
-    else:
-        top, left = rng.randint(0, height - crop), rng.randint(0, width - crop)
-    x = torch.from_numpy(np.ascontiguousarray(video[:, top:top + crop, left:left + crop])).float()  # (T, c, c)
+    x = torch.from_numpy(np.ascontiguousarray(crop(video, size, rng))).float()  # (T, size, size)
     if hflip and rng is not None and rng.random() < 0.5:
         x = x.flip(-1)
     return (x / 255.0 - AVHUBERT_PIXEL_MEAN) / AVHUBERT_PIXEL_STD
@@ -191,7 +184,7 @@ def make_batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
     return batches
 
 
-def collate(clips: list[Clip], cfg: VideoPretrainConfig, rng: random.Random | None
+def collate(clips: list[Clip], cfg: VideoPretrainConfig, rng: np.random.Generator | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> video (B, T, crop, crop) float zero-padded, lengths (B,), targets (sum L,), target_lengths (B,)."""
     videos = [preprocess(c.video, cfg.crop, rng, cfg.hflip) for c in clips]
@@ -200,8 +193,8 @@ def collate(clips: list[Clip], cfg: VideoPretrainConfig, rng: random.Random | No
     for b, v in enumerate(videos):
         if rng is not None:
             for _ in range(cfg.time_masks):
-                span = rng.randint(0, min(cfg.time_mask_max, v.shape[0] // 4))
-                start = rng.randint(0, v.shape[0] - span)
+                span = int(rng.integers(0, min(cfg.time_mask_max, v.shape[0] // 4) + 1))
+                start = int(rng.integers(0, v.shape[0] - span + 1))
                 v[start:start + span] = 0.0
         batch[b, : v.shape[0]] = v
     targets = torch.tensor([i for c in clips for i in c.ids], dtype=torch.long)
@@ -293,7 +286,7 @@ def transcribe(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig
 
 def train_ctc(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig, log=print) -> dict:
     """The training loop; returns a report (steps, seconds, initial/final loss, loss history)."""
-    rng = random.Random(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     batches = make_batches([c.video.shape[0] for c in clips], cfg.batch_frames)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # biases, norms, PReLU slopes
@@ -315,8 +308,7 @@ def _train_loop(model, clips, cfg, batches, opt, sched, ctc, rng, log) -> dict:
     started = time.perf_counter()
     for step in range(cfg.steps):
         if not order:  # a new epoch: shuffle the (length-sorted) batches
-            order = list(range(len(batches)))
-            rng.shuffle(order)
+            order = rng.permutation(len(batches)).tolist()
         video, lengths, targets, target_lengths = collate([clips[i] for i in batches[order.pop()]], cfg, rng)
         log_probs, out_lengths = model(video, lengths)  # (B, T, V), (B,)
         loss = ctc(log_probs.transpose(0, 1), targets, out_lengths, target_lengths)  # CTCLoss wants (T, B, V)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, write_audio, write_video
 from avsr.data.noise import pink_noise, white_noise
 from avsr.errors import AvsrError
+from avsr.io import write_text_atomic
 from avsr.synth.espeak import Voice, engine
 from avsr.synth.lips import Appearance, head_motion, render_mouth
 from avsr.synth.text import grid_sentence, read_text_file
@@ -189,7 +190,7 @@ def render_utterance(task: UtteranceTask) -> dict:
         "visemes": [{"viseme": s.viseme, "start": round(s.start, 4), "end": round(s.end, 4)} for s in segments],
         "mouth": {name: np.round(mouth[:, i], 4).tolist() for i, name in enumerate(PARAMS)},
     }
-    _write_atomic(sidecar, json.dumps(meta))
+    write_text_atomic(sidecar, json.dumps(meta))
     return meta
 
 
@@ -206,12 +207,6 @@ def babble_stream(args: tuple[list[Speaker], list[str], int, int]) -> np.ndarray
         total += audio.size
     track = np.concatenate(pieces)[offset:offset + n_samples]
     return track / (np.sqrt(np.mean(track**2)) + 1e-9)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _labels_csv(rows: list[dict], corpus: str) -> str:
@@ -263,7 +258,7 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
     manifest = _prepare_output(cfg, identity, overwrite)
     state = {"format": CORPUS_FORMAT, "identity": identity, "complete": False,
              "speakers": [s.to_dict() for s in speakers]}
-    _write_atomic(manifest, json.dumps(state, indent=1))
+    write_text_atomic(manifest, json.dumps(state, indent=1))
 
     root = Path(cfg.out)
     noise_jobs = []
@@ -304,11 +299,11 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
             write_audio(path, 0.25 * sig / np.abs(sig).max())
     for split in SPLITS:
         mine = [m for m in rows if m["rel_path"].startswith(split + "/")]
-        _write_atomic(root / "labels" / f"{cfg.corpus}_{split}.csv", _labels_csv(mine, cfg.corpus))
+        write_text_atomic(root / "labels" / f"{cfg.corpus}_{split}.csv", _labels_csv(mine, cfg.corpus))
 
     state["summary"] = summarize(rows, speakers, root, cfg.corpus)
     state["complete"] = True
-    _write_atomic(manifest, json.dumps(state, indent=1))
+    write_text_atomic(manifest, json.dumps(state, indent=1))
     return state["summary"]
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -210,7 +211,12 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
     train_loader, val_loader = make_loaders(cfg, model, trainer.world_size, trainer.global_rank, progress)
     last = resume_dir / "last.ckpt"
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
-                ckpt_path=str(last) if last.is_file() else None)
+    with warnings.catch_warnings():
+        # Both are by design: frozen encoders and LLM stay in eval mode (AVSRModel.train), and
+        # validation is off when val_every is 0.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+        trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
+                    ckpt_path=str(last) if last.is_file() else None)
     print(f"[avsr train] {trainer.global_step} steps in {time.perf_counter() - start:.0f} s", flush=True)
     return out / "checkpoints" / "last"

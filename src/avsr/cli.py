@@ -119,7 +119,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from avsr.training.config import load_config
     from avsr.training.train import train
 
-    cfg = load_config(args.recipe, args.overrides)
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe and "=" in recipe and not Path(recipe).is_file():  # no recipe: `avsr train key=value ...`
+        recipe, overrides = None, [recipe, *overrides]
+    cfg = load_config(recipe, overrides)
     print(train(cfg, progress=not args.quiet))
     return 0
 

@@ -13,6 +13,7 @@ share those (an experiment comparing projectors, a re-run) skip the encoders ent
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ class FeatureCache(Dataset):
         self._compute(encoders, dataset, max_frames, progress)
         if store is not None:  # temp name, then rename: never a half-written cache
             store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_name(store.name + ".tmp")
+            tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")  # one per process (DDP ranks)
             torch.save({"fingerprint": fingerprint, "items": self.items}, tmp)
             tmp.replace(store)
 

@@ -186,6 +186,25 @@ def make_logger(cfg: TrainConfig):
     return L.pytorch.loggers.CSVLogger(cfg.out, name="logs")
 
 
+def resolve_strategy(strategy: str, devices) -> str:
+    """DDP as these models need it: with unused-parameter detection.
+
+    A step routinely leaves trainable parameters without a gradient: the "cycle" objective
+    trains one task per step (the other modality's projector, the other tasks' adapters idle),
+    Omni draws one rate pair (the other rates' projectors idle), and a sparse mixture may route
+    no token to an expert. Plain DDP then stops with "Expected to have finished reduction", so
+    `ddp`, and `auto` on several devices, become `ddp_find_unused_parameters_true`. Name another
+    strategy (e.g. `ddp_find_unused_parameters_false`) to choose otherwise.
+    """
+    several = (isinstance(devices, int) and (devices > 1 or devices == -1)) or \
+        (isinstance(devices, (list, tuple)) and len(devices) > 1) or \
+        (isinstance(devices, str) and (devices.strip() == "-1" or "," in devices.strip(", ")
+                                       or (devices.isdigit() and int(devices) > 1)))
+    if strategy == "ddp" or (strategy == "auto" and several):
+        return "ddp_find_unused_parameters_true"
+    return strategy
+
+
 def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = True) -> Path:
     """Train (resuming from <out>/resume/last.ckpt if present); returns the final checkpoint folder."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -199,9 +218,9 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
     module = AVSRLightning(model, cfg)
     resume_dir = out / "resume"
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision,
-        max_steps=cfg.optim.max_steps, gradient_clip_val=cfg.optim.grad_clip, logger=make_logger(cfg),
-        log_every_n_steps=cfg.log_every, enable_progress_bar=progress, enable_model_summary=False,
+        accelerator=cfg.accelerator, devices=cfg.devices, strategy=resolve_strategy(cfg.strategy, cfg.devices),
+        precision=cfg.precision, max_steps=cfg.optim.max_steps, gradient_clip_val=cfg.optim.grad_clip,
+        logger=make_logger(cfg), log_every_n_steps=cfg.log_every, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, check_val_every_n_epoch=None,
         val_check_interval=cfg.val_every if cfg.val_every > 0 else None,
         limit_val_batches=None if cfg.val_every > 0 else 0,
@@ -218,5 +237,6 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
         trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
                     ckpt_path=str(last) if last.is_file() else None)
-    print(f"[avsr train] {trainer.global_step} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"[avsr train] {trainer.global_step} steps in {time.perf_counter() - start:.0f} s "
+          f"({trainer.world_size} process{'es' if trainer.world_size > 1 else ''})", flush=True)
     return out / "checkpoints" / "last"

@@ -52,7 +52,7 @@ def test_pair_weights_scale_each_pair():
     loss, _ = model(batch, "avsr")
     per_pair = [model(batch, "avsr", p)[0] for p in model.pairs("avsr")]
     expected = (per_pair[0] + per_pair[1] + 1.5 * per_pair[2] + 2.0 * per_pair[3]) / 4  # (1/(G L)) sum c_ij CE_ij
-    assert abs(float(loss) - float(expected)) < 1e-5
+    assert abs(loss.item() - expected.item()) < 1e-5
 
 
 def _perturb_lora(model):

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -48,7 +49,7 @@ def test_warmup_then_cosine_to_zero():
     assert f(110) == pytest.approx(0.0, abs=1e-9)
 
 
-def run_training(tiny_corpus, out: Path, steps: int, cache: int, extra: tuple = (), **model_overrides):
+def run_training(tiny_corpus, out: Path, steps: int, cache: int, extra: tuple = (), callbacks=(), **model_overrides):
     corpus_cfg, _ = tiny_corpus
     cfg = load_config(None, [f"data.root={corpus_cfg.out}", f"out={out}", f"optim.max_steps={steps}",
                              "optim.warmup_steps=2", "optim.lr=6e-3", "data.max_frames=200", "log_every=1",
@@ -56,7 +57,7 @@ def run_training(tiny_corpus, out: Path, steps: int, cache: int, extra: tuple = 
                              *extra])
     model = tiny_model(seed=11, **model_overrides)
     model.cfg.llm = "unused-in-tests"
-    return train(cfg, model=model, progress=False), model
+    return train(cfg, model=model, progress=False, callbacks=callbacks), model
 
 
 def logged_losses(out: Path) -> list[float]:
@@ -96,13 +97,32 @@ def test_feature_cache_on_disk_is_reused_by_a_second_training(tiny_corpus, tmp_p
         run_training(tiny_corpus, tmp_path / "c", steps=3, cache=2, extra=extra + ("data.snrs=[0]",))
 
 
-def test_training_resumes_from_the_last_checkpoint(tiny_corpus, tmp_path):
-    run_training(tiny_corpus, tmp_path / "run", steps=6, cache=0)
-    checkpoint, _ = run_training(tiny_corpus, tmp_path / "run", steps=10, cache=0)
+class StopAfter(L.Callback):
+    """Ends a run after `step` optimizer steps, as an interruption would (same config)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_training_resumes_mid_epoch_as_if_never_stopped(tiny_corpus, tmp_path):
+    # 4 batches per epoch here: the stop after step 6 is in the middle of the second epoch
+    extra = ("checkpoint_every=6",)
+    run_training(tiny_corpus, tmp_path / "straight", steps=10, cache=2, extra=extra)
+    run_training(tiny_corpus, tmp_path / "run", steps=10, cache=2, extra=extra, callbacks=[StopAfter(6)])
+    assert read_checkpoint_config(tmp_path / "run" / "checkpoints" / "last")["step"] == 6
+    checkpoint, _ = run_training(tiny_corpus, tmp_path / "run", steps=10, cache=2, extra=extra)
     assert read_checkpoint_config(checkpoint)["step"] == 10
     versions = sorted((tmp_path / "run" / "logs").glob("version_*/metrics.csv"))
-    steps = [int(r["step"]) for r in csv.DictReader(open(versions[-1])) if r.get("train/loss")]
-    assert min(steps) >= 6  # the second run continued, it did not start over
+    rows = [r for r in csv.DictReader(open(versions[-1])) if r.get("train/loss")]
+    assert min(int(r["step"]) for r in rows) >= 6  # the second run continued, it did not start over
+    # same batches (sampler position, the epoch's feature copy), weights and optimizer state
+    # as the uninterrupted run: the same losses
+    straight = logged_losses(tmp_path / "straight")
+    assert [float(r["train/loss"]) for r in rows] == pytest.approx(straight[6:], abs=1e-5)
 
 
 def test_smop_training_adds_and_logs_the_router_losses(tiny_corpus, tmp_path):

@@ -40,6 +40,8 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
     so every rank computes the same permutation. Rank r takes batches r, r + R, r + 2R, ...; the list
     is padded by repeating batches from its start (or cut, with drop_last) so all ranks see the same
     number of batches, which keeps DDP collectives in step. Call set_epoch(epoch) before each epoch.
+    `resume_at = n` makes the next pass start after this rank's first n batches of the epoch
+    (resuming a run mid-epoch); set_epoch clears it.
     """
 
     def __init__(self, lengths: Sequence[int], max_frames: int, shuffle: bool = True, seed: int = 0,
@@ -56,9 +58,11 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.drop_last = drop_last
         self.epoch = 0
+        self.resume_at = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.resume_at = 0
 
     def _per_rank(self) -> int:
         n = len(self.batches)
@@ -76,7 +80,8 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
             order = (order * (total // len(order) + 1))[:total]
         else:
             order = order[:total]
-        for k in order[self.rank::self.num_replicas]:
+        start, self.resume_at = self.resume_at, 0  # a resumed epoch skips what was trained
+        for k in order[self.rank::self.num_replicas][start:]:
             yield list(self.batches[k])
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -40,6 +41,35 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
+class ResumableLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch.
+
+    Lightning saves `state_dict()` in its checkpoint and calls `load_state_dict` before
+    iterating again. The state is the epoch and the number of batches trained in it, counted
+    by `AVSRLightning.training_step` (not by fetching, which runs a batch ahead); on loading,
+    the dataset gets its epoch back (augmentation, feature-cache copy) and the batch sampler
+    skips the batches already trained, so a resumed run sees the data of an uninterrupted one.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+        self.trained_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.trained_batches = epoch, 0
+        for obj in (self.batch_sampler, self.dataset):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "trained_batches": self.trained_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+        self.trained_batches = self.batch_sampler.resume_at = state["trained_batches"]
+
+
 class AVSRLightning(L.LightningModule):
     def __init__(self, model: AVSRModel, cfg: TrainConfig):
         super().__init__()
@@ -49,6 +79,7 @@ class AVSRLightning(L.LightningModule):
         self.strict_loading = False  # resume checkpoints hold the trainable weights only
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.trainer.train_dataloader.trained_batches += 1  # the position a checkpoint records
         bs = len(batch["text"])
         if self.cfg.objective == "omni":
             loss, aux = self.omni_loss(batch)
@@ -103,11 +134,8 @@ class AVSRLightning(L.LightningModule):
         trainable = {f"model.{k}" for k, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader
-        for obj in (loader.batch_sampler, loader.dataset):
-            if hasattr(obj, "set_epoch"):
-                obj.set_epoch(self.current_epoch)
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes mid-epoch
+        self.trainer.train_dataloader.set_epoch(self.current_epoch)
 
 
 class SaveTrainable(L.Callback):
@@ -174,7 +202,7 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     val = TransformedDataset(val_set, EvalTransform(augment), seed=cfg.seed)
     val_sampler = FrameBudgetBatchSampler(frame_lengths(val_set), d.max_frames, shuffle=False,
                                           num_replicas=world_size, rank=rank)
-    return (DataLoader(train, batch_sampler=sampler, collate_fn=train_collate, num_workers=d.workers),
+    return (ResumableLoader(train, batch_sampler=sampler, collate_fn=train_collate, num_workers=d.workers),
             DataLoader(val, batch_sampler=val_sampler, collate_fn=collate, num_workers=d.workers))
 
 
@@ -205,8 +233,10 @@ def resolve_strategy(strategy: str, devices) -> str:
     return strategy
 
 
-def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = True) -> Path:
-    """Train (resuming from <out>/resume/last.ckpt if present); returns the final checkpoint folder."""
+def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = True,
+          callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Train (resuming from <out>/resume/last.ckpt if present); returns the final checkpoint folder.
+    `callbacks`: extra Lightning callbacks (e.g. early stopping, custom logging)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +255,7 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         val_check_interval=cfg.val_every if cfg.val_every > 0 else None,
         limit_val_batches=None if cfg.val_every > 0 else 0,
         callbacks=[SaveTrainable(cfg), L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=resume_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every)],
+            dirpath=resume_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every), *callbacks],
         use_distributed_sampler=False)
     train_loader, val_loader = make_loaders(cfg, model, trainer.world_size, trainer.global_rank, progress)
     last = resume_dir / "last.ckpt"

@@ -174,7 +174,7 @@ def test_omni_objective_weights_the_tasks_at_one_drawn_pair(tiny_corpus):
         if all(abs(per_task[t].item() - aux[f"loss/{t}"].item()) < 1e-5 for t in per_task):
             matches.append(pair)
             expected = (per_task["asr"] + 1.5 * per_task["vsr"] + per_task["avsr"]) / 3
-            assert abs(float(total) - float(expected)) < 1e-5
+            assert abs(total.item() - expected.item()) < 1e-5
     assert len(matches) >= 1
 
 

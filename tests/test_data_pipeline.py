@@ -219,6 +219,22 @@ def test_sampler_shards_are_disjoint_and_equal(drop_last):
     assert len(union) == expected
 
 
+
+def test_sampler_resumes_after_the_batches_already_trained():
+    full = FrameBudgetBatchSampler(LENGTHS, 700, seed=5, num_replicas=2, rank=1)
+    full.set_epoch(2)
+    expected = list(full)
+    resumed = FrameBudgetBatchSampler(LENGTHS, 700, seed=5, num_replicas=2, rank=1)
+    resumed.set_epoch(2)
+    resumed.resume_at = 2
+    assert list(resumed) == expected[2:]
+    assert list(resumed) == expected  # only the resumed pass skips
+    resumed.resume_at = 1
+    resumed.set_epoch(3)  # a new epoch starts from its beginning
+    full.set_epoch(3)
+    assert list(resumed) == list(full)
+
+
 # ---------------------------------------------------------------- collate / dataset
 
 def test_collate_pads_with_zeros_and_reports_lengths():

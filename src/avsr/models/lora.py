@@ -46,27 +46,20 @@ class LoRALinear(nn.Module):
             else:  # only this block of rows (one Matryoshka scale in a batched step)
                 blocks.setdefault((rows.start, rows.stop), []).append(name)
         if blocks:
-            # cut the rows into consecutive pieces with split (its backward is one cat; slicing
-            # would allocate a zero-filled full-size gradient per block) and update each block
-            bounds, sizes, end = [], [], 0
-            for start, stop in sorted(blocks):
+            # consecutive row segments with their adapters (none between blocks), cut with split:
+            # its backward is one cat, where slicing would allocate a zero-filled full-size
+            # gradient per block
+            sizes, owners, end = [], [], 0
+            for (start, stop), names in sorted(blocks.items()):
                 if start < end:
                     raise ValueError("row blocks of LoRA adapters overlap; give each block its adapters at once")
-                if start > end:
-                    bounds.append(None)
-                    sizes.append(start - end)
-                bounds.append((start, stop))
-                sizes.append(stop - start)
+                sizes += [start - end, stop - start]
+                owners += [(), names]
                 end = stop
-            if end < y.shape[0]:
-                bounds.append(None)
-                sizes.append(y.shape[0] - end)
-            pieces = []
-            for key, y_rows, h_rows in zip(bounds, y.split(sizes), h.split(sizes)):
-                for name in blocks.get(key, ()):
-                    y_rows = y_rows + self.update(name, h_rows)
-                pieces.append(y_rows)
-            y = torch.cat(pieces)
+            sizes.append(y.shape[0] - end)
+            owners.append(())
+            y = torch.cat([sum((self.update(n, h_rows) for n in names), y_rows)
+                           for names, y_rows, h_rows in zip(owners, y.split(sizes), h.split(sizes))])
         return y
 
     def update(self, name: str, h: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ share those (an experiment comparing projectors, a re-run) skip the encoders ent
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
+from avsr.io import atomic_file
 
 
 class FeatureCache(Dataset):
@@ -39,11 +39,9 @@ class FeatureCache(Dataset):
                 print(f"[avsr train] encoder features from {store}", flush=True)
                 return
         self._compute(encoders, dataset, max_frames, progress)
-        if store is not None:  # temp name, then rename: never a half-written cache
-            store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")  # one per process (DDP ranks)
-            torch.save({"fingerprint": fingerprint, "items": self.items}, tmp)
-            tmp.replace(store)
+        if store is not None:
+            with atomic_file(store) as tmp:
+                torch.save({"fingerprint": fingerprint, "items": self.items}, tmp)
 
     def _compute(self, encoders: torch.nn.ModuleDict, dataset: TransformedDataset, max_frames: int,
                  progress: bool) -> None:

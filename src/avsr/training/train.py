@@ -224,10 +224,10 @@ def resolve_strategy(strategy: str, devices) -> str:
     `ddp`, and `auto` on several devices, become `ddp_find_unused_parameters_true`. Name another
     strategy (e.g. `ddp_find_unused_parameters_false`) to choose otherwise.
     """
-    several = (isinstance(devices, int) and (devices > 1 or devices == -1)) or \
-        (isinstance(devices, (list, tuple)) and len(devices) > 1) or \
-        (isinstance(devices, str) and (devices.strip() == "-1" or "," in devices.strip(", ")
-                                       or (devices.isdigit() and int(devices) > 1)))
+    if isinstance(devices, str):  # "8", "-1" (all), "0,1" (ids) or "auto"
+        ids = [d for d in devices.split(",") if d.strip()]
+        devices = ids if len(ids) > 1 else int(devices) if devices.strip().lstrip("-").isdigit() else 1
+    several = len(devices) > 1 if isinstance(devices, (list, tuple)) else devices > 1 or devices == -1
     if strategy == "ddp" or (strategy == "auto" and several):
         return "ddp_find_unused_parameters_true"
     return strategy

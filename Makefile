@@ -3,10 +3,13 @@
 #   make test         the test suite
 VENV ?= .venv
 
-.PHONY: setup quickstart test bench-synth contact-sheet
+.PHONY: setup lock quickstart test bench-synth contact-sheet
 
 setup:
 	@bash scripts/setup.sh $(VENV)
+
+lock:
+	@bash scripts/lock.sh
 
 quickstart: setup
 	$(VENV)/bin/avsr quickstart $(ARGS)

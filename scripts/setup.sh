@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot setup for a fresh Debian machine: system packages, a virtual environment,
-# torch (CPU, pinned) first, then avsr with its test extras. Idempotent: re-running
+# torch (CPU, pinned) first, then the locked dependencies and avsr with its test extras. Idempotent: re-running
 # only installs what is missing. Usage: scripts/setup.sh [VENV_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,14 +22,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"
   "$PY" -m venv "$VENV"
 fi
+# Every Python package at the exact version in requirements/lock.txt (refresh: make lock).
+LOCK=requirements/lock.txt
 stamp="$VENV/.avsr-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "[setup] installing torch==2.13.0 (CPU) first, then avsr[test]"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+if [ ! -f "$stamp" ] || [ "$LOCK" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  torch_pin=$(grep -E '^torch==' "$LOCK")
+  echo "[setup] installing $torch_pin first, then the locked dependencies and avsr[test]"
   # torch first: installing anything that depends on torch before it pulls a CUDA build.
-  # Elsewhere, set AVSR_TORCH_INDEX (e.g. the PyTorch CPU index) to avoid a CUDA wheel.
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0" ${AVSR_TORCH_INDEX:+--index-url "$AVSR_TORCH_INDEX"}
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # Elsewhere, set AVSR_TORCH_INDEX (e.g. the PyTorch CPU index) to get the CPU build.
+  "$VENV/bin/python" -m pip install -q "pip==26.3"  # the pip the lock was made with (scripts/lock.sh)
+  "$VENV/bin/python" -m pip install -q "$torch_pin" ${AVSR_TORCH_INDEX:+--extra-index-url "$AVSR_TORCH_INDEX"}
+  "$VENV/bin/python" -m pip install -q -r "$LOCK"
+  "$VENV/bin/python" -m pip install -q --no-deps -e .
+  "$VENV/bin/python" -m pip check
   touch "$stamp"
 fi
 echo "[setup] ready: $VENV"

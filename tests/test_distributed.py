@@ -31,33 +31,9 @@ def test_ddp_detects_unused_parameters_unless_told_otherwise(strategy, devices, 
     assert resolve_strategy(strategy, devices) == expected
 
 
-def save_tiny_backbones(folder: Path, texts: list[str]) -> dict[str, Path]:
-    """Tiny Whisper, lip encoder and LM folders in the formats `build_model` reads."""
-    from transformers import WhisperConfig, WhisperModel
-
-    from avsr.models.small_lm import SmallLMConfig, train_small_lm
-    from avsr.models.video_encoder import VideoEncoderConfig
-    from avsr.models.video_pretrain import DEFAULT_VOCAB, VideoCTCModel, VideoPretrainConfig, save_pretrained
-
-    torch.manual_seed(0)
-    paths = {"audio": folder / "whisper", "video": folder / "lips", "llm": folder / "lm"}
-    WhisperModel(WhisperConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-                               decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                               num_mel_bins=80)).save_pretrained(paths["audio"])
-    encoder = VideoEncoderConfig.tiny(embed_dim=64, layers=1)
-    save_pretrained(VideoCTCModel(encoder, len(DEFAULT_VOCAB)), VideoPretrainConfig(encoder=encoder), {},
-                    paths["video"])
-    train_small_lm(texts, paths["llm"], SmallLMConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-                                                      steps=2, batch_size=4, warmup_steps=1, num_threads=1))
-    return paths
-
-
-def test_two_process_ddp_training_through_the_cli(tiny_corpus, tmp_path):
-    from avsr.data.dataset import read_labels
-
+def test_two_process_ddp_training_through_the_cli(tiny_corpus, tiny_backbones, tmp_path):
     corpus_cfg, _ = tiny_corpus
-    texts = [row.text for row in read_labels(Path(corpus_cfg.out) / "labels" / "synth_train.csv")]
-    backbones = save_tiny_backbones(tmp_path / "backbones", texts)
+    backbones = tiny_backbones
     out = tmp_path / "run"
     command = [sys.executable, "-m", "avsr", "train", "--quiet",
                f"model.llm={backbones['llm']}", f"model.audio_encoder={backbones['audio']}",

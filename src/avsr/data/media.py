@@ -31,9 +31,39 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
+# Pixel values mean full range (0 = black, 255 = white) on both sides: the writer stores the
+# gray frames as the luma plane of a full-range ("JPEG range") YUV 4:2:0 stream, and the reader
+# returns the luma plane, expanding limited-range (16-235) streams, as most cameras write them.
+_LUMA_FORMATS = {"gray", "yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+                 "yuvj440p", "yuv411p", "yuv410p", "nv12", "nv21", "nv16", "nv24"}
+
+
+def _yuv420_frame(gray: np.ndarray) -> av.VideoFrame:
+    """A full-range yuv420p frame whose luma is `gray` (H, W) and whose chroma is neutral.
+
+    We fill the planes ourselves instead of letting swscale convert gray -> yuv420p: that
+    conversion's output bytes depended on what the process had converted before (its SIMD
+    paths differ between CPUs), so the same frames could give different files.
+    """
+    h, w = gray.shape
+    planes = np.empty(h * w * 3 // 2, np.uint8)
+    planes[: h * w] = gray.reshape(-1)
+    planes[h * w:] = 128  # U and V: no colour
+    frame = av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
+    frame.color_range = av.video.reformatter.ColorRange.JPEG
+    return frame
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = VIDEO_FPS, crf: int = 16) -> None:
-    """Encode (T, H, W) uint8 grayscale frames as H.264 in MP4. Deterministic (one thread)."""
+    """Encode (T, H, W) uint8 grayscale frames (even H and W) as full-range H.264 in MP4.
+
+    Deterministic: the same frames give the same bytes in any process (one encoder thread,
+    no swscale conversion)."""
     path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 3 or frames.dtype != np.uint8 or frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise MediaError(f"{path}: expected (T, H, W) uint8 frames with even H and W, got "
+                         f"{frames.shape} {frames.dtype}")
     tmp = _temp_path(path)
     t, h, w = frames.shape
     try:
@@ -41,10 +71,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = VIDEO_FPS, crf:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             stream.time_base = Fraction(1, fps)
+            stream.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
             stream.codec_context.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
             stream.thread_count = 1
             for i in range(t):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="gray")
+                frame = _yuv420_frame(frames[i])
                 frame.pts = i
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -53,8 +84,22 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = VIDEO_FPS, crf:
         tmp.unlink(missing_ok=True)
 
 
+def _luma(frame: av.VideoFrame) -> np.ndarray:
+    """(H, W) uint8 full-range luma of a decoded frame, read from its first plane when it has one."""
+    name = frame.format.name
+    if name not in _LUMA_FORMATS:  # RGB, 10-bit, ...: let swscale make gray
+        return frame.to_ndarray(format="gray")
+    plane = frame.planes[0]
+    y = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : frame.width]
+    full = name in ("gray",) or name.startswith("yuvj") or frame.color_range == av.video.reformatter.ColorRange.JPEG
+    if full:
+        return y.copy()
+    expanded = (y.astype(np.int32) - 16) * 255 + 109  # round((y - 16) * 255 / 219)
+    return np.clip(expanded // 219, 0, 255).astype(np.uint8)
+
+
 def read_video(path: str | Path) -> np.ndarray:
-    """Decode a video to (T, H, W) uint8 grayscale (the luma plane)."""
+    """Decode a video to (T, H, W) uint8 grayscale: the luma plane, in full range (see above)."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"video file not found: {path}")
@@ -62,7 +107,7 @@ def read_video(path: str | Path) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise MediaError(f"no video stream in {path}")
-            frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+            frames = [_luma(f) for f in container.decode(video=0)]
     except (av.error.FFmpegError, ValueError) as err:
         raise MediaError(f"cannot decode video {path}: {err}") from None
     if not frames:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
 import time
 import warnings
 from collections.abc import Sequence
@@ -19,15 +20,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
+from avsr.errors import Interrupted
+from avsr.io import claim_folder, remove_written, write_text_atomic
 from avsr.models.avsr_model import MODALITIES, AVSRModel
 from avsr.models.loading import build_model, save_checkpoint
-from avsr.training.config import TrainConfig, save_config
+from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
 
 
@@ -80,6 +84,7 @@ class AVSRLightning(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self.trainer.train_dataloader.trained_batches += 1  # the position a checkpoint records
+        self.step_started = self.global_step
         bs = len(batch["text"])
         if self.cfg.objective == "omni":
             loss, aux = self.omni_loss(batch)
@@ -138,12 +143,19 @@ class AVSRLightning(L.LightningModule):
         self.trainer.train_dataloader.set_epoch(self.current_epoch)
 
 
-class SaveTrainable(L.Callback):
-    """Every N steps and at the end: <out>/checkpoints/{step-N,last} with trainable weights + config."""
+DONE = "done.json"  # written last, when a run reached max_steps: the run is complete
 
-    def __init__(self, cfg: TrainConfig):
+
+class SaveTrainable(L.Callback):
+    """Every N steps and at the end: <out>/checkpoints/{step-N,last} with trainable weights + config;
+    <out>/done.json once max_steps are reached; on Ctrl-C, a resume checkpoint of the last
+    completed step."""
+
+    def __init__(self, cfg: TrainConfig, resume_file: Path):
         self.cfg = cfg
         self.folder = Path(cfg.out) / "checkpoints"
+        self.resume_file = resume_file
+        self.interrupted_at: int | None = None
 
     def _save(self, trainer: L.Trainer, module: AVSRLightning, name: str) -> None:
         if trainer.is_global_zero:
@@ -157,6 +169,21 @@ class SaveTrainable(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self._save(trainer, module, "last")
+        if trainer.is_global_zero and trainer.global_step >= self.cfg.optim.max_steps:
+            write_text_atomic(Path(self.cfg.out) / DONE, json.dumps({"steps": trainer.global_step,
+                                                                     "checkpoint": "checkpoints/last"}))
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        """Ctrl-C: keep the last completed step, so that the same command resumes from it."""
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        loader = trainer.train_dataloader
+        if getattr(module, "step_started", None) == trainer.global_step and loader is not None:
+            loader.trained_batches -= 1  # the interrupted batch's step did not complete
+        if trainer.global_step > 0:
+            trainer.save_checkpoint(self.resume_file)
+            self._save(trainer, module, "last")
+        self.interrupted_at = trainer.global_step
 
 
 def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
@@ -233,20 +260,61 @@ def resolve_strategy(strategy: str, devices) -> str:
     return strategy
 
 
-def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = True,
-          callbacks: Sequence[L.Callback] = ()) -> Path:
-    """Train (resuming from <out>/resume/last.ckpt if present); returns the final checkpoint folder.
-    `callbacks`: extra Lightning callbacks (e.g. early stopping, custom logging)."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+RUN_ENTRIES = ("config.yaml", "checkpoints", "resume", "logs", DONE, "eval")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume(cfg: TrainConfig) -> Path | None:
+    """Before any work: a run folder that already holds a run must hold this configuration's
+    (else the differing keys are named); returns the final checkpoint of a finished run."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        return None
+    try:
+        saved = _flat(yaml.safe_load(saved_file.read_text()) or {})
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{saved_file}: not valid YAML ({err}); start fresh with --fresh") from None
+    now = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k != "out")  # runs may move
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
+        raise ConfigError(f"{out} holds a run with another configuration ({shown}"
+                          f"{', ...' if len(differ) > 8 else ''}); resume it with the same settings, "
+                          "choose another out=, or pass --fresh to start over")
+    return out / "checkpoints" / "last" if (out / DONE).is_file() else None
+
+
+def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = True,
+          callbacks: Sequence[L.Callback] = (), fresh: bool = False) -> Path:
+    """Train (resuming from <out>/resume/last.ckpt if present); returns the final checkpoint folder.
+
+    A run folder holds one configuration: resuming with another is refused (`fresh=True`
+    deletes the earlier run first), and a finished run is not trained again. Ctrl-C saves
+    the last completed step and raises `Interrupted`. `callbacks`: extra Lightning callbacks."""
+    out = Path(cfg.out)
+    if fresh and out.exists():
+        remove_written(out)
+    finished = check_resume(cfg)
+    if finished is not None:
+        print(f"[avsr train] {out} already finished its {cfg.optim.max_steps} steps: {finished}", flush=True)
+        return finished
+    claim_folder(out, "train", RUN_ENTRIES)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = model or build_model(cfg.model)
+    save_config(cfg, out / "config.yaml")
     counts = model.parameter_counts()
     print(f"[avsr train] trainable parameters: {counts['trainable']:,} "
           f"(frozen: {counts['frozen']:,}); tasks {', '.join(cfg.model.tasks)}", flush=True)
     module = AVSRLightning(model, cfg)
-    resume_dir = out / "resume"
+    last = out / "resume" / "last.ckpt"
+    saver = SaveTrainable(cfg, last)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=resolve_strategy(cfg.strategy, cfg.devices),
         precision=cfg.precision, max_steps=cfg.optim.max_steps, gradient_clip_val=cfg.optim.grad_clip,
@@ -254,19 +322,25 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         num_sanity_val_steps=0, check_val_every_n_epoch=None,
         val_check_interval=cfg.val_every if cfg.val_every > 0 else None,
         limit_val_batches=None if cfg.val_every > 0 else 0,
-        callbacks=[SaveTrainable(cfg), L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=resume_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every), *callbacks],
+        callbacks=[saver, L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=last.parent, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every), *callbacks],
         use_distributed_sampler=False)
     train_loader, val_loader = make_loaders(cfg, model, trainer.world_size, trainer.global_rank, progress)
-    last = resume_dir / "last.ckpt"
     start = time.perf_counter()
     with warnings.catch_warnings():
         # Both are by design: frozen encoders and LLM stay in eval mode (AVSRModel.train), and
         # validation is off when val_every is 0.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
-        trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
-                    ckpt_path=str(last) if last.is_file() else None)
+        try:
+            trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
+                        ckpt_path=str(last) if last.is_file() else None)
+        except SystemExit:  # Lightning's answer to Ctrl-C, after our on_exception saved the step
+            if saver.interrupted_at is None:
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it from here on
+            kept = f"step {saver.interrupted_at} saved in {last}" if saver.interrupted_at else "no step completed"
+            raise Interrupted(f"training stopped at {kept}; run the same command again to resume") from None
     print(f"[avsr train] {trainer.global_step} steps in {time.perf_counter() - start:.0f} s "
           f"({trainer.world_size} process{'es' if trainer.world_size > 1 else ''})", flush=True)
     return out / "checkpoints" / "last"

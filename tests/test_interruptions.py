@@ -1,0 +1,94 @@
+"""Interruptions: Ctrl-C keeps the last completed step and exits 130; a resumed run ends where an
+uninterrupted one ends; a finished run is not trained again; a changed configuration is refused."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avsr.errors import Interrupted
+from avsr.models.loading import read_checkpoint_config
+from avsr.training.config import ConfigError, load_config
+from avsr.training.train import train
+from conftest import tiny_train_args
+from test_avsr_model import tiny_model
+
+
+class CtrlCAt(L.Callback):
+    """Raises KeyboardInterrupt inside step `step` (after the backward pass, before the
+    optimizer step), as a Ctrl-C at the worst moment would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def config(tiny_corpus, out: Path, steps: int = 10, *extra: str):
+    return load_config(None, [f"data.root={tiny_corpus[0].out}", f"out={out}", f"optim.max_steps={steps}",
+                              "optim.warmup_steps=2", "optim.lr=6e-3", "data.max_frames=200", "log_every=1",
+                              "val_every=0", "checkpoint_every=100", "data.feature_cache_copies=2", *extra])
+
+
+def weights(checkpoint: Path) -> dict:
+    return load_file(str(checkpoint / "trainable.safetensors"))
+
+
+def run(cfg, callbacks=()):
+    model = tiny_model(seed=11)
+    return train(cfg, model=model, progress=False, callbacks=callbacks)
+
+
+def test_ctrl_c_mid_step_then_resume_ends_with_the_uninterrupted_weights(tiny_corpus, tmp_path):
+    straight = run(config(tiny_corpus, tmp_path / "straight"))
+    cfg = config(tiny_corpus, tmp_path / "run")
+    with pytest.raises(Interrupted, match="step 6 saved"):
+        run(cfg, callbacks=[CtrlCAt(6)])  # mid-epoch (4 batches per epoch) and mid-step
+    assert read_checkpoint_config(tmp_path / "run" / "checkpoints" / "last")["step"] == 6
+    assert not (tmp_path / "run" / "done.json").exists()
+    resumed = run(cfg)
+    assert (tmp_path / "run" / "done.json").is_file()
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_finished_run_is_not_trained_again_and_a_changed_one_is_refused(tiny_corpus, tmp_path, capsys):
+    cfg = config(tiny_corpus, tmp_path / "run", steps=3)
+    checkpoint = run(cfg)
+    before = weights(checkpoint)
+    assert run(cfg) == checkpoint and "already finished its 3 steps" in capsys.readouterr().out
+    assert all(torch.equal(before[k], v) for k, v in weights(checkpoint).items())
+    for override, key in (("optim.max_steps=2", "optim.max_steps"), ("model.lora_rank=8", "model.lora_rank")):
+        with pytest.raises(ConfigError, match=key):
+            run(config(tiny_corpus, tmp_path / "run", 3, override))
+    assert all(torch.equal(before[k], v) for k, v in weights(checkpoint).items())
+
+
+def test_ctrl_c_through_the_cli_exits_130_with_one_line_and_a_checkpoint(tiny_corpus, tiny_backbones, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "avsr", "train", "--quiet",
+               *tiny_train_args(tiny_corpus[0].out, tiny_backbones, out, 100000, "checkpoint_every=100000")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "logs").is_dir() and time.monotonic() < deadline:  # the trainer has started
+            time.sleep(0.2)
+        time.sleep(5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout
+    lines = [line for line in stderr.splitlines() if line.startswith("avsr train:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], stderr[-2000:]
+    step = read_checkpoint_config(out / "checkpoints" / "last")["step"]
+    assert step > 0 and (out / "resume" / "last.ckpt").is_file() and f"step {step} saved" in lines[0]

@@ -92,3 +92,37 @@ def test_ctrl_c_through_the_cli_exits_130_with_one_line_and_a_checkpoint(tiny_co
     assert len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], stderr[-2000:]
     step = read_checkpoint_config(out / "checkpoints" / "last")["step"]
     assert step > 0 and (out / "resume" / "last.ckpt").is_file() and f"step {step} saved" in lines[0]
+
+
+def test_kill_9_during_training_then_the_same_command_ends_with_the_straight_runs_weights(
+        tiny_corpus, tiny_backbones, tmp_path):
+    def command(out):
+        return [sys.executable, "-m", "avsr", "train", "--quiet",
+                *tiny_train_args(tiny_corpus[0].out, tiny_backbones, out, 40, "checkpoint_every=4")]
+
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "resume" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait()
+    killed_at = read_checkpoint_config(out / "checkpoints" / "last")["step"]
+    assert 0 < killed_at < 40 and not (out / "done.json").exists()
+    resumed = subprocess.run(command(out), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = weights(tmp_path / "straight" / "checkpoints" / "last"), weights(out / "checkpoints" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a), f"killed at step {killed_at}"
+
+
+@pytest.mark.parametrize("after", [0.6, 1.5])
+def test_ctrl_c_while_starting_up_exits_130_without_a_traceback(tmp_path, after):
+    proc = subprocess.Popen([sys.executable, "-m", "avsr", "train", f"out={tmp_path / 'run'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)  # importing torch, lightning, transformers
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("avsr")

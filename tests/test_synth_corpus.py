@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,44 @@ def test_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "synth" / "notes.txt").write_text("mine")
     with pytest.raises(SynthError, match="not made by avsr synth"):
         synthesize_corpus(tiny_config(tmp_path), progress=False)
+
+
+def test_overwrite_replaces_our_corpus_and_its_noise_and_nothing_else(tmp_path):
+    """--overwrite deletes the corpus folder, its labels and its noise (a stale babble of other
+    settings must not survive), never a user's file beside them; `..` is resolved first."""
+    from avsr.data.media import read_audio
+
+    small = dict(utterances={"train": 2, "val": 1, "test": 1}, speakers={"train": 1, "val": 1, "test": 1},
+                 noise_speakers=1, workers=1)
+    root = tmp_path / "data"
+    synthesize_corpus(tiny_config(root, noise_seconds=1.0, **small), progress=False)
+    mine = {root / "notes.txt": "mine", root / "labels" / "lrs3_train.csv": "lrs3,a/1.mp4,9,hello\n",
+            root / "noise" / "lrs3_babble.wav": "not ours", root / "lrs3" / "a" / "1.txt": "mine"}
+    for path, text in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "synth" / "train" / ".00000.json.99.tmp").write_text("{")  # an interrupted write of ours
+    via_dots = tmp_path / "elsewhere" / ".." / "data"
+    synthesize_corpus(tiny_config(via_dots, seed=3, noise_seconds=2.0, **small), overwrite=True, progress=False)
+    assert {path: path.read_text() for path in mine} == mine
+    manifest = json.loads((root / "synth" / "corpus.json").read_text())
+    assert manifest["complete"] and manifest["identity"]["seed"] == 3 and manifest["written_by"] == "avsr synth"
+    for kind in ("babble", "white", "pink"):
+        assert read_audio(root / "noise" / f"synth_{kind}.wav").size == 2 * 16000
+    assert not list((root / "synth").rglob(".*"))
+    assert validate_corpus(root, root / "labels" / "synth_train.csv")["ok"] == 2
+
+
+@pytest.mark.parametrize("settings,needle", [
+    (dict(noise_seconds=float("nan")), "--noise-seconds nan"),
+    (dict(seed=-1), "--seed -1"),
+    (dict(workers=0), "--workers 0"),
+    (dict(utterances={"train": 0, "val": 0, "test": 0}), "no utterances"),
+    (dict(speakers={"train": 4, "val": 0, "test": 3}), "--val-speakers 0"),
+    (dict(out=""), "--out is empty"),
+    (dict(corpus="a/b"), "--corpus 'a/b'"),
+])
+def test_settings_are_checked_when_made(tmp_path, settings, needle):
+    with pytest.raises(SynthError, match=re.escape(needle)):
+        tiny_config(settings.pop("out", tmp_path), **settings)
+    assert list(tmp_path.iterdir()) == []

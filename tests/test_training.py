@@ -176,3 +176,13 @@ def test_every_recipe_loads(recipe):
     assert cfg.model.tasks and cfg.optim.max_steps > 0
     if "smop" in recipe.name:
         assert cfg.model.projector == "smop" and cfg.model.smop_top_k == 2 and cfg.model.smop_experts == 4
+
+
+def test_evaluation_gives_the_same_hypotheses_every_time(tiny_corpus):
+    root = Path(tiny_corpus[0].out)
+    model = tiny_model(seed=12)
+    runs = [evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "avsr"), (None, 0),
+                     str(root / "noise" / "synth_babble.wav"), num_beams=2, max_new_tokens=6,
+                     progress=False)["hypotheses"] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert len(runs[0]["avsr"]["0 dB"]) == tiny_corpus[0].utterances["test"]  # every utterance, not 5

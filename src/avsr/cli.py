@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from avsr.errors import AvsrError
-from avsr.synth.corpus import SPLITS, SynthConfig
-from avsr.synth.corpus import __doc__ as CORPUS_DOC
+from avsr.errors import AvsrError, Interrupted
+
+# Nothing heavy is imported at module level: `main` catches Ctrl-C from the first import on.
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
@@ -20,14 +20,25 @@ def _csv_list(value: str) -> tuple[str, ...]:
     return items
 
 
-def _non_negative(value: str) -> int:
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return n
+def _at_least(minimum: int):
+    """An argparse type: a whole number >= minimum, refused at parsing (exit 2, option named)."""
+    def whole_number(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return n
+    return whole_number
+
+
+_non_negative, _positive = _at_least(0), _at_least(1)
 
 
 def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_root_arg: bool = True) -> None:
+    from avsr.synth.corpus import SPLITS
+
     if corpus_root_arg:
         p.add_argument("--out", default=defaults.out, help="corpus root (default: %(default)s)")
     p.add_argument("--corpus", default=defaults.corpus, help="corpus name, the folder under the root (default: %(default)s)")
@@ -47,17 +58,21 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
     p.add_argument("--noise-seconds", type=float, default=defaults.noise_seconds,
                    help="length of the babble/white/pink noise files (default: %(default)s)")
     p.add_argument("--workers", type=int, default=defaults.workers, help="parallel processes (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing corpus of that name first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing avsr corpus of that name (its folder, labels and noise; "
+                        "anything avsr did not write is refused, never deleted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def synth_config(args: argparse.Namespace, out: str | None = None) -> SynthConfig:
+    from avsr.synth.corpus import SPLITS, SynthConfig
+
     return SynthConfig(
         out=out or args.out, corpus=args.corpus, seed=args.seed,
         utterances={s: getattr(args, s) for s in SPLITS},
         speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS},
         text_file=args.text, voices=args.voices, variants=args.variants,
-        noise_speakers=args.noise_speakers, noise_seconds=args.noise_seconds, workers=max(1, args.workers),
+        noise_speakers=args.noise_speakers, noise_seconds=args.noise_seconds, workers=args.workers,
     )
 
 
@@ -83,6 +98,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_contact_sheet(args: argparse.Namespace) -> int:
     from avsr.synth.preview import contact_sheet
 
+    _writable_parent(args.out)
     print(contact_sheet(args.out, seed=args.seed))
     return 0
 
@@ -90,16 +106,40 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
 def cmd_prepare_whisper(args: argparse.Namespace) -> int:
     from avsr.models.whisper_convert import convert_whisper_base
 
+    _writable_parent(args.out)
     print(convert_whisper_base(args.out))
     return 0
+
+
+def _writable_parent(out: str) -> None:
+    """Fail now, not after minutes of work, when `out` cannot be written: it is made as a temporary
+    sibling and renamed, so its parent must be creatable and writable (nothing is left there)."""
+    import tempfile
+
+    parent = Path(out).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise AvsrError(f"cannot write to output folder {parent}: {err.strerror or err}") from None
+
+
+def _label_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The corpus's train labels (required: named when missing) and val labels (if present)."""
+    train, val = (Path(args.root) / "labels" / f"{args.corpus}_{s}.csv" for s in ("train", "val"))
+    if not train.is_file():
+        raise AvsrError(f"no training labels {train}: make the corpus first (avsr synth --out {args.root} "
+                        f"--corpus {args.corpus}) or pass the --root/--corpus of one")
+    return train, val if val.is_file() else None
 
 
 def cmd_pretrain_lm(args: argparse.Namespace) -> int:
     from avsr.models.small_lm import SmallLMConfig, pretrain_lm_from_labels
 
-    labels = [Path(args.root) / "labels" / f"{args.corpus}_{s}.csv" for s in ("train", "val")]
-    cfg = SmallLMConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    print(pretrain_lm_from_labels([p for p in labels if p.is_file()], args.out, cfg))
+    labels = _label_files(args)
+    _writable_parent(args.out)
+    cfg = SmallLMConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
+    print(pretrain_lm_from_labels([p for p in labels if p], args.out, cfg))
     return 0
 
 
@@ -108,83 +148,130 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
 
     if args.modality != "video":
         raise AvsrError("only --modality video is pretrained here; the audio encoder is Whisper (avsr prepare-whisper)")
-    labels = Path(args.root) / "labels"
-    cfg = VideoPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    print(pretrain_video_encoder(args.root, labels / f"{args.corpus}_train.csv", labels / f"{args.corpus}_val.csv",
-                                 args.out, cfg))
+    labels = _label_files(args)
+    _writable_parent(args.out)
+    cfg = VideoPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
+    print(pretrain_video_encoder(args.root, *labels, args.out, cfg))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from avsr.training.config import load_config
+    from avsr.models.loading import quiet_loading
+    from avsr.training.config import check_inputs, load_config
     from avsr.training.train import train
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe and "=" in recipe and not Path(recipe).is_file():  # no recipe: `avsr train key=value ...`
         recipe, overrides = None, [recipe, *overrides]
     cfg = load_config(recipe, overrides)
-    print(train(cfg, progress=not args.quiet))
+    check_inputs(cfg)  # folders, files, packages and devices the config names: before any long work
+    with quiet_loading(args.quiet):
+        print(train(cfg, progress=not args.quiet, fresh=args.fresh))
     return 0
 
 
 def _snr(value: str) -> float | None:
-    return None if value.lower() in ("clean", "none", "inf") else float(value)
+    """'clean' (or 'none', 'inf') -> None, else a finite number of dB."""
+    import math
+
+    if value.lower() in ("clean", "none", "inf"):
+        return None
+    try:
+        snr = float(value)
+    except ValueError:
+        snr = math.nan
+    if not math.isfinite(snr):
+        raise argparse.ArgumentTypeError(f"an SNR is 'clean' or a number of dB, got {value!r}")
+    return snr
+
+
+def _positive_number(value: str) -> float:
+    import math
+
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
 
 
 def _rates(text: str) -> tuple:
     """'16,5' -> (16, 5); '-' for a modality the task does not use ('16,-')."""
     try:
         audio, video = text.split(",")
-        return tuple(None if r.strip() == "-" else int(r) for r in (audio, video))
+        rates = tuple(None if r.strip() == "-" else int(r) for r in (audio, video))
+        if any(r is not None and r < 1 for r in rates) or rates == (None, None):
+            raise ValueError
+        return rates
     except ValueError:
         raise argparse.ArgumentTypeError(f"--rates takes AUDIO,VIDEO compression rates like 4,2 or 16,-; got {text!r}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from avsr.evaluation.evaluate import (choose_pair, evaluate, grid_table, markdown_table, rate_grid,
-                                          write_report)
+    """Every input is checked (checkpoint, tasks, backbones, labels, noise, output folder) before
+    the model is loaded; a report folder this command created is removed again if it fails."""
+    from avsr.data.dataset import read_labels
+    from avsr.data.noise import read_noise
+    from avsr.evaluation.evaluate import (choose_pair, default_eval_folder, evaluate, grid_table, markdown_table,
+                                          output_folder, rate_grid, write_report)
     from avsr.io import write_text_atomic
-    from avsr.models.loading import load_checkpoint, read_checkpoint_config
+    from avsr.models.loading import (CONFIG, check_backbones, checkpoint_model_config, load_checkpoint,
+                                     quiet_loading, read_checkpoint_config)
 
-    saved = read_checkpoint_config(args.checkpoint)
+    checkpoint = Path(args.checkpoint)
+    saved = read_checkpoint_config(checkpoint)
+    trained = checkpoint_model_config(saved, checkpoint / CONFIG)
+    tasks = tuple(args.tasks or trained.tasks)
+    if set(tasks) - set(trained.tasks):
+        raise AvsrError(f"--tasks {' '.join(t for t in tasks if t not in trained.tasks)}: checkpoint {checkpoint} "
+                        f"was trained for {', '.join(trained.tasks)} only")
+    check_backbones(trained, where=f"{checkpoint / CONFIG}: ")
     data = saved.get("train", {}).get("data", {})
     root = args.root or data.get("root", "data")
     corpus = args.corpus or data.get("corpus", "synth")
-    tasks = tuple(args.tasks) if args.tasks else tuple(saved["model"]["tasks"])
-    noise = args.noise or str(Path(root) / "noise" / f"{corpus}_babble.wav")
     labels = str(Path(root) / "labels" / f"{corpus}_{args.split}.csv")
-    snrs = tuple(_snr(s) for s in args.snrs)
-    out = args.out or str(Path(args.checkpoint) / "eval")
-    model = load_checkpoint(args.checkpoint)
-    options = dict(num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit, progress=not args.quiet)
-    if args.rate_grid:
-        grid = rate_grid(model, root, labels, tasks, snrs, noise, **options)
-        write_text_atomic(Path(out) / "rate_grid.json", json.dumps(grid, indent=1))
-        write_text_atomic(Path(out) / "rate_grid.md", f"# rate grid: {args.checkpoint}\n\n{grid_table(grid)}\n")
-        print(grid_table(grid))
-        print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
-        return 0
-    pairs, reasons = {}, {}
-    for task in tasks:
-        try:
-            if args.budget_tokens or args.max_rtf:
-                rtf = None
-                if args.max_rtf:  # measure each pair's real-time factor on a few validation utterances
-                    val = str(Path(root) / "labels" / f"{corpus}_val.csv")
-                    rtf = {p: evaluate(model, root, val, (task,), (None,), None, pairs={task: p},
-                                       **{**options, "limit": args.calibration})["results"][task]["clean"]["rtf"]
-                           for p in model.pairs(task)}
-                pairs[task], reasons[task] = choose_pair(model, task, args.budget_tokens, args.max_rtf, rtf)
-                print(f"[avsr eval] {task} rates {reasons[task]}")
-            else:
-                pairs[task] = model.check_pair(task, args.rates)
-        except ValueError as err:
-            raise AvsrError(str(err)) from None
-    report = evaluate(model, root, labels, tasks, snrs, noise, pairs=pairs, **options)
-    for task, reason in reasons.items():
-        report["rates"][task]["chosen_by"] = reason
-    report["checkpoint"] = str(args.checkpoint)
-    write_report(report, out)
+    val = str(Path(root) / "labels" / f"{corpus}_val.csv")
+    for path in (labels, val) if args.max_rtf else (labels,):
+        read_labels(path)
+    snrs = tuple(args.snrs)
+    noise = None
+    if any(snr is not None for snr in snrs):  # a clean-only evaluation needs no noise file
+        noise = args.noise or str(Path(root) / "noise" / f"{corpus}_babble.wav")
+        read_noise(noise)
+    out = Path(args.out) if args.out else default_eval_folder(checkpoint)
+    with output_folder(out, "eval"), quiet_loading(args.quiet):
+        model = load_checkpoint(checkpoint)
+        options = dict(num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                       progress=not args.quiet)
+        if args.rate_grid:
+            grid = rate_grid(model, root, labels, tasks, snrs, noise, **options)
+            write_text_atomic(out / "rate_grid.json", json.dumps(grid, indent=1))
+            write_text_atomic(out / "rate_grid.md", f"# rate grid: {checkpoint}\n\n{grid_table(grid)}\n")
+            print(grid_table(grid))
+            print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
+            return 0
+        pairs, reasons = {}, {}
+        for task in tasks:
+            try:
+                if args.budget_tokens or args.max_rtf:
+                    rtf = None
+                    if args.max_rtf:  # measure each pair's real-time factor on a few validation utterances
+                        rtf = {p: evaluate(model, root, val, (task,), (None,), None, pairs={task: p},
+                                           **{**options, "limit": args.calibration})["results"][task]["clean"]["rtf"]
+                               for p in model.pairs(task)}
+                    pairs[task], reasons[task] = choose_pair(model, task, args.budget_tokens, args.max_rtf, rtf)
+                    print(f"[avsr eval] {task} rates {reasons[task]}")
+                else:
+                    pairs[task] = model.check_pair(task, args.rates)
+            except ValueError as err:
+                raise AvsrError(str(err)) from None
+        report = evaluate(model, root, labels, tasks, snrs, noise, pairs=pairs, **options)
+        for task, reason in reasons.items():
+            report["rates"][task]["chosen_by"] = reason
+        report["checkpoint"] = str(checkpoint)
+        write_report(report, out)
     print(markdown_table(report))
     print(f"report: {out}/report.md, {out}/results.json, {out}/wer_vs_snr.png")
     return 0
@@ -201,6 +288,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from avsr.synth.corpus import SynthConfig
+    from avsr.synth.corpus import __doc__ as CORPUS_DOC
+
     parser = argparse.ArgumentParser(prog="avsr", description="LLM-based audio-visual speech recognition toolkit.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -233,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--root", default="data")
     lm.add_argument("--corpus", default="synth")
     lm.add_argument("--out", default="models/small-lm")
-    lm.add_argument("--steps", type=int, default=None, help="default: the quickstart's (SmallLMConfig.steps)")
+    lm.add_argument("--steps", type=_positive, default=None, help="default: the quickstart's (SmallLMConfig.steps)")
     lm.add_argument("--seed", type=int, default=0)
     lm.set_defaults(func=cmd_pretrain_lm)
 
@@ -242,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--root", default="data")
     enc.add_argument("--corpus", default="synth")
     enc.add_argument("--out", default="models/video-encoder")
-    enc.add_argument("--steps", type=int, default=None, help="default: the quickstart's (VideoPretrainConfig.steps)")
+    enc.add_argument("--steps", type=_positive, default=None, help="default: the quickstart's (VideoPretrainConfig.steps)")
     enc.add_argument("--seed", type=int, default=0)
     enc.set_defaults(func=cmd_pretrain_encoder)
 
@@ -250,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
     tr.add_argument("overrides", nargs="*", help="e.g. optim.lr=5e-4 model.tasks=[asr,avsr] out=runs/x")
     tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--fresh", action="store_true", help="delete this run's earlier outputs (resume state, "
+                                                          "checkpoints, logs) and start over")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="WER per task and babble SNR for a checkpoint; JSON, Markdown and a plot")
@@ -258,22 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--corpus")
     ev.add_argument("--split", default="test")
     ev.add_argument("--tasks", nargs="+", choices=["asr", "vsr", "avsr"])
-    ev.add_argument("--snrs", nargs="+", default=["clean", "5", "0", "-5"], help="'clean' or dB values")
+    ev.add_argument("--snrs", nargs="+", type=_snr, default=[None, 5.0, 0.0, -5.0],
+                    help="'clean' or dB values (default: clean 5 0 -5)")
     ev.add_argument("--noise", help="noise wav (default: the corpus babble)")
-    ev.add_argument("--beams", type=int, default=4)
-    ev.add_argument("--max-new-tokens", type=int, default=32)
-    ev.add_argument("--limit", type=int, help="only the first N utterances")
-    ev.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
+    ev.add_argument("--beams", type=_positive, default=4)
+    ev.add_argument("--max-new-tokens", type=_positive, default=32)
+    ev.add_argument("--limit", type=_positive, help="only the first N utterances")
+    ev.add_argument("--out", help="report folder (default: <run>/eval/<checkpoint name> for a checkpoint in "
+                                  "<run>/checkpoints/, else <checkpoint>-eval beside it; never inside the "
+                                  "checkpoint, which the next training replaces)")
     ev.add_argument("--quiet", action="store_true")
     elastic = ev.add_argument_group("rates (elastic inference with a Matryoshka model)")
     elastic.add_argument("--rates", type=_rates, help="AUDIO,VIDEO compression rates, e.g. 16,5 (default: the "
                                                        "first trained pair)")
     elastic.add_argument("--rate-grid", action="store_true", help="evaluate every trained rate pair")
-    elastic.add_argument("--budget-tokens", type=float, metavar="TOKENS_PER_SECOND",
+    elastic.add_argument("--budget-tokens", type=_positive_number, metavar="TOKENS_PER_SECOND",
                          help="choose the pair with the most LLM input tokens per second of speech within this")
-    elastic.add_argument("--max-rtf", type=float, help="choose the pair with the most tokens whose real-time factor, "
-                                                       "measured on --calibration validation utterances, is within this")
-    elastic.add_argument("--calibration", type=int, default=16, help="validation utterances for --max-rtf")
+    elastic.add_argument("--max-rtf", type=_positive_number,
+                         help="choose the pair with the most tokens whose real-time factor, measured on "
+                              "--calibration validation utterances, is within this")
+    elastic.add_argument("--calibration", type=_positive, default=16, help="validation utterances for --max-rtf")
     ev.set_defaults(func=cmd_eval)
 
     quick = sub.add_parser("quickstart", help="the main job: corpus -> backbones -> ASR/VSR/AVSR training -> report",
@@ -292,15 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    command = "avsr"
+    try:  # Ctrl-C while the libraries load is an interruption like any other: no traceback
+        args = build_parser().parse_args(argv)
+        command = f"avsr {args.command}"
         return args.func(args)
     except AvsrError as err:  # the user's input, not our bug: a message, no traceback
-        print(f"avsr {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"avsr {args.command}: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as err:
+        print(f"{command}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `avsr ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -94,16 +94,24 @@ def claim_folder(folder: str | os.PathLike, command: str, entries: tuple[str, ..
     return folder
 
 
+def refuse_guarded(folder: str | os.PathLike) -> Path:
+    """The resolved path, unless it is the root, the home or the working folder or holds one of
+    them: those are never deleted, whatever marks they carry."""
+    path = Path(folder).expanduser().resolve()
+    for guarded in (Path("/"), Path.home().resolve(), Path.cwd().resolve()):
+        if path == guarded or path in guarded.parents:
+            raise UnsafeRemoval(f"refusing to delete anything in {folder} ({path}): it is the root, home or "
+                                f"working folder or holds {guarded}; choose an output folder of its own")
+    return path
+
+
 def check_removable(folder: str | os.PathLike) -> Path:
     """Refuse, with the reason, to delete anything but a folder avsr marked and that holds only
     what avsr wrote: not an empty path, the root, the home folder or the working folder (or a
     parent of either), not an unmarked folder, not a folder with foreign top-level entries."""
     if str(folder).strip() == "":
         raise UnsafeRemoval("--overwrite with an empty output path: refusing to delete anything")
-    path = Path(folder).expanduser().resolve()
-    for guarded in (Path("/"), Path.home().resolve(), Path.cwd().resolve()):
-        if path == guarded or path in guarded.parents:
-            raise UnsafeRemoval(f"refusing to delete {folder} ({path}): it is or holds {guarded}")
+    path = refuse_guarded(folder)
     if not path.is_dir():
         raise UnsafeRemoval(f"refusing to delete {folder}: not a folder")
     marker = _marker(path)

@@ -66,6 +66,8 @@ def read_labels(path: str | Path) -> list[LabelRow]:
             rest = rest.split(",", 1)[1]
         if not n_frames.strip().isdigit():
             raise DataError(f"{path}:{lineno}: frame count {n_frames!r} is not a number")
+        if not rest.strip():  # it would count as a reference of 0 words and distort the WER
+            raise DataError(f"{path}:{lineno}: empty transcript")
         rows.append(LabelRow(dataset.strip(), rel_path.strip(), int(n_frames), rest.strip()))
     if not rows:
         raise DataError(f"label file is empty: {path}")

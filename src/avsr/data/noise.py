@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from avsr.data.media import MediaError, read_audio
+
+
+def read_noise(path: str | Path) -> np.ndarray:
+    """A noise recording (16 kHz mono wav) for mixing. An empty or silent one is refused, naming
+    the file: it would fail mid-run, or leave "noisy" conditions clean (mix_at_snr)."""
+    noise = read_audio(path)
+    if noise.size == 0:
+        raise MediaError(f"noise file {path} has no samples")
+    if not np.any(noise):
+        raise MediaError(f"noise file {path} is silent (every sample is 0)")
+    return noise
 
 
 def white_noise(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from avsr.data.media import SAMPLES_PER_FRAME, read_audio
-from avsr.data.noise import mix_at_snr, noise_segment
+from avsr.data.media import SAMPLES_PER_FRAME
+from avsr.data.noise import mix_at_snr, noise_segment, read_noise
 
 
 @dataclass
@@ -131,7 +131,7 @@ class TrainTransform(_Base):
     def __init__(self, config: AugmentConfig | None = None, noise: np.ndarray | None = None):
         super().__init__(config)
         if noise is None and self.config.noise_path is not None:
-            noise = read_audio(self.config.noise_path)
+            noise = read_noise(self.config.noise_path)
         self.noise = None if noise is None else np.asarray(noise, dtype=np.float32)  # (M,) 16 kHz
 
     def __call__(self, item: dict, rng: np.random.Generator) -> dict:
@@ -163,7 +163,7 @@ class EvalTransform(_Base):
         if snr_db is not None and noise is None:
             if self.config.noise_path is None:
                 raise ValueError("snr_db was given but there is no noise (pass noise= or config.noise_path)")
-            noise = read_audio(self.config.noise_path)
+            noise = read_noise(self.config.noise_path)
         self.snr_db = snr_db
         self.noise = None if noise is None else np.asarray(noise, dtype=np.float32)  # (M,) 16 kHz
         self.seed = seed

@@ -8,8 +8,10 @@ once and their result is reported for every SNR.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,13 +20,42 @@ from tqdm import tqdm
 
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset
-from avsr.data.media import SAMPLE_RATE, read_audio
+from avsr.data.media import SAMPLE_RATE, MediaError
+from avsr.data.noise import read_noise
 from avsr.data.transforms import AugmentConfig, EvalTransform
 from avsr.evaluation.wer import word_errors
-from avsr.io import write_text_atomic
+from avsr.errors import AvsrError
+from avsr.io import claim_folder, remove_written, write_text_atomic
 from avsr.models.avsr_model import MODALITIES, AVSRModel, scale_name
 
 CLEAN = None
+ENTRIES = ("results.json", "report.md", "wer_vs_snr.png", "expert_usage.png", "rate_grid.json", "rate_grid.md")
+
+
+def default_eval_folder(checkpoint: str | Path) -> Path:
+    """<run>/eval/<name> for a checkpoint in <run>/checkpoints/, else <checkpoint>-eval beside it:
+    never inside the checkpoint folder, which the next training of that run replaces."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name in ("", ".", ".."):
+        checkpoint = checkpoint.resolve()
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "eval" / checkpoint.name
+    return checkpoint.with_name(f"{checkpoint.name}-eval")
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | Path, command: str = "eval") -> Iterator[Path]:
+    """Claim the report folder now (an unwritable one fails before any long work); if the
+    command then fails, a folder it created is removed again, so nothing half-done remains."""
+    created = not Path(folder).exists()
+    claim_folder(folder, command, ENTRIES)
+    try:
+        yield Path(folder)
+    except BaseException:
+        if created:
+            with contextlib.suppress(AvsrError, OSError):
+                remove_written(folder)
+        raise
 
 
 def snr_label(snr: float | None) -> str:
@@ -64,19 +95,22 @@ def choose_pair(model: AVSRModel, task: str, max_tokens_per_second: float | None
 def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], snrs: tuple, noise_path: str | None,
              num_beams: int = 4, max_new_tokens: int = 32, max_frames: int = 1000, seed: int = 0,
              limit: int | None = None, progress: bool = True, pairs: dict | None = None) -> dict:
-    """{task: {snr label: {wer, substitutions, deletions, insertions, reference_words, rtf, utterances,
-    llm_input_tokens}}}; `pairs` {task: (audio rate, video rate)} picks the rates (default: the
-    model's first pair)."""
+    """{"results": {task: {snr label: {wer, substitutions, deletions, insertions, reference_words, rtf,
+    utterances, llm_input_tokens}}}, "hypotheses": {task: {snr label: [{id, reference, hypothesis}]}},
+    ...}; `pairs` {task: (audio rate, video rate)} picks the rates (default: the model's first
+    pair). The noise file is read only when a condition is noisy."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of utterances, got {limit}")
     pairs = {t: model.check_pair(t, (pairs or {}).get(t)) for t in tasks}
     dataset = AVDataset(root, labels)
-    if limit:
-        dataset.rows = dataset.rows[:limit]
-    noise = read_audio(noise_path) if noise_path else None
-    if any(s is not None for s in snrs) and noise is None:
-        raise ValueError("noisy test conditions need a noise file (the corpus babble)")
+    dataset.rows = dataset.rows[:limit]
+    noisy = any(s is not None for s in snrs)
+    if noisy and not noise_path:
+        raise MediaError("noisy test conditions need a noise file (the corpus babble)")
+    noise = read_noise(noise_path) if noisy else None
     model.eval()
     results: dict = {}
-    examples: dict = {}
+    hypotheses: dict = {}  # every utterance's, so any number in the report can be checked
     expert_usage: dict = {}
     for snr in snrs:
         transform = EvalTransform(AugmentConfig(), snr_db=snr, noise=noise, seed=seed)
@@ -87,11 +121,11 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
             if "audio" not in MODALITIES[task] and task in results:  # noise cannot change it: decoded once
                 first = next(iter(results[task]))
                 results[task][snr_label(snr)] = dict(results[task][first])
-                examples[task][snr_label(snr)] = examples[task][first]
+                hypotheses[task][snr_label(snr)] = hypotheses[task][first]
                 if task in expert_usage:
                     expert_usage[task][snr_label(snr)] = expert_usage[task][first]
                 continue
-            refs, hyps, seconds, audio_seconds, input_tokens = [], [], 0.0, 0.0, 0
+            ids, refs, hyps, seconds, audio_seconds, input_tokens = [], [], [], 0.0, 0.0, 0
             usage: dict[str, torch.Tensor] = {}
             for batch in tqdm(loader, desc=f"eval {task} {snr_label(snr)}", disable=not progress, leave=False):
                 start = time.perf_counter()
@@ -104,6 +138,7 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
                     if k.startswith("usage/"):
                         usage[k] = usage.get(k, 0) + v.detach().float().cpu()
                 refs += batch["text"]
+                ids += batch["ids"]
                 audio_seconds += float(batch["audio_lengths"].sum()) / SAMPLE_RATE
             if usage:
                 expert_usage.setdefault(task, {})[snr_label(snr)] = usage_fractions(usage)
@@ -111,12 +146,13 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
             results.setdefault(task, {})[snr_label(snr)] = {
                 **counts.to_dict(), "rtf": round(seconds / max(audio_seconds, 1e-9), 4), "utterances": len(refs),
                 "llm_input_tokens": round(input_tokens / max(1, len(refs)), 1)}
-            examples.setdefault(task, {})[snr_label(snr)] = [{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])]
-    report = {"results": results, "examples": examples,
+            hypotheses.setdefault(task, {})[snr_label(snr)] = [
+                {"id": i, "reference": r, "hypothesis": h} for i, r, h in zip(ids, refs, hyps)]
+    report = {"results": results, "hypotheses": hypotheses,
               "rates": {t: {"audio": p[0], "video": p[1], "scale": scale_name(t, p),
                             "tokens_per_second": tokens_per_second(t, p)} for t, p in pairs.items()},
               "decoding": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False},
-              "noise": {"file": str(noise_path) if noise_path else None, "seed": seed}}
+              "noise": {"file": str(noise_path) if noisy else None, "seed": seed}}
     if expert_usage:
         report["expert_usage"] = expert_usage
     return report

@@ -15,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avsr.models.compression import MODES as COMPRESSION_MODES
 from avsr.models.compression import compress
 from avsr.models.lora import add_lora, set_active
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.projector import build_projector
+from avsr.models.mixture import TOPOLOGIES
+from avsr.models.projector import PROJECTORS, build_projector
+from avsr.settings import (FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, TEXT,
+                           SettingError, check_settings, list_of, one_of, setting)
 
 TASKS = ("asr", "vsr", "avsr")
 MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
@@ -30,6 +34,7 @@ PROMPTS = {  # as in the Llama-AVSR papers
 SPECIAL_TOKENS = ("<audio>", "</audio>", "<video>", "</video>")
 IGNORE = -100
 LORA_SCHEMES = ("ms", "ss", "mss", "s", "t", "st")
+RATES = list_of(POSITIVE_INT, "a non-empty list of distinct positive integers", distinct=True)
 
 Pair = tuple  # (audio rate or None, video rate or None): the rates a task uses
 
@@ -54,51 +59,53 @@ def adapter_names(scheme: str, task: str, pair: Pair) -> tuple[str, ...]:
 class AVSRConfig:
     """Everything needed to rebuild the model (saved with every checkpoint)."""
 
-    llm: str = ""  # Hugging Face causal LM: local folder or hub id
-    audio_encoder: str | None = None  # Whisper folder or hub id (None: no audio tasks)
-    video_encoder: str | None = None  # folder written by `avsr pretrain-encoder --modality video`
+    llm: str = setting("", TEXT)  # Hugging Face causal LM: a local folder (models are never fetched from a hub)
+    audio_encoder: str | None = setting(None, OPTIONAL_NAME)  # Whisper folder (None: no audio tasks)
+    video_encoder: str | None = setting(None, OPTIONAL_NAME)  # folder of `avsr pretrain-encoder --modality video`
     # Compression rates: audio tokens at 50/K Hz, video at 25/K Hz. Several rates per modality
     # train one model for all of them (Llama-MTSK / Omni-AVSR, "Matryoshka"); the first pair
     # is the one decoding uses unless told otherwise.
-    audio_rates: tuple[int, ...] = (4,)
-    video_rates: tuple[int, ...] = (2,)
-    rate_projectors: bool = True  # one projector per rate (papers); False: one shared by all rates
-    compression: str = "avg-pooling"  # or "stack"
-    projector: str = "mlp"  # "mlp" (Llama-AVSR) or "smop" (sparse mixture of projectors, Llama-SMoP)
-    projector_hidden: int = 2048
-    projector_layer_norm: bool = False
-    smop_topology: str = "dedr"  # "jejr", "jedr" or "dedr" (models/mixture.py)
-    smop_experts: int = 4  # experts per pool
-    smop_top_k: int = 2
-    smop_load_balancing: float = 0.01  # coefficient of the load-balancing loss
-    smop_z_loss: float = 0.001  # coefficient of the router z-loss
-    lora_rank: int = 64
-    lora_alpha: float = 8.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    audio_rates: tuple[int, ...] = setting((4,), RATES)
+    video_rates: tuple[int, ...] = setting((2,), RATES)
+    rate_projectors: bool = setting(True, FLAG)  # one projector per rate (papers); False: one shared by all rates
+    compression: str = setting("avg-pooling", one_of(*COMPRESSION_MODES))  # or "stack"
+    projector: str = setting("mlp", one_of(*PROJECTORS))  # "mlp" (Llama-AVSR) or "smop" (sparse mixture, Llama-SMoP)
+    projector_hidden: int = setting(2048, POSITIVE_INT)
+    projector_layer_norm: bool = setting(False, FLAG)
+    smop_topology: str = setting("dedr", one_of(*TOPOLOGIES))  # "jejr", "jedr" or "dedr" (models/mixture.py)
+    smop_experts: int = setting(4, POSITIVE_INT)  # experts per pool
+    smop_top_k: int = setting(2, POSITIVE_INT)
+    smop_load_balancing: float = setting(0.01, NON_NEGATIVE)  # coefficient of the load-balancing loss
+    smop_z_loss: float = setting(0.001, NON_NEGATIVE)  # coefficient of the router z-loss
+    lora_rank: int = setting(64, POSITIVE_INT)
+    lora_alpha: float = setting(8.0, POSITIVE)
+    lora_dropout: float = setting(0.0, FRACTION)
+    lora_targets: tuple[str, ...] = setting(("q_proj", "v_proj"), list_of(NAME, "a non-empty list of module names"))
     # LoRA adapter banks (see `adapter_names`): "ms" one global adapter (= Omni "s"), "ss" one
     # per scale (rate pair), "mss" global + per scale, "t" one per task, "st" shared + per task.
-    lora_scheme: str = "ms"
-    pair_weights: tuple[float, ...] = ()  # Matryoshka c_ij per rate pair (audio-major order); () = all 1
-    matryoshka_batched: bool = True  # all rate pairs through the LLM as one batch (else one pass each)
-    tasks: tuple[str, ...] = TASKS
-    pad_audio_to_30s: bool = False
-    llm_dtype: str = "float32"
+    lora_scheme: str = setting("ms", one_of(*LORA_SCHEMES))
+    # Matryoshka c_ij per rate pair (audio-major order); () = all 1
+    pair_weights: tuple[float, ...] = setting((), list_of(NON_NEGATIVE, "a list of non-negative numbers", empty=True))
+    matryoshka_batched: bool = setting(True, FLAG)  # all rate pairs through the LLM as one batch (else one pass each)
+    tasks: tuple[str, ...] = setting(TASKS, list_of(one_of(*TASKS), f"a non-empty list of distinct tasks from "
+                                                                 f"{', '.join(TASKS)}", distinct=True))
+    pad_audio_to_30s: bool = setting(False, FLAG)
+    llm_dtype: str = setting("float32", one_of("float32", "bfloat16", "float16", "float64"))
 
     def __post_init__(self) -> None:
-        if self.lora_scheme not in LORA_SCHEMES:
-            raise ValueError(f"unknown lora_scheme {self.lora_scheme!r}; choose from {LORA_SCHEMES}")
-        for name in ("audio_rates", "video_rates"):
-            rates = tuple(getattr(self, name))
-            if not rates or any(not isinstance(r, int) or r < 1 for r in rates) or len(set(rates)) < len(rates):
-                raise ValueError(f"{name} must be distinct positive integers, got {rates}")
+        """Every setting's rule (see avsr.settings), then the rules that join two settings."""
+        check_settings(self)
         n_pairs = len(self.audio_rates) * len(self.video_rates)
         if self.pair_weights and len(self.pair_weights) != n_pairs:
-            raise ValueError(f"pair_weights needs one weight per (audio, video) rate pair: {n_pairs}, "
-                             f"got {len(self.pair_weights)}")
+            raise SettingError("pair_weights", f"needs one weight per (audio, video) rate pair: {n_pairs}, "
+                                               f"got {len(self.pair_weights)}")
         if not self.rate_projectors and self.compression == "stack" and (
                 len(self.audio_rates) > 1 or len(self.video_rates) > 1):
-            raise ValueError("one projector shared by several rates needs avg-pooling (stacking changes the width)")
+            raise SettingError("rate_projectors", "false (one projector shared by several rates) needs compression "
+                                                  "avg-pooling (stacking changes the width)")
+        if self.projector == "smop" and self.smop_top_k > self.smop_experts:
+            raise SettingError("smop_top_k", f"must be at most smop_experts ({self.smop_experts}), "
+                                             f"got {self.smop_top_k}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "AVSRConfig":

@@ -1,4 +1,4 @@
-"""Build a model from its config (local folders or hub ids) and save / load checkpoints.
+"""Build a model from its config (local folders only) and save / load checkpoints.
 
 A checkpoint is a folder with the trainable weights only (`trainable.safetensors`: LoRA,
 projectors, new-token embeddings) and `config.json` holding the resolved model config
@@ -8,43 +8,105 @@ other argument. Frozen backbones are referenced by path, never copied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from avsr.errors import AvsrError
 from avsr.io import atomic_folder
 from avsr.models.avsr_model import MODALITIES, AVSRConfig, AVSRModel
+from avsr.settings import SettingError
 
 WEIGHTS = "trainable.safetensors"
 CONFIG = "config.json"
+HOW_TO_MAKE = {"llm": "make one with `avsr pretrain-lm`, or save a Hugging Face causal LM with save_pretrained",
+               "audio_encoder": "make one with `avsr prepare-whisper`",
+               "video_encoder": "make one with `avsr pretrain-encoder --modality video`"}
 
 
 class CheckpointError(AvsrError):
     """A checkpoint folder that is missing, incomplete or does not fit its config."""
 
 
+class BackboneError(AvsrError):
+    """A backbone setting (model.llm, model.audio_encoder, model.video_encoder) that names no
+    usable local model folder."""
+
+
+def backbones(cfg: AVSRConfig) -> dict[str, str | None]:
+    """{setting: path} of the backbones the config's tasks need."""
+    needs = {m for t in cfg.tasks for m in MODALITIES[t]}
+    return {"llm": cfg.llm, **{f"{m}_encoder": getattr(cfg, f"{m}_encoder") for m in ("audio", "video") if m in needs}}
+
+
+def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
+    """Every backbone the tasks need must be an existing local folder: avsr never reaches a
+    model hub (a hub id would start a download, or fail after long retries offline).
+    `where` prefixes the message (a checkpoint's config.json)."""
+    for key, path in backbones(cfg).items():
+        if not path or not Path(path).is_dir():
+            problem = f"no such folder {path!r}" if path else "not set"
+            raise BackboneError(f"{where}model.{key}: {problem} (avsr loads models from local folders only; "
+                                f"{HOW_TO_MAKE[key]})")
+        if not (Path(path) / "config.json").is_file():  # every backbone folder we read has one
+            raise BackboneError(f"{where}model.{key}: {path} holds no config.json, so it is not a saved model "
+                                f"folder ({HOW_TO_MAKE[key]})")
+
+
+@contextlib.contextmanager
+def _loading(key: str, path: str) -> Iterator[None]:
+    """A folder that exists but holds no loadable model: name the setting and the folder."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BackboneError(f"model.{key}: cannot load a model from {path}: {first_line}") from None
+
+
+@contextlib.contextmanager
+def quiet_loading(quiet: bool = True) -> Iterator[None]:
+    """Silence transformers' progress bars ("Loading weights") while quiet; the global switch is
+    restored afterwards, so nothing changes otherwise."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def build_model(cfg: AVSRConfig) -> AVSRModel:
-    """Load the frozen backbones named in `cfg` and wrap them into a fresh AVSR model."""
+    """Load the frozen backbones named in `cfg` (local folders, checked first) and wrap them
+    into a fresh AVSR model."""
+    check_backbones(cfg)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    needs = {m for t in cfg.tasks for m in MODALITIES[t]}
+    paths = backbones(cfg)
     audio = video = None
-    if "audio" in needs:
+    if "audio_encoder" in paths:
         from avsr.models.audio_encoder import WhisperAudioEncoder
 
-        audio = WhisperAudioEncoder.from_pretrained(cfg.audio_encoder, pad_to_30s=cfg.pad_audio_to_30s)
-    if "video" in needs:
+        with _loading("audio_encoder", cfg.audio_encoder):  # a folder: transformers reads it locally
+            audio = WhisperAudioEncoder.from_pretrained(cfg.audio_encoder, pad_to_30s=cfg.pad_audio_to_30s)
+    if "video_encoder" in paths:
         from avsr.models.video_pretrain import load_video_encoder
 
-        video = load_video_encoder(cfg.video_encoder)
-    dtype = getattr(torch, cfg.llm_dtype)
-    llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
+        with _loading("video_encoder", cfg.video_encoder):
+            video = load_video_encoder(cfg.video_encoder)
+    with _loading("llm", cfg.llm):
+        llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=getattr(torch, cfg.llm_dtype), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.llm, local_files_only=True)
     return AVSRModel(cfg, audio, video, llm, tokenizer)
 
 
@@ -57,19 +119,71 @@ def save_checkpoint(model: AVSRModel, folder: str | os.PathLike, extra: dict | N
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
-    path = Path(folder) / CONFIG
-    if not path.is_file() or not (Path(folder) / WEIGHTS).is_file():
+    """The checkpoint's config.json with every setting checked as a recipe's would be (the model
+    section and, when saved by training, the train section), after a look at the weights
+    file's header: a damaged checkpoint is named here, before any model is built."""
+    path, weights = Path(folder) / CONFIG, Path(folder) / WEIGHTS
+    if not path.is_file() or not weights.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint folder (needs {CONFIG} and {WEIGHTS})")
-    return json.loads(path.read_text())
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    if not text.strip():
+        raise CheckpointError(f"{path}: empty file")
+    try:
+        saved = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"{path}: expected a JSON object with a \"model\" section of settings")
+    model = checkpoint_model_config(saved, path)
+    if "train" in saved:
+        from avsr.training.config import ConfigError, config_from_dict
+
+        train = saved["train"]
+        try:
+            config_from_dict({**train, "model": asdict(model)} if isinstance(train, dict) else train,
+                             where=str(path), prefix="train.")
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights}: damaged or incomplete ({err})") from None
+    return saved
+
+
+def checkpoint_model_config(saved: dict, path: str | os.PathLike) -> AVSRConfig:
+    """The model settings of a checkpoint's config (read from `path`), checked."""
+    try:
+        return AVSRConfig.from_dict(saved["model"])
+    except SettingError as err:
+        raise CheckpointError(f"{path}: model.{err}") from None
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def load_checkpoint(folder: str | os.PathLike, model: AVSRModel | None = None) -> AVSRModel:
     """Rebuild the model from the checkpoint's own config (or fill `model`) and load its weights."""
     saved = read_checkpoint_config(folder)
     if model is None:
-        model = build_model(AVSRConfig.from_dict(saved["model"]))
+        cfg = checkpoint_model_config(saved, Path(folder) / CONFIG)
+        check_backbones(cfg, where=f"{Path(folder) / CONFIG}: ")
+        model = build_model(cfg)
+    weights = Path(folder) / WEIGHTS
     try:
-        model.load_trainable_state_dict(load_file(str(Path(folder) / WEIGHTS)))
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights}: damaged or incomplete ({err})") from None
+    params = dict(model.named_parameters())
+    for name, tensor in state.items():
+        if name in params and tensor.shape != params[name].shape:
+            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, but the model of "
+                                  f"{CONFIG} needs {tuple(params[name].shape)}")
+    try:
+        model.load_trainable_state_dict(state)
     except ValueError as err:
         raise CheckpointError(f"{folder}: {err}") from None
     return model.eval()

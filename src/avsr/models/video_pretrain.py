@@ -30,6 +30,7 @@ from torch import nn
 from avsr.data.dataset import read_labels
 from avsr.data.media import read_video
 from avsr.data.transforms import crop
+from avsr.errors import AvsrError
 from avsr.io import atomic_folder
 from avsr.models.video_encoder import (AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD,
                                        VideoEncoder, VideoEncoderConfig)
@@ -384,6 +385,14 @@ def pretrain_video_encoder(root: str | Path, train_csv: str | Path, val_csv: str
                            out_dir: str | Path, cfg: VideoPretrainConfig | None = None, log=print) -> Path:
     """Train VideoEncoder + CTC head on `train_csv`, report val CER/WER, save to `out_dir`."""
     cfg = cfg or VideoPretrainConfig()
+    out_dir = Path(out_dir)
+    try:
+        ours = json.loads((out_dir / CONFIG).read_text("utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if out_dir.exists() and not ours and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise AvsrError(f"{out_dir} exists and is not a pretrained video encoder folder; "
+                        "remove it or choose another folder")  # save_pretrained would replace it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

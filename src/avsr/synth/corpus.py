@@ -11,6 +11,11 @@ Layout (the auto_avsr / Llama-AVSR preprocessed-LRS3 convention, so one loader r
 
 Every utterance is a pure function of (seed, split, index), so the corpus is identical for
 any number of workers, and an interrupted run resumes where it stopped.
+
+--overwrite replaces only a corpus that avsr synth wrote (its corpus.json says so): the corpus
+folder, which must hold nothing but the files above, and its label and noise files. Anything
+else there is refused, never deleted; so is an --out that is /, the home or the working
+folder, or a parent of one.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +38,20 @@ from tqdm import tqdm
 from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, write_audio, write_video
 from avsr.data.noise import pink_noise, white_noise
 from avsr.errors import AvsrError
-from avsr.io import write_text_atomic
+from avsr.io import UnsafeRemoval, claim_folder, refuse_guarded, write_text_atomic
 from avsr.synth.espeak import Voice, engine
 from avsr.synth.lips import Appearance, head_motion, render_mouth
 from avsr.synth.text import grid_sentence, read_text_file
 from avsr.synth.visemes import PARAMS, mouth_trajectory, viseme_segments
 
-CORPUS_FORMAT = 1
+CORPUS_FORMAT = 2  # 2: full-range luma in the mp4 files (avsr.data.media)
 SPLITS = ("train", "val", "test")
 DEFAULT_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
 DEFAULT_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+NOISE_KINDS = ("babble", "white", "pink")
 BABBLE_TALKERS = 6  # simultaneous talkers in the babble noise
+MAX_NOISE_SECONDS = 3600.0  # 6 talkers x 1 h of float32 audio in memory: already ~1.4 GB
+WRITTEN_BY = "avsr synth"  # in corpus.json: only such a corpus may be replaced by --overwrite
 
 
 class SynthError(AvsrError):
@@ -63,11 +72,39 @@ class SynthConfig:
     noise_seconds: float = 60.0
     workers: int = 2
 
+    def __post_init__(self) -> None:
+        """Refuse impossible settings when they are made, before any work or any file (the
+        messages name the `avsr synth` options, the usual way in)."""
+        n = {s: self.utterances.get(s, 0) for s in SPLITS}
+        k = {s: self.speakers.get(s, 0) for s in SPLITS}
+        wanted, pool = sum(k.values()) + self.noise_speakers, len(self.voices) * len(self.variants)
+        problems = [
+            (not str(self.out).strip(), "--out is empty: name the corpus root folder"),
+            (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.corpus) or self.corpus in ("labels", "noise"),
+             f"--corpus {self.corpus!r} is not a plain folder name (letters, digits, '_', '-', '.'; "
+             "not 'labels' or 'noise')"),
+            (self.seed < 0, f"--seed {self.seed} is negative: seeds are whole numbers >= 0"),
+            (self.workers < 1, f"--workers {self.workers}: at least 1 process is needed"),
+            (not 1 <= self.noise_seconds <= MAX_NOISE_SECONDS,
+             f"--noise-seconds {self.noise_seconds}: must be a length from 1 to {MAX_NOISE_SECONDS:.0f} seconds"),
+            (min([*n.values(), *k.values(), self.noise_speakers]) < 0, "utterance and speaker counts must be >= 0"),
+            (sum(n.values()) == 0, "no utterances requested: --train, --val and --test are all 0"),
+            *((bool(n[s]) != bool(k[s]), f"--{s} {n[s]} with --{s}-speakers {k[s]}: a split needs both "
+               "utterances and speakers, or neither") for s in SPLITS),
+            (self.noise_speakers < 1, "--noise-speakers 0: the babble noise needs at least one held-out talker"),
+            (wanted > pool, f"{wanted} speakers requested (train + val + test + noise) but only {pool} voice/variant "
+                            f"pairs are available ({len(self.voices)} voices x {len(self.variants)} variants)"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise SynthError(message)
+
     def identity(self) -> dict:
         """What determines the corpus content (not where it goes or how fast it is made)."""
         ident = asdict(self)
         for key in ("out", "workers"):
             ident.pop(key)
+        ident["format"] = CORPUS_FORMAT  # a corpus of an older format is refused, not extended
         ident["voices"], ident["variants"] = list(self.voices), list(self.variants)
         if self.text_file:  # the content matters, not the path
             ident["text_file"] = {"name": Path(self.text_file).name, "lines": read_text_file(self.text_file)}
@@ -107,14 +144,10 @@ class UtteranceTask:
 
 
 def make_speakers(cfg: SynthConfig) -> list[Speaker]:
-    """Distinct (voice, variant) pairs, dealt to train, val, test and the babble talkers."""
-    if cfg.noise_speakers < 1:
-        raise SynthError("the babble noise needs at least one held-out talker (noise_speakers >= 1)")
+    """Distinct (voice, variant) pairs, dealt to train, val, test and the babble talkers (the
+    counts were checked by SynthConfig)."""
     pool = [(v, var) for v in cfg.voices for var in cfg.variants]
     wanted = {**cfg.speakers, "noise": cfg.noise_speakers}
-    if sum(wanted.values()) > len(pool):
-        raise SynthError(f"{sum(wanted.values())} speakers requested but only {len(pool)} voice/variant "
-                         f"pairs are available ({len(cfg.voices)} voices x {len(cfg.variants)} variants)")
     rng = np.random.default_rng([cfg.seed, 1])
     order = rng.permutation(len(pool))
     speakers, k = [], 0
@@ -135,10 +168,7 @@ def make_tasks(cfg: SynthConfig, speakers: list[Speaker]) -> list[UtteranceTask]
     tasks, k = [], 0
     for split_id, split in enumerate(SPLITS):
         mine = [s for s in speakers if s.split == split]
-        n = cfg.utterances.get(split, 0)
-        if n and not mine:
-            raise SynthError(f"{n} {split} utterances requested but 0 {split} speakers")
-        for i in range(n):
+        for i in range(cfg.utterances.get(split, 0)):
             seed = int(np.random.SeedSequence([cfg.seed, 3, split_id, i]).generate_state(1)[0])
             text = lines[k % len(lines)] if lines else grid_sentence(np.random.default_rng(seed))
             tasks.append(UtteranceTask(cfg.out, cfg.corpus, split, i, mine[i % len(mine)], text, seed))
@@ -217,38 +247,107 @@ def _labels_csv(rows: list[dict], corpus: str) -> str:
     return buf.getvalue()
 
 
+def _side_files(root: Path, corpus: str) -> list[Path]:
+    """A corpus's files outside its folder: label CSVs and noise."""
+    return ([root / "labels" / f"{corpus}_{split}.csv" for split in SPLITS]
+            + [root / "noise" / f"{corpus}_{kind}.wav" for kind in NOISE_KINDS])
+
+
+def _our_manifest(corpus_dir: Path) -> dict | None:
+    """corpus.json if avsr synth wrote it (older ones predate `written_by` but hold these keys)."""
+    try:
+        manifest = json.loads((corpus_dir / "corpus.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(manifest, dict) and (manifest.get("written_by") == WRITTEN_BY
+                                           or {"format", "identity", "speakers"} <= manifest.keys())
+    return manifest if ours else None
+
+
+def _is_temp(name: str) -> bool:
+    """Our hidden temporary files (atomic writes, write probes): safe to delete."""
+    return name.startswith(".") and (".tmp" in name or name.startswith(".write-test"))
+
+
+def _foreign(corpus_dir: Path) -> list[Path]:
+    """What avsr synth never writes in a corpus folder: anything but corpus.json, split folders of
+    speaker folders of .mp4/.wav/.json files, and our temporary files (links count as foreign)."""
+    if corpus_dir.is_symlink():
+        return [corpus_dir]
+    foreign = []
+    for folder, dirs, files in os.walk(corpus_dir):
+        depth = len(Path(folder).relative_to(corpus_dir).parts)
+        for name in dirs + files:
+            path = Path(folder, name)
+            link = path.is_symlink()
+            is_dir, is_file = not link and path.is_dir(), not link and path.is_file()
+            expected = ((is_file and name == "corpus.json") or (is_dir and name in SPLITS), is_dir,
+                        is_file and path.suffix in (".mp4", ".wav", ".json"))[min(depth, 2)]
+            if not (expected or is_file and _is_temp(name)):
+                foreign.append(path)
+        dirs[:] = [d for d in dirs if Path(folder, d) not in foreign]
+    return foreign
+
+
+def _remove_corpus(root: Path, corpus_dir: Path, side: list[Path]) -> None:
+    """--overwrite: delete this corpus's own files and nothing else, or refuse naming the reason."""
+    refuse_guarded(root)
+    foreign = (_foreign(corpus_dir) if os.path.lexists(corpus_dir) else []) + [
+        p for p in side if p.is_symlink() or not p.is_file()]
+    if foreign:
+        raise UnsafeRemoval(f"--overwrite refused: avsr synth did not write {', '.join(map(str, foreign[:5]))}; "
+                            "move that away or choose another --out or --corpus")
+    for path in side:
+        path.unlink()
+    if corpus_dir.exists():  # corpus.json last: until then it proves the rest is ours
+        for child in sorted(corpus_dir.iterdir(), key=lambda p: p.name == "corpus.json"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        corpus_dir.rmdir()
+
+
 def _prepare_output(cfg: SynthConfig, identity: dict, overwrite: bool) -> Path:
+    """Check the output before any work: resume our corpus, replace it (--overwrite), or start
+    a new one; refuse a corpus of other settings or anything avsr synth did not write."""
     root = Path(cfg.out)
     corpus_dir = root / cfg.corpus
     manifest = corpus_dir / "corpus.json"
     try:
-        if overwrite and corpus_dir.exists():
-            shutil.rmtree(corpus_dir)
-        corpus_dir.mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(exist_ok=True)
-        (root / "noise").mkdir(exist_ok=True)
-        probe = corpus_dir / f".write-test{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise SynthError(f"cannot write to output folder {root}: {err.strerror or err}") from None
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old.get("identity") != identity:
+        old = _our_manifest(corpus_dir)
+        side = [p for p in _side_files(root, cfg.corpus) if os.path.lexists(p)]
+        used = os.path.lexists(corpus_dir) and (not corpus_dir.is_dir() or any(
+            not p.name.startswith(".") for p in corpus_dir.iterdir()))
+        taken = [corpus_dir] * used + side
+        if old is None and taken:
+            raise SynthError(f"not made by avsr synth (no corpus.json of avsr synth in {corpus_dir}): "
+                             f"{', '.join(map(str, taken[:5]))}; choose another --out or --corpus, or move that away")
+        if overwrite:
+            _remove_corpus(root, corpus_dir, side)
+        elif old is not None and old.get("identity") != identity:
             diff = sorted(k for k in set(identity) | set(old.get("identity", {}))
                           if identity.get(k) != old.get("identity", {}).get(k))
             raise SynthError(f"{corpus_dir} holds a corpus made with other settings ({', '.join(diff)} differ); "
                              "refusing to mix them: choose another --out or --corpus, or pass --overwrite")
-    elif any(p for p in corpus_dir.iterdir() if not p.name.startswith(".")):
-        raise SynthError(f"{corpus_dir} exists and was not made by avsr synth (no corpus.json); "
-                         "choose another --out or --corpus, or pass --overwrite")
-    for stale in corpus_dir.rglob(".*.tmp*"):  # pieces of an interrupted run
-        stale.unlink()
+    except OSError as err:
+        raise SynthError(f"cannot use the output folder {err.filename or root}: {err.strerror or err}") from None
+    claim_folder(root, "synth", entries=("labels", "noise", cfg.corpus))
+    try:
+        for folder in (corpus_dir, root / "labels", root / "noise"):
+            folder.mkdir(exist_ok=True)
+        probe = corpus_dir / f".write-test{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+        for stale in corpus_dir.rglob(".*"):  # pieces of an interrupted run
+            if stale.is_file() and _is_temp(stale.name):
+                stale.unlink()
+    except OSError as err:
+        raise SynthError(f"cannot write to output folder {root}: {err.strerror or err}") from None
     return manifest
 
 
 def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool = True) -> dict:
-    """Generate (or resume) the corpus described by `cfg`; returns its summary."""
+    """Generate (or resume) the corpus described by `cfg`; returns its summary. Every check
+    (settings, text file, voices, output folder) comes before any long work."""
+    cfg = replace(cfg, out=str(Path(cfg.out).expanduser().resolve()))  # `..` and links resolved before checks
     identity = cfg.identity()
     speakers = make_speakers(cfg)
     eng = engine()  # fail early, in this process, on a missing library or an unknown voice
@@ -256,7 +355,7 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
         eng.check_voice(voice)
     tasks = make_tasks(cfg, speakers)
     manifest = _prepare_output(cfg, identity, overwrite)
-    state = {"format": CORPUS_FORMAT, "identity": identity, "complete": False,
+    state = {"written_by": WRITTEN_BY, "format": CORPUS_FORMAT, "identity": identity, "complete": False,
              "speakers": [s.to_dict() for s in speakers]}
     write_text_atomic(manifest, json.dumps(state, indent=1))
 

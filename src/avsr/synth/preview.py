@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from avsr.synth.corpus import SynthConfig, make_speakers, speak
+from avsr.io import atomic_file
+from avsr.synth.corpus import SynthConfig, SynthError, make_speakers, speak
 from avsr.synth.lips import ROI_SIZE, head_motion, render_mouth
 from avsr.synth.visemes import VISEME_NAMES, VISEMES, mouth_trajectory, viseme_segments
 
@@ -32,7 +33,13 @@ def _grid(tiles: list[list[np.ndarray]], col_labels: list[str], row_labels: list
 
 def contact_sheet(path: str | Path, seed: int = 0, n_speakers: int = 4,
                   sentence: str = "bin blue at f two now") -> Path:
-    """Write a PNG: every viseme for a few train speakers, then `sentence` frame by frame."""
+    """Write a PNG: every viseme for a few train speakers, then `sentence` frame by frame.
+    The image type is checked first (not after rendering); the file is replaced whole."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None or path.is_dir():
+        raise SynthError(f"--out {path}: not an image file name (unknown type {path.suffix!r} or a folder); "
+                         "name a .png file")
     speakers = [s for s in make_speakers(SynthConfig(seed=seed)) if s.split == "train"][:n_speakers]
     shapes = np.array([VISEMES[n].shape for n in VISEME_NAMES], np.float32)  # (V, P)
     rng = np.random.default_rng(seed)
@@ -57,7 +64,6 @@ def contact_sheet(path: str | Path, seed: int = 0, n_speakers: int = 4,
     sheet.paste(top, (0, 0))
     sheet.paste(title, (0, top.height))
     sheet.paste(strip, (0, top.height + title.height))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_file(path) as tmp:
+        sheet.save(tmp, format=image_format)
     return path

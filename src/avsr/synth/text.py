@@ -50,12 +50,18 @@ def check_sentence(sentence: str, where: str) -> str:
 def read_text_file(path: str | Path) -> list[str]:
     """One sentence per line; blank lines are errors (they usually mean a broken file)."""
     path = Path(path)
+    if not path.is_file():  # a folder fails, a FIFO or a device would block or never end
+        raise TextError(f"text file not found: {path}" if not path.exists() else
+                        f"{path}: not a regular file (a folder, pipe or device); --text takes a text file")
     try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TextError(f"text file not found: {path}") from None
+        data = path.read_bytes()
+        raw = data.decode("utf-8")
+    except OSError as err:
+        raise TextError(f"cannot read text file {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
-        raise TextError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        line = data.count(b"\n", 0, err.start) + 1
+        raise TextError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                        "save it as UTF-8 (plain ASCII English)") from None
     lines = raw.splitlines()
     if not any(line.strip() for line in lines):
         raise TextError(f"{path}: the text file is empty")

@@ -7,6 +7,7 @@ need nothing else.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -14,26 +15,73 @@ from typing import Any, get_type_hints
 import yaml
 
 from avsr.errors import AvsrError
-from avsr.models.avsr_model import AVSRConfig
+from avsr.models.avsr_model import TASKS, AVSRConfig
+from avsr.settings import (COUNT, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, Rule, SettingError,
+                           check_settings, is_int, is_number, list_of, one_of, setting)
 
 
 class ConfigError(AvsrError):
     """An unknown key or a value of the wrong type in a recipe or an override."""
 
 
+def _devices(v: Any) -> bool:
+    """Lightning's forms: a count, -1 (all), "auto", "3", "0,1" or a list of device ids."""
+    if is_int(v):
+        return v >= 1 or v == -1
+    if isinstance(v, (list, tuple)):
+        return bool(v) and all(is_int(d) and d >= 0 for d in v) and len(set(v)) == len(v)
+    if not isinstance(v, str):
+        return False
+    ids = [d.strip() for d in v.split(",") if d.strip()]
+    if v.strip() in ("auto", "-1"):
+        return True
+    return bool(ids) and all(d.isdigit() for d in ids) and ("," in v or int(ids[0]) > 0)  # "0" is no device
+
+
+def _strategy(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    if v == "auto" or v.startswith(("ddp", "fsdp")):
+        return True
+    from lightning.pytorch.strategies import StrategyRegistry  # imported only for a rarer name
+
+    return v in StrategyRegistry.available_strategies()
+
+
+PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true", "64-true", "32", "16", "bf16", "64",
+              "transformer-engine", "transformer-engine-float16")  # Lightning's names (32, 16, 64 also as numbers)
+PRECISION = Rule(lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) and str(v) in PRECISIONS,
+                 "one of " + ", ".join(PRECISIONS))
+DEVICES = Rule(_devices, "a number of devices, -1 (all), auto, or a list of device ids")
+STRATEGY = Rule(_strategy, "auto, ddp..., fsdp... or another Lightning strategy name")
+BETAS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
+             "two numbers in [0, 1)")
+SNRS = list_of(Rule(lambda v: v is None or is_number(v), ""), "a list of SNRs in dB (numbers; null for clean)",
+               empty=True)
+SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295")
+TASK_WEIGHTS = Rule(lambda v: isinstance(v, dict) and all(k in TASKS and NON_NEGATIVE.test(w) for k, w in v.items()),
+                    f"a mapping from tasks ({', '.join(TASKS)}) to non-negative weights")
+
+
 @dataclass
 class DataConfig:
-    root: str = "data"
-    corpus: str = "synth"
-    train_split: str = "train"
-    val_split: str = "val"
-    noise: str | None = None  # babble wav for training noise; None = <root>/noise/<corpus>_babble.wav if present
-    snrs: tuple = (-5, 0, 5, 10, 15, 20, None)  # None = clean
-    max_frames: int = 1000  # video frames per batch (frame-budget batching)
-    max_val_utterances: int = 64
-    feature_cache_copies: int = 0  # >0: run the frozen encoders once for K augmented copies (CPU speed-up)
-    feature_cache_dir: str | None = None  # keep those features on disk, shared by trainings with equal inputs
-    workers: int = 0
+    root: str = setting("data", NAME)
+    corpus: str = setting("synth", NAME)
+    train_split: str = setting("train", NAME)
+    val_split: str = setting("val", NAME)
+    # babble wav for training noise; None = <root>/noise/<corpus>_babble.wav if present
+    noise: str | None = setting(None, OPTIONAL_NAME)
+    snrs: tuple = setting((-5, 0, 5, 10, 15, 20, None), SNRS)  # None = clean
+    max_frames: int = setting(1000, POSITIVE_INT)  # video frames per batch (frame-budget batching)
+    max_val_utterances: int = setting(64, POSITIVE_INT)
+    # >0: run the frozen encoders once for K augmented copies (CPU speed-up)
+    feature_cache_copies: int = setting(0, COUNT)
+    # keep those features on disk, shared by trainings with equal inputs
+    feature_cache_dir: str | None = setting(None, OPTIONAL_NAME)
+    workers: int = setting(0, COUNT)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def labels(self, split: str) -> Path:
         return Path(self.root) / "labels" / f"{self.corpus}_{split}.csv"
@@ -47,15 +95,19 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    betas: tuple = (0.9, 0.98)
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    max_steps: int = 2000
-    grad_clip: float = 10.0
+    lr: float = setting(1e-3, POSITIVE)
+    betas: tuple = setting((0.9, 0.98), BETAS)
+    weight_decay: float = setting(0.1, NON_NEGATIVE)
+    warmup_steps: int = setting(100, COUNT)
+    max_steps: int = setting(2000, POSITIVE_INT)
+    grad_clip: float = setting(10.0, POSITIVE)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 OBJECTIVES = ("cycle", "omni")
+LOGGERS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # name: the package it needs
 
 
 @dataclass
@@ -63,36 +115,36 @@ class TrainConfig:
     model: AVSRConfig = field(default_factory=AVSRConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    out: str = "runs/avsr"
-    seed: int = 42
+    out: str = setting("runs/avsr", NAME)
+    seed: int = setting(42, SEED)
     # "cycle": one task per step, in turn; with several rates, that task's Matryoshka loss over
     # all its rate pairs (Llama-MTSK). "omni": every task every step at one drawn audio rate and
     # one drawn video rate, losses weighted by task_weights and divided by the number of tasks
     # (Omni-AVSR).
-    objective: str = "cycle"
-    task_weights: dict = field(default_factory=lambda: {"asr": 1.0, "vsr": 1.5, "avsr": 1.0})
-    accelerator: str = "auto"  # cpu, gpu, auto
-    devices: Any = 1  # e.g. 8 GPUs
-    strategy: str = "auto"  # ddp, fsdp, ...
-    precision: str = "32-true"  # "bf16-true" / "bf16-mixed" on GPUs
-    logger: str = "csv"  # csv, tensorboard, wandb
-    log_every: int = 10
-    val_every: int = 500  # steps
-    checkpoint_every: int = 500  # steps
+    objective: str = setting("cycle", one_of(*OBJECTIVES))
+    task_weights: dict = setting({"asr": 1.0, "vsr": 1.5, "avsr": 1.0}, TASK_WEIGHTS)
+    accelerator: str = setting("auto", one_of("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: Any = setting(1, DEVICES)  # e.g. 8 GPUs
+    strategy: str = setting("auto", STRATEGY)  # ddp, fsdp, ...
+    precision: str = setting("32-true", PRECISION)  # "bf16-true" / "bf16-mixed" on GPUs
+    logger: str = setting("csv", one_of(*LOGGERS))
+    log_every: int = setting(10, POSITIVE_INT)
+    val_every: int = setting(500, COUNT)  # steps; 0 = no validation
+    checkpoint_every: int = setting(500, POSITIVE_INT)  # steps
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose from {OBJECTIVES}")
+        check_settings(self)
         missing = [t for t in self.model.tasks if t not in self.task_weights]
         if self.objective == "omni" and missing:
-            raise ValueError(f"task_weights has no weight for {missing}")
+            raise SettingError("task_weights", f"has no weight for {missing} (objective omni weights every task)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Turn YAML/CLI values into the field's type (tuples from lists, numbers from strings)."""
+    """Turn YAML/CLI values into the field's type (tuples from lists, numbers from strings);
+    the field's own rule (avsr.settings) then checks the value."""
     origin = getattr(hint, "__origin__", None)
     if hint is tuple or origin is tuple:
         return tuple(value) if isinstance(value, (list, tuple)) else (value,)
@@ -100,41 +152,77 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         try:  # YAML reads "5e-4" as a string
             number = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise SettingError(key, f"must be a number, got {value!r}") from None
         if hint is int and not number.is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise SettingError(key, f"must be an integer, got {value!r}")
         return hint(number)
     if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise SettingError(key, f"must be true or false, got {value!r}")
     return value
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def _build(cls, data: dict, prefix: str = "", where: str = "config"):
+    """`cls` from `data` over its defaults; messages start with `where` and name the dotted key."""
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(prefix + k for k in unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(prefix + k for k in unknown)}; "
+                          f"known: {sorted(names)}")
     base = cls()
     values = {}
-    for k, v in data.items():
-        if dataclasses.is_dataclass(hints[k]):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{prefix + k}: expected a mapping, got {v!r}")
-            values[k] = _build(hints[k], {**asdict(getattr(base, k)), **v}, prefix + k + ".")
-        else:
-            values[k] = _coerce(v, hints[k], prefix + k)
     try:
+        for k, v in data.items():
+            if dataclasses.is_dataclass(hints[k]):
+                if not isinstance(v, dict):
+                    raise SettingError(k, f"must be a mapping of settings, got {v!r}")
+                values[k] = _build(hints[k], {**asdict(getattr(base, k)), **v}, prefix + k + ".", where)
+            else:
+                values[k] = _coerce(v, hints[k], k)
         return dataclasses.replace(base, **values)
-    except ValueError as err:  # a setting the dataclass itself rejects (e.g. an unknown lora_scheme)
-        raise ConfigError(f"{prefix or 'config'}: {err}") from None
+    except ValueError as err:  # SettingError: a value its rule refuses (avsr.settings)
+        raise ConfigError(f"{where}: {prefix}{err}") from None
+
+
+def config_from_dict(tree: dict, where: str = "config", prefix: str = "") -> TrainConfig:
+    """A configuration saved as a mapping (a checkpoint's `train` section), checked like a recipe."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the configuration'} must be a mapping of settings")
+    return _build(TrainConfig, tree, prefix, where)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What a valid config names outside itself: backbone folders, the logger's package, a GPU,
+    the label and noise files. Checked before a run folder is made or a model is loaded."""
+    import torch
+
+    from avsr.data.dataset import read_labels
+    from avsr.data.noise import read_noise
+    from avsr.models.loading import check_backbones
+
+    check_backbones(cfg.model)
+    package = LOGGERS[cfg.logger]
+    if package and importlib.util.find_spec(package) is None and not (
+            package == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        raise ConfigError(f"config: logger {cfg.logger} needs the {package} package (pip install {package}), "
+                          "or choose logger=csv")
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config: accelerator {cfg.accelerator}, but no CUDA GPU is available here; "
+                          "choose accelerator=cpu or auto")
+    d = cfg.data
+    for split in dict.fromkeys((d.train_split, d.val_split)):
+        read_labels(d.labels(split))
+    if d.noise_path() is not None:
+        read_noise(d.noise_path())
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {'.'.join(keys[:i + 1])} is a value, not a section of settings")
     node[keys[-1]] = value
 
 
@@ -174,7 +262,11 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+        _set(tree, key.strip(), value)
     return _build(TrainConfig, tree)
 
 

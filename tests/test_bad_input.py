@@ -1,0 +1,404 @@
+"""The bad-input matrix: every case runs the `avsr` CLI on one bad input and must end with a
+non-zero exit, a message naming the culprit, no traceback, no file lost and nothing left
+that looks complete. docs/reliability.md lists the cases and the invariants."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, tiny_train_args
+
+# Files whose presence says "this output is complete"; none may appear after a failed command.
+COMPLETE_NAMES = {"results.json", "report.md", "trainable.safetensors", "model.safetensors", ".avsr-run"}
+
+
+@dataclass
+class Ctx:
+    """What a case can use: its own empty folder, and (built on demand) the shared tiny corpus,
+    backbones and a trained 2-step run."""
+    tmp: Path
+    request: pytest.FixtureRequest
+
+    @property
+    def corpus(self) -> Path:
+        return Path(self.request.getfixturevalue("tiny_corpus")[0].out)
+
+    @property
+    def backbones(self) -> dict:
+        return self.request.getfixturevalue("tiny_backbones")
+
+    @property
+    def run(self) -> Path:
+        return self.request.getfixturevalue("tiny_run")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run / "checkpoints" / "last"
+
+    def train_args(self, *extra: str, steps: int = 2) -> list[str]:
+        return tiny_train_args(self.corpus, self.backbones, self.tmp / "run", steps, *extra)
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Ctx], list]
+    needle: str | Callable[[Ctx], str]  # must appear in the message
+    prepare: Callable[[Ctx], None] | None = None
+    code: int = 2
+    uses: tuple[str, ...] = field(default=())  # shared fixtures whose files must survive untouched
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def synth(ctx: Ctx, *extra: str) -> list[str]:
+    """A tiny `avsr synth` into the case's folder."""
+    return ["synth", "--out", ctx.tmp / "c", "--train", "2", "--val", "1", "--test", "1", "--train-speakers", "1",
+            "--val-speakers", "1", "--test-speakers", "1", "--noise-speakers", "1", "--noise-seconds", "1",
+            "--workers", "1", "--quiet", *extra]
+
+
+def evaluate(ctx: Ctx, *extra: str) -> list[str]:
+    return ["eval", ctx.checkpoint, "--out", ctx.tmp / "eval", "--limit", "1", "--quiet", *extra]
+
+
+def made_corpus(ctx: Ctx, *extra: str) -> Path:
+    """A finished tiny corpus at <case>/c (the root `synth` writes to), for --overwrite cases."""
+    code, _, err = run_cli(*synth(ctx, *extra))
+    assert code == 0, err
+    return ctx.tmp / "c"
+
+
+def train_labels(ctx: Ctx) -> Path:
+    """A train label file under <case>/labels (text only: enough to reach the output checks)."""
+    return write(ctx.tmp / "labels" / "synth_train.csv", "synth,train/s000/00000.mp4,10,bin blue at f two now\n")
+
+
+def backbone(command: str, ctx: Ctx, *extra: str) -> list:
+    return [command, "--root", ctx.tmp, "--out", ctx.tmp / "model", *extra]
+
+
+def train_cli(ctx: Ctx, *overrides: str) -> list:
+    """`avsr train` of the tiny setup; `overrides` come last, and the last value of a key wins."""
+    return ["train", "--quiet", *ctx.train_args(*overrides)]
+
+
+def wav(path: Path, samples: list[float]) -> Path:
+    import numpy as np
+
+    from avsr.data.media import write_audio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_audio(path, np.asarray(samples, np.float32))
+    return path
+
+
+def copied_checkpoint(ctx: Ctx, damage: Callable[[Path], object] = lambda ckpt: None) -> Path:
+    """The shared checkpoint copied to <case>/ckpt, then damaged there (never the original)."""
+    shutil.copytree(ctx.checkpoint, ctx.tmp / "ckpt")
+    damage(ctx.tmp / "ckpt")
+    return ctx.tmp / "ckpt"
+
+
+def edit_config(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """A damage: change the checkpoint's config.json as parsed JSON."""
+    def damage(ckpt: Path) -> None:
+        import json
+
+        saved = json.loads((ckpt / "config.json").read_text())
+        change(saved)
+        (ckpt / "config.json").write_text(json.dumps(saved))
+    return damage
+
+
+def widen_a_tensor(ckpt: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ckpt / "trainable.safetensors"))
+    name = sorted(state)[0]
+    state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+    save_file(state, str(ckpt / "trainable.safetensors"))
+
+
+def eval_copy(ctx: Ctx, *extra: str) -> list:
+    """`avsr eval` of the case's (damaged) checkpoint copy."""
+    return ["eval", ctx.tmp / "ckpt", "--out", ctx.tmp / "eval", "--limit", "1", "--quiet", *extra]
+
+
+def package_missing(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
+
+
+def cuda_missing() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+CASES: list[Case] = [
+    # --- synth ---
+    *(Case(f"synth-noise-seconds-{name}", lambda ctx, v=value: synth(ctx, "--noise-seconds", v), "--noise-seconds")
+      for name, value in (("zero", "0"), ("negative", "-3"), ("nan", "nan"), ("inf", "inf"))),
+    Case("synth-seed-negative", lambda ctx: synth(ctx, "--seed", "-1"), "--seed -1"),
+    Case("synth-workers-zero", lambda ctx: synth(ctx, "--workers", "0"), "--workers 0"),
+    Case("synth-workers-negative", lambda ctx: synth(ctx, "--workers", "-2"), "--workers -2"),
+    Case("synth-text-folder", lambda ctx: synth(ctx, "--text", ctx.tmp), lambda ctx: f"{ctx.tmp}: not a regular file"),
+    # unreadable for root too (chmod 000 is not): a FIFO (reading it would block) and a path under a file
+    Case("synth-text-fifo", lambda ctx: synth(ctx, "--text", ctx.tmp / "fifo"),
+         lambda ctx: f"{ctx.tmp / 'fifo'}: not a regular file", prepare=lambda ctx: os.mkfifo(ctx.tmp / "fifo")),
+    Case("synth-text-under-a-file", lambda ctx: synth(ctx, "--text", ctx.tmp / "f" / "t.txt"),
+         lambda ctx: str(ctx.tmp / "f" / "t.txt"), prepare=lambda ctx: write(ctx.tmp / "f", "")),
+    *([Case("synth-text-unreadable", lambda ctx: synth(ctx, "--text", ctx.tmp / "t.txt"), "Permission denied",
+            prepare=lambda ctx: write(ctx.tmp / "t.txt", "bin blue\n").chmod(0))] if os.geteuid() != 0 else []),
+    Case("synth-text-latin1", lambda ctx: synth(ctx, "--text", ctx.tmp / "t.txt"), "t.txt:2: not UTF-8",
+         prepare=lambda ctx: write(ctx.tmp / "t.txt", "bin blue\ncaf\xe9 au lait\n".encode("latin-1"))),
+    Case("synth-no-utterances", lambda ctx: synth(ctx, "--train", "0", "--val", "0", "--test", "0"), "no utterances"),
+    Case("synth-utterances-without-speakers", lambda ctx: synth(ctx, "--val-speakers", "0"), "--val-speakers 0"),
+    Case("synth-speakers-without-utterances", lambda ctx: synth(ctx, "--test", "0"), "--test 0 with --test-speakers 1"),
+    Case("synth-too-many-speakers", lambda ctx: synth(ctx, "--voices", "en-us", "--variants", "m1,m2"),
+         "only 2 voice/variant pairs"),
+    Case("synth-out-empty", lambda ctx: synth(ctx, "--out", ""), "--out is empty"),
+    Case("synth-corpus-not-a-name", lambda ctx: synth(ctx, "--corpus", "../up"), "--corpus '../up'"),
+    Case("synth-corpus-json-not-ours", synth, "not made by avsr synth",
+         prepare=lambda ctx: write(ctx.tmp / "c" / "synth" / "corpus.json", "{not json")),
+    Case("synth-labels-of-another-dataset", synth, lambda ctx: str(ctx.tmp / "c" / "labels" / "synth_train.csv"),
+         prepare=lambda ctx: write(ctx.tmp / "c" / "labels" / "synth_train.csv", "lrs3,a/1.mp4,9,mine\n")),
+    *(Case(f"synth-overwrite-{name}", lambda ctx, o=out: synth(ctx, "--out", o(ctx), "--overwrite"),
+           "refusing to delete anything") for name, out in (("root", lambda ctx: "/"), ("home", lambda ctx: Path.home()),
+                                                    ("cwd", lambda ctx: "."), ("cwd-parent", lambda ctx: ".."))),
+    Case("synth-overwrite-user-folder", lambda ctx: synth(ctx, "--corpus", "photos", "--overwrite"),
+         "not made by avsr synth", prepare=lambda ctx: (write(ctx.tmp / "c" / "photos" / "a.jpg", b"\xff\xd8"),
+                                                        write(ctx.tmp / "c" / "photos" / "2024" / "b.txt", "mine"))),
+    Case("synth-overwrite-foreign-file-in-corpus", lambda ctx: synth(ctx, "--overwrite", "--seed", "3"),
+         lambda ctx: str(ctx.tmp / "c" / "synth" / "train" / "notes.txt"),
+         prepare=lambda ctx: write(made_corpus(ctx) / "synth" / "train" / "notes.txt", "mine")),
+    Case("synth-overwrite-noise-of-another-dataset", lambda ctx: synth(ctx, "--overwrite"),
+         lambda ctx: str(ctx.tmp / "c" / "noise" / "synth_babble.wav"),
+         prepare=lambda ctx: write(ctx.tmp / "c" / "noise" / "synth_babble.wav", b"RIFF mine")),
+    Case("contact-sheet-not-an-image", lambda ctx: ["contact-sheet", "--out", ctx.tmp / "sheet.txt"], "sheet.txt"),
+    Case("contact-sheet-unwritable-out", lambda ctx: ["contact-sheet", "--out", ctx.tmp / "f" / "s.png"],
+         lambda ctx: str(ctx.tmp / "f"), prepare=lambda ctx: write(ctx.tmp / "f", "")),
+    # backbones
+    Case("pretrain-lm-steps-zero", lambda ctx: backbone("pretrain-lm", ctx, "--steps", "0"), "--steps: 0"),
+    Case("pretrain-lm-steps-negative", lambda ctx: backbone("pretrain-lm", ctx, "--steps", "-5"), "--steps: -5"),
+    Case("pretrain-encoder-steps-zero", lambda ctx: backbone("pretrain-encoder", ctx, "--steps", "0"), "--steps: 0"),
+    Case("pretrain-lm-no-labels", lambda ctx: backbone("pretrain-lm", ctx), "synth_train.csv"),
+    Case("pretrain-encoder-no-labels", lambda ctx: backbone("pretrain-encoder", ctx), "synth_train.csv"),
+    *(Case(f"{command}-unwritable-out", lambda ctx, c=command: [*backbone(c, ctx), "--out", ctx.tmp / "f" / "m"],
+           lambda ctx: f"cannot write to output folder {ctx.tmp / 'f'}",
+           prepare=lambda ctx: (train_labels(ctx), write(ctx.tmp / "f", "")))
+      for command in ("pretrain-lm", "pretrain-encoder")),
+    Case("prepare-whisper-unwritable-out", lambda ctx: ["prepare-whisper", "--out", ctx.tmp / "f" / "w"],
+         lambda ctx: f"cannot write to output folder {ctx.tmp / 'f'}", prepare=lambda ctx: write(ctx.tmp / "f", "")),
+    Case("pretrain-encoder-foreign-out", lambda ctx: backbone("pretrain-encoder", ctx),
+         "not a pretrained video encoder folder",
+         prepare=lambda ctx: (train_labels(ctx), write(ctx.tmp / "model" / "notes.txt", "mine"))),
+    # --- train: configuration values ---
+    *(Case(f"train-{name}", lambda c, o=override: train_cli(c, *([o] if isinstance(o, str) else o)), needle,
+           uses=("corpus",))
+      for name, override, needle in (
+          ("checkpoint-every-zero", "checkpoint_every=0", "config: checkpoint_every must be a positive integer, got 0"),
+          ("lora-rank-zero", "model.lora_rank=0", "config: model.lora_rank must be a positive integer, got 0"),
+          ("max-frames-zero", "data.max_frames=0", "config: data.max_frames must be a positive integer, got 0"),
+          ("max-steps-negative", "optim.max_steps=-5", "config: optim.max_steps must be a positive integer, got -5"),
+          ("max-steps-zero", "optim.max_steps=0", "config: optim.max_steps must be a positive integer, got 0"),
+          ("max-steps-text", "optim.max_steps=many", "config: optim.max_steps must be a number, got 'many'"),
+          ("lr-negative", "optim.lr=-1", "config: optim.lr must be a positive number, got -1.0"),
+          ("lr-nan", "optim.lr=.nan", "config: optim.lr must be a positive number, got nan"),
+          ("tasks-unknown", "model.tasks=[asr,foo]", "config: model.tasks must be a non-empty list of distinct tasks"),
+          ("tasks-typo", "model.tasks=[asrr]", "model.tasks must be a non-empty list of distinct tasks from asr, "
+                                               "vsr, avsr, got ('asrr',)"),
+          ("tasks-empty", "model.tasks=[]", "model.tasks must be a non-empty list"),
+          ("precision-bogus", "precision=bogus", "config: precision must be one of 32-true"),
+          ("accelerator-tpu", "accelerator=tpu", "accelerator must be one of auto, cpu, gpu, cuda, mps, got 'tpu'"),
+          ("logger-bogus", "logger=bogus", "config: logger must be one of csv, tensorboard, wandb, got 'bogus'"),
+          ("projector-unknown", "model.projector=transformer", "config: model.projector must be one of mlp, smop"),
+          ("compression-unknown", "model.compression=max", "model.compression must be one of avg-pooling, stack"),
+          ("topology-unknown", "model.smop_topology=ring", "model.smop_topology must be one of jejr, jedr, dedr"),
+          ("lora-scheme-unknown", "model.lora_scheme=xyz", "config: model.lora_scheme must be one of ms, ss, mss"),
+          ("top-k-above-experts", ("model.projector=smop", "model.smop_top_k=5"), "model.smop_top_k must be at most"),
+          ("audio-rate-zero", "model.audio_rates=[0]", "config: model.audio_rates must be a non-empty list of distinct "
+                                                     "positive integers, got (0,)"),
+          ("video-rate-negative", "model.video_rates=[-2]", "config: model.video_rates must be"),
+          ("rates-repeated", "model.audio_rates=[4,4]", "config: model.audio_rates must be"),
+          ("warmup-negative", "optim.warmup_steps=-1", "config: optim.warmup_steps must be a non-negative integer"),
+          ("grad-clip-zero", "optim.grad_clip=0", "config: optim.grad_clip must be a positive number, got 0.0"),
+          ("weight-decay-negative", "optim.weight_decay=-0.1", "config: optim.weight_decay must be a non-negative"),
+          ("betas-one", "optim.betas=[0.9,1.0]", "config: optim.betas must be two numbers in [0, 1)"),
+          ("lora-dropout-one", "model.lora_dropout=1", "config: model.lora_dropout must be a number in [0, 1)"),
+          ("snrs-text", "data.snrs=[0,abc]", "config: data.snrs must be a list of SNRs in dB"),
+          ("snrs-nan", "data.snrs=[.nan]", "config: data.snrs must be a list of SNRs in dB"),
+          ("devices-zero", "devices=0", "config: devices must be a number of devices"),
+          ("devices-text", "devices=many", "config: devices must be a number of devices"),
+          ("strategy-bogus", "strategy=bogus", "config: strategy must be auto, ddp..., fsdp..."),
+          ("feature-cache-copies-negative", "data.feature_cache_copies=-1",
+           "config: data.feature_cache_copies must be a non-negative integer, got -1"),
+          ("workers-negative", "data.workers=-1", "config: data.workers must be a non-negative integer, got -1"),
+          ("val-every-negative", "val_every=-1", "config: val_every must be a non-negative integer, got -1"),
+          ("log-every-zero", "log_every=0", "config: log_every must be a positive integer, got 0"),
+          ("max-val-utterances-zero", "data.max_val_utterances=0", "config: data.max_val_utterances must be"),
+          ("task-weights-unknown-task", "task_weights={asr: 1, foo: 2}", "config: task_weights must be a mapping"),
+          ("task-weights-negative", "task_weights={asr: -1}", "config: task_weights must be a mapping"),
+          ("task-weights-missing-omni", ("objective=omni", "task_weights={asr: 1}"), "task_weights has no weight for"),
+          ("objective-unknown", "objective=best", "config: objective must be one of cycle, omni, got 'best'"),
+          ("seed-negative", "seed=-1", "config: seed must be an integer from 0"),
+          ("llm-dtype-unknown", "model.llm_dtype=int8", "config: model.llm_dtype must be one of"),
+          ("projector-hidden-zero", "model.projector_hidden=0", "config: model.projector_hidden must be a positive"),
+          ("override-bad-yaml", "task_weights={asr: 1", "override 'task_weights={asr: 1': the value is not valid YAML"),
+          ("section-as-value", "optim=3", "config: optim must be a mapping of settings, got 3"),
+          ("llm-hub-id", "model.llm=meta-llama/Llama-3.2-1B",
+           "model.llm: no such folder 'meta-llama/Llama-3.2-1B' (avsr loads models from local folders only"),
+          ("audio-encoder-hub-id", "model.audio_encoder=openai/whisper-base",
+           "model.audio_encoder: no such folder 'openai/whisper-base'"),
+      )),
+    Case("train-no-arguments", lambda c: ["train"], "model.llm: not set (avsr loads models from local folders only"),
+    Case("train-llm-not-a-model-folder", lambda c: train_cli(c, f"model.llm={c.tmp / 'empty'}"),
+         lambda c: f"model.llm: {c.tmp / 'empty'} holds no config.json", prepare=lambda c: (c.tmp / "empty").mkdir(),
+         uses=("corpus",)),
+    Case("train-noise-no-samples", lambda c: train_cli(c, f"data.noise={c.tmp / 'n.wav'}"),
+         lambda c: f"noise file {c.tmp / 'n.wav'} has no samples", prepare=lambda c: wav(c.tmp / "n.wav", []),
+         uses=("corpus",)),
+    Case("train-noise-silent", lambda c: train_cli(c, f"data.noise={c.tmp / 'n.wav'}"),
+         lambda c: f"noise file {c.tmp / 'n.wav'} is silent", prepare=lambda c: wav(c.tmp / "n.wav", [0.0] * 1600),
+         uses=("corpus",)),
+    Case("train-noise-missing", lambda c: train_cli(c, f"data.noise={c.tmp / 'none.wav'}"),
+         lambda c: f"audio file not found: {c.tmp / 'none.wav'}", uses=("corpus",)),
+    Case("train-labels-empty-transcript", lambda c: train_cli(c, f"data.root={c.tmp / 'root'}"),
+         lambda c: f"{c.tmp / 'root' / 'labels' / 'synth_train.csv'}:2: empty transcript",
+         prepare=lambda c: write(c.tmp / "root" / "labels" / "synth_train.csv",
+                                 "synth,train/s0/00000.mp4,10,bin blue\nsynth,train/s0/00001.mp4,12, \n")),
+    *([Case("train-logger-tensorboard-missing", lambda c: train_cli(c, "logger=tensorboard"),
+            "pip install tensorboard", uses=("corpus",))] if package_missing("tensorboard")
+      and package_missing("tensorboardX") else []),
+    *([Case("train-logger-wandb-missing", lambda c: train_cli(c, "logger=wandb"), "pip install wandb",
+            uses=("corpus",))] if package_missing("wandb") else []),
+    *([Case("train-gpu-without-cuda", lambda c: train_cli(c, "accelerator=gpu"), "no CUDA GPU is available",
+            uses=("corpus",))] if cuda_missing() else []),
+    # --- eval ---
+    *(Case(f"eval-{name}", lambda c, a=args: evaluate(c, *a), needle, uses=("run",))
+      for name, args, needle in (
+          ("beams-zero", ("--beams", "0"), "argument --beams: 0 is less than 1"),
+          ("beams-negative", ("--beams", "-2"), "argument --beams: -2 is less than 1"),
+          ("max-new-tokens-zero", ("--max-new-tokens", "0"), "argument --max-new-tokens: 0 is less than 1"),
+          ("snrs-text", ("--snrs", "clean", "abc"), "argument --snrs: an SNR is 'clean' or a number of dB, got 'abc'"),
+          ("snrs-nan", ("--snrs", "nan"), "argument --snrs: an SNR is 'clean' or a number of dB, got 'nan'"),
+          ("limit-negative", ("--limit", "-3"), "argument --limit: -3 is less than 1"),
+          ("limit-zero", ("--limit", "0"), "argument --limit: 0 is less than 1"),
+          ("budget-tokens-zero", ("--budget-tokens", "0"), "argument --budget-tokens: expected a positive number"),
+          ("calibration-zero", ("--calibration", "0"), "argument --calibration: 0 is less than 1"),
+          ("max-rtf-zero", ("--max-rtf", "0"), "argument --max-rtf: expected a positive number, got '0'"),
+          ("rates-zero", ("--rates", "0,2"), "argument --rates"),
+          ("split-missing", ("--split", "nope"), "label file not found"),
+      )),
+    Case("eval-tasks-not-trained", lambda c: eval_copy(c, "--tasks", "vsr"),
+         lambda c: f"--tasks vsr: checkpoint {c.tmp / 'ckpt'} was trained for asr only",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["model"].update(tasks=["asr"]))),
+         uses=("run",)),
+    Case("eval-unwritable-out", lambda c: evaluate(c, "--out", c.tmp / "file" / "eval"),
+         lambda c: f"cannot write to output folder {c.tmp / 'file' / 'eval'}",
+         prepare=lambda c: write(c.tmp / "file", ""), uses=("run",)),
+    Case("eval-noise-no-samples", lambda c: evaluate(c, "--snrs", "0", "--noise", c.tmp / "n.wav"),
+         lambda c: f"noise file {c.tmp / 'n.wav'} has no samples", prepare=lambda c: wav(c.tmp / "n.wav", []),
+         uses=("run",)),
+    Case("eval-noise-missing", lambda c: evaluate(c, "--snrs", "clean", "5", "--noise", c.tmp / "none.wav"),
+         lambda c: f"audio file not found: {c.tmp / 'none.wav'}", uses=("run",)),
+    Case("eval-labels-empty-transcript", lambda c: evaluate(c, "--root", c.tmp / "root", "--snrs", "clean"),
+         lambda c: f"{c.tmp / 'root' / 'labels' / 'synth_test.csv'}:1: empty transcript",
+         prepare=lambda c: write(c.tmp / "root" / "labels" / "synth_test.csv", "synth,test/s0/00000.mp4,10,\n"),
+         uses=("run",)),
+    # --- checkpoints ---
+    Case("checkpoint-missing", lambda c: eval_copy(c), lambda c: f"{c.tmp / 'ckpt'} is not a checkpoint folder"),
+    Case("checkpoint-weights-truncated", eval_copy, lambda c: f"{c.tmp / 'ckpt' / 'trainable.safetensors'}: damaged",
+         prepare=lambda c: copied_checkpoint(c, lambda ck: (ck / "trainable.safetensors").write_bytes(
+             (ck / "trainable.safetensors").read_bytes()[:1000])), uses=("run",)),
+    Case("checkpoint-weights-empty", eval_copy, lambda c: f"{c.tmp / 'ckpt' / 'trainable.safetensors'}: damaged",
+         prepare=lambda c: copied_checkpoint(c, lambda ck: (ck / "trainable.safetensors").write_bytes(b"")),
+         uses=("run",)),
+    Case("checkpoint-config-empty", eval_copy, lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: empty file",
+         prepare=lambda c: copied_checkpoint(c, lambda ck: (ck / "config.json").write_text("")), uses=("run",)),
+    Case("checkpoint-config-invalid-json", eval_copy, lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: not valid JSON",
+         prepare=lambda c: copied_checkpoint(c, lambda ck: (ck / "config.json").write_text('{"model": {"llm": ')),
+         uses=("run",)),
+    Case("checkpoint-config-not-an-object", eval_copy, "expected a JSON object with a \"model\" section",
+         prepare=lambda c: copied_checkpoint(c, lambda ck: (ck / "config.json").write_text("[1, 2]")), uses=("run",)),
+    Case("checkpoint-config-unknown-model-key", eval_copy, "unknown model settings: ['lora_rnak']",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["model"].update(lora_rnak=4))), uses=("run",)),
+    Case("checkpoint-config-unknown-train-key", eval_copy, "unknown setting(s) ['train.optim.lrr']",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["train"]["optim"].update(lrr=1))),
+         uses=("run",)),
+    Case("checkpoint-config-wrong-type", eval_copy,
+         lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: model.lora_rank must be a positive integer, got 'four'",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["model"].update(lora_rank="four"))),
+         uses=("run",)),
+    Case("checkpoint-config-bad-train-value", eval_copy,
+         lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: train.optim.max_steps must be a positive integer, got -1",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["train"]["optim"].update(max_steps=-1))),
+         uses=("run",)),
+    Case("checkpoint-tensor-wrong-shape", eval_copy, "has shape",
+         prepare=lambda c: copied_checkpoint(c, widen_a_tensor), uses=("run",)),
+    Case("checkpoint-backbone-missing", eval_copy,
+         lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: model.llm: no such folder '{c.tmp / 'gone'}'",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["model"].update(llm=str(c.tmp / "gone")))),
+         uses=("run",)),
+    # --- overwrite and interruptions ---
+    Case("quickstart-overwrite-user-folder", lambda c: ["quickstart", "--out", c.tmp / "mine", "--overwrite"],
+         "not written by avsr", prepare=lambda c: write(c.tmp / "mine" / "thesis.tex", "my work")),
+    Case("quickstart-overwrite-empty-path", lambda c: ["quickstart", "--out", "", "--overwrite"], "empty"),
+    Case("quickstart-overwrite-foreign-file-in-run", lambda c: ["quickstart", "--out", c.tmp / "qs", "--overwrite"],
+         "notes.txt", prepare=lambda c: (write(c.tmp / "qs" / ".avsr-run",
+                                               '{"written_by": "avsr quickstart", "entries": ["data"]}'),
+                                         write(c.tmp / "qs" / "data" / "x.wav", b"RIFF"),
+                                         write(c.tmp / "qs" / "notes.txt", "mine"))),
+    Case("quickstart-unwritable-out", lambda c: ["quickstart", "--out", c.tmp / "file" / "qs"], "cannot write",
+         prepare=lambda c: write(c.tmp / "file", "")),
+    Case("train-unwritable-out", lambda c: ["train", *c.train_args(f"out={c.tmp / 'file' / 'run'}")],
+         "cannot write", prepare=lambda c: write(c.tmp / "file", ""), uses=("corpus",)),
+    Case("train-fresh-user-folder", lambda c: ["train", "--fresh", *c.train_args()], "not written by avsr",
+         prepare=lambda c: write(c.tmp / "run" / "data.csv", "mine"), uses=("corpus",)),
+    Case("train-resume-changed-config", lambda c: ["train", "--quiet", *c.train_args("model.lora_rank=8")],
+         "model.lora_rank: 4 -> 8", prepare=lambda c: shutil.copytree(c.run, c.tmp / "run"), uses=("run",)),
+    Case("train-resume-fewer-steps", lambda c: ["train", "--quiet", *c.train_args(steps=1)],
+         "optim.max_steps: 2 -> 1", prepare=lambda c: shutil.copytree(c.run, c.tmp / "run"), uses=("run",)),
+]
+
+
+def snapshot(folders: list[Path]) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders if folder.exists() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path, request, monkeypatch):
+    ctx = Ctx(tmp_path / "case", request)
+    ctx.tmp.mkdir()
+    monkeypatch.chdir(ctx.tmp)  # a case about the working folder must never point at the checkout
+    if case.prepare:
+        case.prepare(ctx)
+    shared = [getattr(ctx, name) for name in case.uses]
+    argv = case.argv(ctx)
+    before = snapshot([ctx.tmp, *shared])
+    code, out, err = run_cli(*argv)
+    needle = case.needle(ctx) if callable(case.needle) else case.needle
+    assert code == case.code, f"exit {code}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
+    assert "Traceback" not in out + err
+    assert needle in err, err[-2000:]
+    print(f"\nCASE {case.id} | exit {code} | {err.strip().splitlines()[-1]}")  # docs/reliability.md's table
+    after = snapshot([ctx.tmp, *shared])
+    lost = [p for p, digest in before.items() if after.get(p) != digest]
+    assert not lost, f"changed or deleted: {lost}"
+    complete = [p for p in after if p not in before and Path(p).name in COMPLETE_NAMES]
+    assert not complete, f"looks complete after a failure: {complete}"

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from avsr.io import write_text_atomic
-from avsr.models.avsr_model import AVSRConfig, AVSRModel, scale_name
-from avsr.models.small_lm import train_tokenizer
+from avsr.models.avsr_model import AVSRConfig, AVSRModel
+from avsr.models.tasks import scale_name
+from avsr.backbones.small_lm import train_tokenizer
 from avsr.synth.text import grid_sentence
 
 

@@ -23,8 +23,7 @@ import time
 import torch
 
 from avsr.io import write_text_atomic
-from avsr.models.mixture import SparseMixtureProjector
-from avsr.models.projector import MLPProjector
+from avsr.models.projectors import MLPProjector, SparseMixtureProjector
 
 EXPERTS = (2, 4, 8, 16)
 

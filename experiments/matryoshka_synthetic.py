@@ -18,10 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
-from avsr.evaluation.evaluate import grid_table, rate_grid, snr_label
-from avsr.evaluation.experiment import corpus_files, train_variant
+from avsr.evaluation.decode import snr_label
+from avsr.evaluation.elastic import rate_grid
+from avsr.evaluation.report import grid_table, write_rate_grid
 from avsr.io import write_text_atomic
-from avsr.models.avsr_model import scale_name
+from avsr.models.tasks import scale_name
+from avsr.pipelines.experiment import corpus_files, train_variant
 
 PAIRS = [(4, 2), (4, 5), (16, 2), (16, 5)]
 SNRS = (None, 0)
@@ -43,8 +45,7 @@ def train_and_grid(name: str, recipe: str, overrides: list[str], args) -> dict:
     root, labels, noise = corpus_files(cfg)
     grid = rate_grid(model, root, labels, tuple(cfg.model.tasks), SNRS, noise, num_beams=args.beams,
                      limit=args.limit or None)
-    write_text_atomic(out / name / "eval" / "rate_grid.md", f"# {name}\n\n{grid_table(grid)}\n")
-    write_text_atomic(grid_file, json.dumps(grid, indent=1))  # last: marks the variant done
+    write_rate_grid(grid, out / name / "eval", name)  # its rate_grid.json marks the variant done
     return grid
 
 

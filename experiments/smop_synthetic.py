@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from avsr.evaluation.experiment import comparison_table, run_variant
+from avsr.pipelines.experiment import comparison_table, run_variant
 from avsr.io import write_text_atomic
 
 VARIANTS = {

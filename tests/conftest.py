@@ -2,10 +2,59 @@ import contextlib
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from avsr.synth.corpus import SynthConfig, synthesize_corpus
+from avsr.synth.text import grid_sentence
+
+# Shared by the model tests (import them with `from conftest import tiny_model, make_batch`).
+TEXTS = [grid_sentence(np.random.default_rng(i)) for i in range(300)]
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """An AVSRModel on tiny random backbones (Whisper encoder, lip encoder, 2-layer Llama), in eval mode;
+    `overrides` go to AVSRConfig. The same seed gives the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from avsr.backbones.small_lm import train_tokenizer
+    from avsr.models.audio_encoder import WhisperAudioEncoder
+    from avsr.models.avsr_model import AVSRConfig, AVSRModel
+    from avsr.models.video_encoder import VideoEncoder, VideoEncoderConfig
+
+    torch.manual_seed(seed)
+    tok = train_tokenizer(TEXTS, 320)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id))
+    audio = WhisperAudioEncoder.from_config(d_model=64, encoder_layers=2, encoder_attention_heads=4,
+                                            encoder_ffn_dim=128, num_mel_bins=80)
+    video = VideoEncoder(VideoEncoderConfig.tiny(embed_dim=64, layers=1))
+    cfg = AVSRConfig(projector_hidden=64, lora_rank=4, lora_alpha=8, **overrides)
+    return AVSRModel(cfg, audio, video, llm, tok).eval()
+
+
+def make_batch(lengths: list[int], seed: int = 0) -> dict:
+    """Random media with `lengths` video frames (audio 640 samples per frame), zero-padded."""
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths)
+    video = torch.zeros(len(lengths), t, 88, 88)
+    audio = torch.zeros(len(lengths), t * 640)
+    for i, n in enumerate(lengths):
+        video[i, :n] = torch.randn(n, 88, 88, generator=g)
+        audio[i, : n * 640] = 0.1 * torch.randn(n * 640, generator=g)
+    return {"audio": audio, "audio_lengths": torch.tensor(lengths) * 640, "video": video,
+            "video_lengths": torch.tensor(lengths), "text": [TEXTS[i] for i in range(len(lengths))]}
+
+
+def take(batch: dict, i: int) -> dict:
+    """Item i of a batch as a batch of one, padding removed."""
+    n = int(batch["video_lengths"][i])
+    return {"audio": batch["audio"][i : i + 1, : n * 640], "audio_lengths": batch["audio_lengths"][i : i + 1],
+            "video": batch["video"][i : i + 1, :n], "video_lengths": batch["video_lengths"][i : i + 1],
+            "text": batch["text"][i : i + 1]}
 
 
 def tiny_config(out, **overrides) -> SynthConfig:
@@ -28,9 +77,9 @@ def save_tiny_backbones(folder: Path, texts: list[str]) -> dict[str, Path]:
     """Tiny Whisper, lip encoder and LM folders in the formats `build_model` reads."""
     from transformers import WhisperConfig, WhisperModel
 
-    from avsr.models.small_lm import SmallLMConfig, train_small_lm
+    from avsr.backbones.small_lm import SmallLMConfig, train_small_lm
     from avsr.models.video_encoder import VideoEncoderConfig
-    from avsr.models.video_pretrain import DEFAULT_VOCAB, VideoCTCModel, VideoPretrainConfig, save_pretrained
+    from avsr.backbones.lip_ctc import DEFAULT_VOCAB, VideoCTCModel, VideoPretrainConfig, save_pretrained
 
     torch.manual_seed(0)
     paths = {"audio": folder / "whisper", "video": folder / "lips", "llm": folder / "lm"}

@@ -3,54 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from avsr.models.audio_encoder import WhisperAudioEncoder
-from avsr.models.avsr_model import IGNORE, AVSRConfig, AVSRModel
+from avsr.models.avsr_model import IGNORE
 from avsr.models.compression import compress
 from avsr.models.loading import load_checkpoint, save_checkpoint
 from avsr.models.lora import LoRALinear, set_active
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.small_lm import train_tokenizer
-from avsr.models.video_encoder import VideoEncoder, VideoEncoderConfig
-from avsr.synth.text import grid_sentence
-
-TEXTS = [grid_sentence(np.random.default_rng(i)) for i in range(300)]
-
-
-def tiny_model(seed: int = 0, **overrides) -> AVSRModel:
-    torch.manual_seed(seed)
-    tok = train_tokenizer(TEXTS, 320)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       initializer_range=0.2, bos_token_id=tok.bos_token_id,
-                                       eos_token_id=tok.eos_token_id))
-    audio = WhisperAudioEncoder.from_config(d_model=64, encoder_layers=2, encoder_attention_heads=4,
-                                            encoder_ffn_dim=128, num_mel_bins=80)
-    video = VideoEncoder(VideoEncoderConfig.tiny(embed_dim=64, layers=1))
-    cfg = AVSRConfig(projector_hidden=64, lora_rank=4, lora_alpha=8, **overrides)
-    return AVSRModel(cfg, audio, video, llm, tok).eval()
-
-
-def make_batch(lengths: list[int], seed: int = 0) -> dict:
-    """Random media with `lengths` video frames (audio 640 samples per frame), zero-padded."""
-    g = torch.Generator().manual_seed(seed)
-    t = max(lengths)
-    video = torch.zeros(len(lengths), t, 88, 88)
-    audio = torch.zeros(len(lengths), t * 640)
-    for i, n in enumerate(lengths):
-        video[i, :n] = torch.randn(n, 88, 88, generator=g)
-        audio[i, : n * 640] = 0.1 * torch.randn(n * 640, generator=g)
-    return {"audio": audio, "audio_lengths": torch.tensor(lengths) * 640, "video": video,
-            "video_lengths": torch.tensor(lengths), "text": [TEXTS[i] for i in range(len(lengths))]}
-
-
-def take(batch: dict, i: int) -> dict:
-    """Item i of a batch as a batch of one, padding removed."""
-    n = int(batch["video_lengths"][i])
-    return {"audio": batch["audio"][i : i + 1, : n * 640], "audio_lengths": batch["audio_lengths"][i : i + 1],
-            "video": batch["video"][i : i + 1, :n], "video_lengths": batch["video_lengths"][i : i + 1],
-            "text": batch["text"][i : i + 1]}
+from conftest import make_batch, take, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +57,15 @@ def test_decoding_does_not_depend_on_the_batch(model, task):
     together = model.generate(batch, task, num_beams=2, max_new_tokens=8)
     alone = [model.generate(take(batch, i), task, num_beams=2, max_new_tokens=8)[0] for i in range(3)]
     assert together == alone and any(together)
-    loss_alone = model(take(batch, 0), task)[0]
-    assert loss_alone.isfinite()
+    # The loss does not depend on the batch either: the batch's loss is the mean over all its
+    # target tokens (transcript + EOS), so it is the token-weighted mean of the items' own losses.
+    with torch.no_grad():
+        loss_together = model(batch, task)[0]
+        alone_losses = [model(take(batch, i), task)[0] for i in range(3)]
+    targets = [len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in batch["text"]]
+    weighted = sum(n * float(l) for n, l in zip(targets, alone_losses)) / sum(targets)
+    assert float(loss_together) == pytest.approx(weighted, abs=1e-5)
+    assert len({round(float(l), 3) for l in alone_losses}) == 3  # the items' losses really differ
 
 
 def test_lora_starts_as_identity_and_only_new_parts_train(model):

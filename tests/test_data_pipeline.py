@@ -14,6 +14,15 @@ from avsr.data.transforms import (AugmentConfig, EvalTransform, TrainTransform, 
 MEAN, STD = 0.421, 0.165
 
 
+def test_the_avhubert_constants_are_defined_once():
+    from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD
+    from avsr.models import video_encoder
+
+    assert (AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD, AVHUBERT_CROP_SIZE) == (MEAN, STD, 88)
+    assert (AugmentConfig().video_mean, AugmentConfig().video_std, AugmentConfig().crop_size) == (MEAN, STD, 88)
+    assert video_encoder.AVHUBERT_PIXEL_MEAN is AVHUBERT_PIXEL_MEAN  # imported, not a second copy
+
+
 def make_item(n_frames=50, audio_extra=123, seed=0, uid="spk/utt"):
     """A synthetic dataset item: a tone plus a little noise, random 96x96 frames."""
     rng = np.random.default_rng(seed)
@@ -184,6 +193,31 @@ def test_packing_respects_the_budget_and_isolates_long_items():
     assert [len(LENGTHS) - 2] in batches  # the 1500-frame item alone, no assert
 
 
+def _padded_reference(lengths, budget):
+    """The lip pre-training's former packer: shortest first, (clips + 1) x new clip > budget cuts."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+@pytest.mark.parametrize("budget", [1, 150, 400, 1000, 2000])
+def test_packing_by_padded_frames(budget):
+    batches = pack_batches(LENGTHS, budget, cost="padded")
+    assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
+    for b in batches:
+        assert len(b) * max(LENGTHS[i] for i in b) <= budget or len(b) == 1
+    assert [LENGTHS[i] for b in batches for i in b] == sorted(LENGTHS)  # shortest first: little padding
+    assert batches == _padded_reference(LENGTHS, budget)
+    assert pack_batches([], budget, cost="padded") == []
+    with pytest.raises(ValueError, match="cost"):
+        pack_batches(LENGTHS, budget, cost="sum")
+
+
 def test_sampler_epochs_are_deterministic_complete_and_shuffled():
     s = FrameBudgetBatchSampler(LENGTHS, 1000, shuffle=True, seed=1)
     epochs = []
@@ -273,12 +307,14 @@ def test_pipeline_on_the_tiny_corpus(tiny_corpus):
 
     from avsr.data.batching import frame_lengths
     from avsr.data.dataset import AVDataset
+    from avsr.data.media import read_audio
 
     cfg, _ = tiny_corpus
     root = Path(cfg.out)
     ds = AVDataset(root, root / "labels" / "synth_train.csv")
-    aug = AugmentConfig(noise_path=str(root / "noise" / "synth_babble.wav"))
-    train = TransformedDataset(ds, TrainTransform(aug), seed=0)
+    aug = AugmentConfig()
+    noise = read_audio(root / "noise" / "synth_babble.wav")
+    train = TransformedDataset(ds, TrainTransform(aug, noise=noise), seed=0)
     sampler = FrameBudgetBatchSampler(frame_lengths(ds), max_frames=200, seed=0)
     seen = []
     for batch in torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate):
@@ -287,5 +323,5 @@ def test_pipeline_on_the_tiny_corpus(tiny_corpus):
         assert torch.equal(batch["audio_lengths"], batch["video_lengths"] * 640)
         seen += batch["ids"]
     assert sorted(seen) == sorted(row.rel_path for row in ds.rows)
-    ev = EvalTransform(aug, snr_db=5.0, seed=0)
+    ev = EvalTransform(aug, snr_db=5.0, noise=noise, seed=0)
     assert torch.equal(ev(ds[0])["audio"], ev(ds[0])["audio"])

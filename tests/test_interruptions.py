@@ -16,8 +16,7 @@ from avsr.errors import Interrupted
 from avsr.models.loading import read_checkpoint_config
 from avsr.training.config import ConfigError, load_config
 from avsr.training.train import train
-from conftest import tiny_train_args
-from test_avsr_model import tiny_model
+from conftest import tiny_model, tiny_train_args
 
 
 class CtrlCAt(L.Callback):

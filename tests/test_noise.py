@@ -33,6 +33,18 @@ def test_noise_segment_is_reproducible_and_loops():
     a = noise_segment(noise, 25, np.random.default_rng(3))
     b = noise_segment(noise, 25, np.random.default_rng(3))
     assert a.size == 25 and np.array_equal(a, b)
+    # Longer than the recording: the recording again and again from a random point, without gaps
+    # (noise[k] == k, so every next sample is the previous one + 1, wrapping from 9 to 0).
+    starts = set()
+    for seed in range(20):
+        seg = noise_segment(noise, 25, np.random.default_rng(seed))
+        assert np.array_equal(seg, (seg[0] + np.arange(25)) % 10), seg
+        starts.add(int(seg[0]))
+    assert len(starts) >= 5  # the start is drawn, not always the recording's beginning
+    # Shorter: a stretch of the recording itself, never running past its end.
+    for seed in range(20):
+        seg = noise_segment(noise, 4, np.random.default_rng(seed))
+        assert np.array_equal(seg, seg[0] + np.arange(4)) and seg[0] <= 6
 
 
 def test_corpus_babble_is_speech_of_several_talkers(tiny_corpus):

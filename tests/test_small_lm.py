@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from avsr.models.small_lm import (REPORT, SmallLMConfig, SmallLMError, perplexity, pretrain_lm_from_labels,
+from avsr.backbones.small_lm import (REPORT, SmallLMConfig, SmallLMError, perplexity, pretrain_lm_from_labels,
                                   train_small_lm)
 from avsr.synth.text import GRID_GRAMMAR, grid_sentence
 
@@ -124,7 +124,7 @@ def test_reading_exercise_layout():
     """[BOS, block(s), prompt, sentence, EOS]: blocks stretch the sentence, only sentence + EOS predicted."""
     import random
 
-    from avsr.models.small_lm import reading_exercise
+    from avsr.backbones.small_lm import reading_exercise
 
     sentence, prompts, pool = [11, 12, 13], [[90, 91], [92], [93, 94, 95]], [50, 51]
     cfg = SmallLMConfig(reading_noise=(0.0,), reading_max_repeat=3)
@@ -141,3 +141,46 @@ def test_reading_exercise_layout():
         assert runs == sentence * (2 if prompt == prompts[2] else 1)  # AVSR: two blocks
         assert all(1 <= words.count(t) <= 3 * (2 if prompt == prompts[2] else 1) for t in sentence)
     assert len(seen_tasks) == 3
+
+
+def test_warmup_cosine_schedule_with_and_without_floor():
+    from avsr.training.schedules import warmup_cosine
+
+    f = warmup_cosine(4, 14, floor=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # (step + 1) / warmup
+    assert f(4) == 1.0 and f(9) == pytest.approx(0.55) and f(14) == pytest.approx(0.1) and f(30) == f(14)
+    g = warmup_cosine(4, 14)
+    assert g(9) == pytest.approx(0.5) and g(14) == 0.0
+    assert all(f(s) == pytest.approx(0.1 + 0.9 * g(s)) for s in range(4, 20))
+
+
+def test_adamw_groups_exempt_vectors_and_skip_frozen_parameters():
+    from avsr.training.schedules import adamw, decay_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model[2].weight.requires_grad_(False)
+    decay, no_decay = decay_groups(model.named_parameters(), 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [id(p) for p in decay["params"]] == [id(model[0].weight)]
+    assert [id(p) for p in no_decay["params"]] == [id(p) for p in (model[0].bias, model[1].weight, model[1].bias,
+                                                                   model[2].bias)]
+    (every,) = decay_groups(model.named_parameters(), 0.1, exempt_vectors=False)
+    assert len(every["params"]) == 5 and every["weight_decay"] == 0.1
+    opt = adamw(model.named_parameters(), 1e-3, 0.1, betas=(0.9, 0.95))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0] and opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_report_marks_the_folder_complete_and_ours(tmp_path):
+    from avsr.backbones.small_lm import FOLDER, is_complete
+
+    out = tmp_path / "lm"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"")
+    assert not is_complete(out) and not FOLDER.is_ours(out)
+    with pytest.raises(SmallLMError, match="not a finished small-LM folder"):
+        FOLDER.check_replaceable(out)
+    (out / REPORT).write_text(json.dumps({"fingerprint": "old"}), "utf-8")
+    assert is_complete(out) and is_complete(out, "old") and not is_complete(out, "new")
+    FOLDER.check_replaceable(out)  # an older training of ours: may be replaced
+    (out / REPORT).write_text("{", "utf-8")
+    assert not is_complete(out) and not FOLDER.is_ours(out)

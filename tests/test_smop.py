@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avsr.models.mixture import TOPOLOGIES, SparseMixtureProjector, load_balancing_loss, route
+from avsr.models.projectors.mixture import TOPOLOGIES, SparseMixtureProjector, load_balancing_loss, route
 from avsr.models.masks import lengths_to_padding_mask
-from test_avsr_model import make_batch, tiny_model
+from conftest import make_batch, tiny_model
 
 D_OUT = 12
 

@@ -1,19 +1,28 @@
 """The training path end to end on tiny backbones: Lightning loop, checkpoints, resume, eval, WER."""
 
 import csv
+import json
+import re
+import sys
+import time
+import types
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from avsr.evaluation.evaluate import evaluate, write_report
-from avsr.evaluation.wer import word_errors
+from avsr.evaluation.report import write_report
+from avsr.evaluation.score import evaluate
+from avsr.text import word_errors
 from avsr.models.loading import load_checkpoint, read_checkpoint_config
-from avsr.training.config import ConfigError, load_config
+from avsr.data.dataset import read_labels
+from avsr.paths import RECIPES, recipe as find_recipe
+from avsr.training.config import ConfigError, config_from_dict, load_config, save_config
 from avsr.training.train import train, warmup_cosine
-from test_avsr_model import tiny_model
+from conftest import tiny_model
 
 
 def test_wer_counts_substitutions_deletions_insertions():
@@ -136,14 +145,70 @@ def test_smop_training_adds_and_logs_the_router_losses(tiny_corpus, tmp_path):
     assert usage and all(sum(u) == pytest.approx(2.0) for u in usage)  # k experts per token
     assert read_checkpoint_config(checkpoint)["model"]["projector"] == "smop"
     fresh = tiny_model(seed=11, projector="smop", smop_topology="dedr", smop_experts=3)
+    trained, untrained = model.trainable_state_dict(), fresh.trainable_state_dict()
+    assert trained.keys() == untrained.keys()
+    changed = {k for k in trained if not torch.equal(trained[k], untrained[k])}
+    # training moved the routers and the experts, so loading them is not a no-op
+    assert any(".routers." in k for k in changed) and any(".pools." in k for k in changed), sorted(changed)
     load_checkpoint(checkpoint, fresh)
+    loaded = fresh.trainable_state_dict()
+    assert loaded.keys() == trained.keys()
+    assert [k for k in trained if not torch.equal(loaded[k], trained[k])] == []  # every weight as trained
+
+
+def words(text: str) -> list[str]:
+    """The documented WER normalisation (avsr.text), written again: lowercase; letters, digits and
+    apostrophes; anything else separates words; apostrophes at a word's ends dropped."""
+    return [w.strip("'") for w in re.split(r"[^a-z0-9']+", text.lower()) if w.strip("'")]
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance (S + D + I of a minimal alignment), by dynamic programming."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1]
+
+
+SECONDS_PER_UTTERANCE = 0.25
+
+
+def fake_decoding_clock(monkeypatch, model) -> None:
+    """Make decoding take a known time: the evaluation code's clock (its `time` module) stands
+    still except inside `model.generate`, which advances it by SECONDS_PER_UTTERANCE per
+    utterance of the batch. The RTF is then known exactly, however loaded the machine is."""
+    clock = [1000.0]
+    fake = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    for name in ("perf_counter", "monotonic", "time", "process_time"):
+        setattr(fake, name, lambda: clock[0])
+    patched = 0
+    for name, module in list(sys.modules.items()):
+        if name.startswith("avsr.evaluation") and module is not None:
+            if getattr(module, "time", None) is time:
+                monkeypatch.setattr(module, "time", fake)
+                patched += 1
+            if getattr(module, "perf_counter", None) is time.perf_counter:
+                monkeypatch.setattr(module, "perf_counter", fake.perf_counter)
+                patched += 1
+    assert patched, "no avsr.evaluation module reads the clock: update fake_decoding_clock"
+    generate = model.generate
+
+    def timed_generate(batch, *args, **kwargs):
+        out = generate(batch, *args, **kwargs)
+        clock[0] += SECONDS_PER_UTTERANCE * len(batch["text"])
+        return out
+
+    monkeypatch.setattr(model, "generate", timed_generate)
 
 
 @pytest.mark.parametrize("projector", ["mlp", "smop"])
-def test_evaluation_report(tiny_corpus, tmp_path, projector):
+def test_evaluation_report(tiny_corpus, tmp_path, projector, monkeypatch):
     corpus_cfg, _ = tiny_corpus
     root = Path(corpus_cfg.out)
     model = tiny_model(seed=12, projector=projector, smop_topology="jejr")
+    fake_decoding_clock(monkeypatch, model)
     report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "vsr", "avsr"),
                       (None, 0), str(root / "noise" / "synth_babble.wav"), num_beams=2, max_new_tokens=6, progress=False)
     assert report["results"]["vsr"]["0 dB"] == report["results"]["vsr"]["clean"]  # VSR hears no noise
@@ -151,9 +216,25 @@ def test_evaluation_report(tiny_corpus, tmp_path, projector):
         for cond in ("clean", "0 dB"):
             r = report["results"][task][cond]
             assert r["utterances"] == corpus_cfg.utterances["test"] and r["reference_words"] > 0
-            assert r["wer"] == pytest.approx((r["substitutions"] + r["deletions"] + r["insertions"]) / r["reference_words"], abs=1e-4)
-            assert r["rtf"] > 0
     write_report(report, tmp_path / "rep")
+    # The numbers against an independent count over what the report wrote: every test utterance
+    # with its label's transcript, WER from a word-level edit distance, RTF = decoding seconds
+    # (the fake clock's) / seconds of speech (video frames at 25 fps; the audio is cut to them).
+    written = json.loads((tmp_path / "rep" / "results.json").read_text())
+    labels = {row.rel_path: row for row in read_labels(root / "labels" / "synth_test.csv")}
+    speech_seconds = sum(row.n_frames for row in labels.values()) / 25
+    for task in ("asr", "vsr", "avsr"):
+        for cond in ("clean", "0 dB"):
+            r, rows = written["results"][task][cond], written["hypotheses"][task][cond]
+            assert sorted(h["id"] for h in rows) == sorted(labels)
+            assert all(h["reference"] == labels[h["id"]].text for h in rows)
+            refs, hyps = [words(h["reference"]) for h in rows], [words(h["hypothesis"]) for h in rows]
+            n, edits = sum(map(len, refs)), sum(edit_distance(a, b) for a, b in zip(refs, hyps))
+            assert r["reference_words"] == n
+            assert r["substitutions"] + r["deletions"] + r["insertions"] == edits
+            assert r["deletions"] - r["insertions"] == n - sum(map(len, hyps))  # whatever the alignment
+            assert r["wer"] == pytest.approx(edits / n, abs=1e-4)
+            assert r["rtf"] == pytest.approx(SECONDS_PER_UTTERANCE * len(labels) / speech_seconds, abs=1e-4)
     files = {"results.json", "report.md", "wer_vs_snr.png"}
     if projector == "smop":  # expert usage per task, condition and modality, and its heatmap
         usage = report["expert_usage"]["avsr"]["0 dB"]
@@ -170,12 +251,99 @@ def test_evaluation_report(tiny_corpus, tmp_path, projector):
     assert "| ASR |" in (tmp_path / "rep" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("recipes/*.yaml")), ids=lambda p: p.name)
-def test_every_recipe_loads(recipe):
+def test_evaluation_counts_known_errors(tiny_corpus, monkeypatch):
+    """Hypotheses with known mistakes through `evaluate`: one substitution, deletion or insertion
+    per utterance in turn (with case and punctuation that the normalisation ignores)."""
+    root = Path(tiny_corpus[0].out)
+    order = [row.rel_path for row in read_labels(root / "labels" / "synth_test.csv")]
+    model = tiny_model(seed=12)
+    generate = model.generate
+
+    def mistaken(i: int, reference: str) -> str:
+        w = reference.split()
+        kind = order.index(i) % 3
+        if kind == 0:
+            w[1] = "zebra"  # S
+        elif kind == 1:
+            w = w[:-1]  # D
+        else:
+            w = [w[0].upper() + ","] + w[1:] + ["zebra!"]  # I
+        return " ".join(w)
+
+    def fake_generate(batch, *args, **kwargs):
+        out = generate(batch, *args, **kwargs)
+        texts = [mistaken(i, ref) for i, ref in zip(batch["ids"], batch["text"])]
+        return (texts, out[1]) if kwargs.get("return_aux") else texts
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "vsr"), (None, 0),
+                      str(root / "noise" / "synth_babble.wav"), num_beams=1, max_new_tokens=1, progress=False)
+    n = sum(len(row.text.split()) for row in read_labels(root / "labels" / "synth_test.csv"))
+    expected = {"substitutions": len(order[0::3]), "deletions": len(order[1::3]), "insertions": len(order[2::3]),
+                "reference_words": n}
+    for task in ("asr", "vsr"):
+        for cond in ("clean", "0 dB"):
+            r = report["results"][task][cond]
+            assert {k: r[k] for k in expected} == expected, (task, cond)
+            assert r["wer"] == pytest.approx(len(order) / n, abs=1e-4)
+
+
+RECIPE_FILES = sorted(RECIPES.glob("*.yaml"))
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """{"model.lora_rank": 8, "task_weights.asr": 1.0, ...} from nested mappings."""
+    out = {}
+    for k, v in tree.items():
+        out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def stated(path: Path) -> dict:
+    """A recipe's leaf settings as its YAML states them, its base's (recursively) where it is silent."""
+    own = yaml.safe_load(path.read_text()) or {}
+    base = own.pop("base", None)
+    return {**(stated(path.parent / base) if base else {}), **leaves(own)}
+
+
+def setting_of(cfg, dotted: str):
+    node = cfg
+    for key in dotted.split("."):
+        node = node[key] if isinstance(node, dict) else getattr(node, key)
+    return node
+
+
+@pytest.mark.parametrize("recipe", RECIPE_FILES, ids=lambda p: p.stem)
+def test_every_recipe_loads(recipe, tmp_path):
     cfg = load_config(recipe)
     assert cfg.model.tasks and cfg.optim.max_steps > 0
     if "smop" in recipe.name:
         assert cfg.model.projector == "smop" and cfg.model.smop_top_k == 2 and cfg.model.smop_experts == 4
+    # found by name, as `avsr train quickstart_smop` finds it
+    assert find_recipe(recipe.stem) == recipe and load_config(recipe.stem) == cfg
+    # every value the YAML states is in the config; a variant's own values over its base's
+    for key, value in stated(recipe).items():
+        actual = setting_of(cfg, key)
+        value = tuple(value) if isinstance(value, list) else value
+        assert actual == value or (isinstance(actual, float) and actual == float(value)), (key, actual, value)
+    # a valid config: it survives the run folder's config.yaml and a checkpoint's saved section
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_recipes_named_in_the_docs_are_shipped():
+    top = Path(__file__).parents[1]
+    readme = (top / "README.md").read_text()
+    named = set(re.findall(r"avsr train ([A-Za-z0-9_]+)\b(?![=.])", readme))  # not `avsr train key=value`
+    named |= set(re.findall(r"src/avsr/recipes/([A-Za-z0-9_]+)\.yaml", readme))
+    for doc in sorted((top / "docs").glob("*.md")):
+        named |= set(re.findall(r"src/avsr/recipes/([A-Za-z0-9_]+)\.yaml", doc.read_text()))
+    assert "quickstart" in named
+    shipped = {p.stem for p in RECIPE_FILES}
+    assert named <= shipped, sorted(named - shipped)
+    for name in named:
+        assert find_recipe(name).parent == RECIPES and load_config(name).optim.max_steps > 0
 
 
 def test_evaluation_gives_the_same_hypotheses_every_time(tiny_corpus):

@@ -10,7 +10,7 @@ import pytest
 
 from avsr.data.media import MediaError, write_audio
 from avsr.data.noise import read_noise
-from avsr.evaluation.evaluate import default_eval_folder
+from avsr.evaluation.report import default_eval_folder
 from avsr.models.avsr_model import AVSRConfig
 from avsr.models.loading import quiet_loading, read_checkpoint_config
 from avsr.settings import SettingError

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import torch
 
-from avsr.models.video_encoder import VideoEncoder, VideoEncoderConfig
-from avsr.models.video_pretrain import (CharTokenizer, VideoCTCModel, VideoPretrainConfig, collate,
-                                        error_rates, greedy_ctc_decode, load_clips, load_video_ctc_model,
-                                        load_video_encoder, save_pretrained, train_ctc)
+from avsr.backbones.lip_ctc import (CharTokenizer, VideoCTCModel, VideoPretrainConfig, collate, error_rates,
+                                    greedy_ctc_decode, load_clips, load_video_ctc_model, save_pretrained, train_ctc)
+from avsr.models.video_encoder import VideoEncoder, VideoEncoderConfig, load_video_encoder
 
 
 def _tiny_cfg(**overrides) -> VideoPretrainConfig:
@@ -69,3 +68,25 @@ def test_pretrain_learns_and_round_trips(tiny_corpus, tmp_path):
     ctc_model, _ = load_video_ctc_model(out)
     with torch.no_grad():
         assert torch.equal(ctc_model(video, lengths)[0], model(video, lengths)[0])
+
+
+def test_encoder_folder_marker_decides_complete_and_ours(tmp_path):
+    import pytest
+
+    from avsr.backbones.lip_ctc import DEFAULT_VOCAB, FOLDER, is_complete
+    from avsr.errors import AvsrError
+
+    cfg = _tiny_cfg()
+    foreign = tmp_path / "hf"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "llama"}))  # another format's config.json
+    assert not is_complete(foreign) and not is_complete(tmp_path / "absent")
+    with pytest.raises(AvsrError, match="not a pretrained video encoder folder"):
+        FOLDER.check_replaceable(foreign)
+    out = save_pretrained(VideoCTCModel(cfg.encoder, len(DEFAULT_VOCAB)), cfg, {}, tmp_path / "enc")
+    assert is_complete(out)
+    FOLDER.check_replaceable(out)  # ours: may be replaced
+    with pytest.raises(RuntimeError, match="config.json was not written"):
+        with FOLDER.writing(tmp_path / "half") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"")
+    assert not (tmp_path / "half").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from avsr.evaluation.wer import word_errors
-from avsr.models import whisper_convert as wc
+from avsr.text import word_errors
+from avsr.backbones import whisper_ct2 as wc
 from avsr.synth.corpus import speak
 from avsr.synth.espeak import Voice
 
@@ -74,9 +74,15 @@ def test_processor_and_special_tokens_load_offline(converted):
 def test_second_call_reuses_the_folder_and_foreign_folders_are_refused(converted, tmp_path):
     out, _ = converted
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
-    assert wc.convert_whisper_base(out) == out
-    assert time.perf_counter() - start < 1.0 and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    from unittest import mock
+
+    def convert_again(*args, **kwargs):
+        raise AssertionError("a finished conversion was converted again")
+
+    with mock.patch.object(wc, "find_whisper_base_files", convert_again), \
+            mock.patch.object(wc, "read_ct2_model", convert_again):  # no weights read: the folder is reused
+        assert wc.convert_whisper_base(out) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     assert not list(out.parent.glob(".*partial"))  # no temporary folder left behind
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -132,3 +138,19 @@ def test_converted_model_transcribes_synthetic_speech(converted):
     hyps = processor.batch_decode(ids, skip_special_tokens=True)
     wer = word_errors([text for text, _, _ in SENTENCES], hyps).wer
     assert wer < MAX_WER, list(zip([s for s, _, _ in SENTENCES], hyps))
+
+
+def test_marker_decides_complete_and_ours(tmp_path):
+    """Complete: the marker of this converter version and these sources; an older one is ours to redo."""
+    import json
+
+    out = tmp_path / "whisper-base"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    assert not wc.is_complete_conversion(out) and not wc.FOLDER.is_ours(out)
+    marker = dict(converter_version=wc.CONVERTER_VERSION, sources=wc._source_versions(), seconds=1.0)
+    (out / wc.MARKER).write_text(json.dumps(marker))
+    assert wc.is_complete_conversion(out)
+    (out / wc.MARKER).write_text(json.dumps(dict(marker, converter_version=wc.CONVERTER_VERSION - 1)))
+    assert not wc.is_complete_conversion(out) and wc.FOLDER.is_ours(out)
+    wc.FOLDER.check_replaceable(out)  # an older conversion: may be replaced

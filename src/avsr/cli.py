@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -104,7 +103,7 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_whisper(args: argparse.Namespace) -> int:
-    from avsr.models.whisper_convert import convert_whisper_base
+    from avsr.backbones.whisper_ct2 import convert_whisper_base
 
     _writable_parent(args.out)
     print(convert_whisper_base(args.out))
@@ -134,7 +133,7 @@ def _label_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 
 def cmd_pretrain_lm(args: argparse.Namespace) -> int:
-    from avsr.models.small_lm import SmallLMConfig, pretrain_lm_from_labels
+    from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
 
     labels = _label_files(args)
     _writable_parent(args.out)
@@ -144,10 +143,8 @@ def cmd_pretrain_lm(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
-    from avsr.models.video_pretrain import VideoPretrainConfig, pretrain_video_encoder
+    from avsr.backbones.lip_ctc import VideoPretrainConfig, pretrain_video_encoder
 
-    if args.modality != "video":
-        raise AvsrError("only --modality video is pretrained here; the audio encoder is Whisper (avsr prepare-whisper)")
     labels = _label_files(args)
     _writable_parent(args.out)
     cfg = VideoPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
@@ -210,76 +207,27 @@ def _rates(text: str) -> tuple:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Every input is checked (checkpoint, tasks, backbones, labels, noise, output folder) before
-    the model is loaded; a report folder this command created is removed again if it fails."""
-    from avsr.data.dataset import read_labels
-    from avsr.data.noise import read_noise
-    from avsr.evaluation.evaluate import (choose_pair, default_eval_folder, evaluate, grid_table, markdown_table,
-                                          output_folder, rate_grid, write_report)
-    from avsr.io import write_text_atomic
-    from avsr.models.loading import (CONFIG, check_backbones, checkpoint_model_config, load_checkpoint,
-                                     quiet_loading, read_checkpoint_config)
+    """See avsr.evaluation.run: every input is checked before the model is loaded."""
+    from avsr.evaluation.report import grid_table, markdown_table
+    from avsr.evaluation.run import evaluate_checkpoint
 
-    checkpoint = Path(args.checkpoint)
-    saved = read_checkpoint_config(checkpoint)
-    trained = checkpoint_model_config(saved, checkpoint / CONFIG)
-    tasks = tuple(args.tasks or trained.tasks)
-    if set(tasks) - set(trained.tasks):
-        raise AvsrError(f"--tasks {' '.join(t for t in tasks if t not in trained.tasks)}: checkpoint {checkpoint} "
-                        f"was trained for {', '.join(trained.tasks)} only")
-    check_backbones(trained, where=f"{checkpoint / CONFIG}: ")
-    data = saved.get("train", {}).get("data", {})
-    root = args.root or data.get("root", "data")
-    corpus = args.corpus or data.get("corpus", "synth")
-    labels = str(Path(root) / "labels" / f"{corpus}_{args.split}.csv")
-    val = str(Path(root) / "labels" / f"{corpus}_val.csv")
-    for path in (labels, val) if args.max_rtf else (labels,):
-        read_labels(path)
-    snrs = tuple(args.snrs)
-    noise = None
-    if any(snr is not None for snr in snrs):  # a clean-only evaluation needs no noise file
-        noise = args.noise or str(Path(root) / "noise" / f"{corpus}_babble.wav")
-        read_noise(noise)
-    out = Path(args.out) if args.out else default_eval_folder(checkpoint)
-    with output_folder(out, "eval"), quiet_loading(args.quiet):
-        model = load_checkpoint(checkpoint)
-        options = dict(num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit,
-                       progress=not args.quiet)
-        if args.rate_grid:
-            grid = rate_grid(model, root, labels, tasks, snrs, noise, **options)
-            write_text_atomic(out / "rate_grid.json", json.dumps(grid, indent=1))
-            write_text_atomic(out / "rate_grid.md", f"# rate grid: {checkpoint}\n\n{grid_table(grid)}\n")
-            print(grid_table(grid))
-            print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
-            return 0
-        pairs, reasons = {}, {}
-        for task in tasks:
-            try:
-                if args.budget_tokens or args.max_rtf:
-                    rtf = None
-                    if args.max_rtf:  # measure each pair's real-time factor on a few validation utterances
-                        rtf = {p: evaluate(model, root, val, (task,), (None,), None, pairs={task: p},
-                                           **{**options, "limit": args.calibration})["results"][task]["clean"]["rtf"]
-                               for p in model.pairs(task)}
-                    pairs[task], reasons[task] = choose_pair(model, task, args.budget_tokens, args.max_rtf, rtf)
-                    print(f"[avsr eval] {task} rates {reasons[task]}")
-                else:
-                    pairs[task] = model.check_pair(task, args.rates)
-            except ValueError as err:
-                raise AvsrError(str(err)) from None
-        report = evaluate(model, root, labels, tasks, snrs, noise, pairs=pairs, **options)
-        for task, reason in reasons.items():
-            report["rates"][task]["chosen_by"] = reason
-        report["checkpoint"] = str(checkpoint)
-        write_report(report, out)
-    print(markdown_table(report))
-    print(f"report: {out}/report.md, {out}/results.json, {out}/wer_vs_snr.png")
+    out, result = evaluate_checkpoint(
+        args.checkpoint, tuple(args.snrs), root=args.root, corpus=args.corpus, split=args.split, tasks=args.tasks,
+        noise=args.noise, out=args.out, num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit,
+        rates=args.rates, grid=args.rate_grid, budget_tokens=args.budget_tokens, max_rtf=args.max_rtf,
+        calibration=args.calibration, quiet=args.quiet)
+    if args.rate_grid:
+        print(grid_table(result))
+        print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
+    else:
+        print(markdown_table(result))
+        print(f"report: {out}/report.md, {out}/results.json, {out}/wer_vs_snr.png")
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.quickstart)."""
-    from avsr.quickstart import run_quickstart
+    """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
+    from avsr.pipelines.quickstart import run_quickstart
 
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
     run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
@@ -287,7 +235,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pretrain_args(p: argparse.ArgumentParser, out: str, settings: str) -> None:
+    """The options both backbone pre-trainings take."""
+    p.add_argument("--root", default="data", help="corpus root (default: %(default)s)")
+    p.add_argument("--corpus", default="synth", help="corpus name (default: %(default)s)")
+    p.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    p.add_argument("--steps", type=_positive, default=None, help=f"default: the quickstart's ({settings}.steps)")
+    p.add_argument("--seed", type=_non_negative, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from avsr.models.tasks import TASKS
     from avsr.synth.corpus import SynthConfig
     from avsr.synth.corpus import __doc__ as CORPUS_DOC
 
@@ -320,24 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     whisper.set_defaults(func=cmd_prepare_whisper)
 
     lm = sub.add_parser("pretrain-lm", help="train a tokenizer and a small Llama-architecture LM on corpus text")
-    lm.add_argument("--root", default="data")
-    lm.add_argument("--corpus", default="synth")
-    lm.add_argument("--out", default="models/small-lm")
-    lm.add_argument("--steps", type=_positive, default=None, help="default: the quickstart's (SmallLMConfig.steps)")
-    lm.add_argument("--seed", type=int, default=0)
+    add_pretrain_args(lm, "models/small-lm", "SmallLMConfig")
     lm.set_defaults(func=cmd_pretrain_lm)
 
     enc = sub.add_parser("pretrain-encoder", help="pretrain the AV-HuBERT-architecture lip encoder with CTC")
-    enc.add_argument("--modality", default="video", choices=["video", "audio"])
-    enc.add_argument("--root", default="data")
-    enc.add_argument("--corpus", default="synth")
-    enc.add_argument("--out", default="models/video-encoder")
-    enc.add_argument("--steps", type=_positive, default=None, help="default: the quickstart's (VideoPretrainConfig.steps)")
-    enc.add_argument("--seed", type=int, default=0)
+    enc.add_argument("--modality", default="video", choices=["video"],
+                     help="the lip (video) encoder; the audio encoder is Whisper (avsr prepare-whisper)")
+    add_pretrain_args(enc, "models/video-encoder", "VideoPretrainConfig")
     enc.set_defaults(func=cmd_pretrain_encoder)
 
     tr = sub.add_parser("train", help="train an AVSR model from a YAML recipe and key=value overrides")
-    tr.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    tr.add_argument("recipe", nargs="?", help="a recipe shipped with avsr, by name (quickstart, quickstart_smop, "
+                                              "quickstart_mtsk, quickstart_omni, lrs3_llama_avsr, ...), or a YAML file")
     tr.add_argument("overrides", nargs="*", help="e.g. optim.lr=5e-4 model.tasks=[asr,avsr] out=runs/x")
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--fresh", action="store_true", help="delete this run's earlier outputs (resume state, "
@@ -349,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", help="corpus root (default: the one the checkpoint was trained on)")
     ev.add_argument("--corpus")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--tasks", nargs="+", choices=["asr", "vsr", "avsr"])
+    ev.add_argument("--tasks", nargs="+", choices=TASKS)
     ev.add_argument("--snrs", nargs="+", type=_snr, default=[None, 5.0, 0.0, -5.0],
                     help="'clean' or dB values (default: clean 5 0 -5)")
     ev.add_argument("--noise", help="noise wav (default: the corpus babble)")
@@ -390,7 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     command = "avsr"
     try:  # Ctrl-C while the libraries load is an interruption like any other: no traceback
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]  # key=value after an option: `train quickstart --quiet a=1`
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         command = f"avsr {args.command}"
         return args.func(args)
     except AvsrError as err:  # the user's input, not our bug: a message, no traceback

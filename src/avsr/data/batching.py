@@ -1,33 +1,44 @@
 """Batching by a video-frame budget (Llama-AVSR's CustomBucketDataset), collation, seeded datasets.
 
 Utterance lengths vary from ~1 s to 16 s, so a fixed batch size either wastes memory on short
-clips or runs out of it on long ones; packing length-sorted items up to `max_frames` keeps the
+clips or runs out of it on long ones; packing length-sorted items up to a frame budget keeps the
 padded tensor size roughly constant. Unlike the reference, an item longer than the budget gets
 a batch of its own instead of an assert.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 
-def pack_batches(lengths: Sequence[int], max_frames: int) -> list[list[int]]:
-    """Sort indices by length (descending, ties by index) and greedily fill batches up to max_frames."""
-    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+def pack_batches(lengths: Sequence[int], max_frames: int,
+                 cost: Literal["frames", "padded"] = "frames") -> list[list[int]]:
+    """Greedily cut length-sorted indices into batches whose cost stays within `max_frames`.
+
+    cost="frames": the sum of the items' frames (the AVSR training's budget), items taken
+    longest first; cost="padded": items x longest item, the frames of the zero-padded batch
+    tensor (the lip encoder pre-training's), items taken shortest first so that padding stays
+    small. Ties go by index. An item over the budget on its own gets a batch of its own.
+    """
+    if cost not in ("frames", "padded"):
+        raise ValueError(f"cost must be 'frames' or 'padded', got {cost!r}")
+    sign = -1 if cost == "frames" else 1
+    order = sorted(range(len(lengths)), key=lambda i: (sign * int(lengths[i]), i))
     batches: list[list[int]] = []
     current: list[int] = []
-    total = 0
+    total = longest = 0
     for i in order:
         n = int(lengths[i])
-        if current and total + n > max_frames:
+        grown = total + n if cost == "frames" else (len(current) + 1) * max(longest, n)
+        if current and grown > max_frames:
             batches.append(current)
-            current, total = [], 0
+            current, total, longest = [], 0, 0
         current.append(i)
-        total += n
+        total, longest = total + n, max(longest, n)
     if current:
         batches.append(current)
     return batches

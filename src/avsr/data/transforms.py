@@ -1,6 +1,6 @@
 """Per-utterance audio/video transforms for training and evaluation (Llama-AVSR recipe).
 
-Train (papers.md §2): audio is synced to the video, time-masked, then babble is added at an
+Train (docs/papers.md §2): audio is synced to the video, time-masked, then babble is added at an
 SNR drawn from a list (None = clean); video is scaled to [0, 1], randomly cropped to 88x88
 (one crop for the whole clip), time-masked, then normalised with (0.421, 0.165).
 Eval: the centre crop, no masking, and optionally babble at one fixed SNR whose noise
@@ -16,13 +16,18 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from avsr.data.media import SAMPLES_PER_FRAME
-from avsr.data.noise import mix_at_snr, noise_segment, read_noise
+from avsr.data.noise import mix_at_snr, noise_segment
+
+#: AV-HuBERT's lip-video input (Llama-AVSR uses the same): grayscale pixel / 255, then
+#: (x - mean) / std, on mouth crops of this many pixels (centre crop at test time).
+AVHUBERT_PIXEL_MEAN = 0.421
+AVHUBERT_PIXEL_STD = 0.165
+AVHUBERT_CROP_SIZE = 88
 
 
 @dataclass
@@ -30,10 +35,9 @@ class AugmentConfig:
     """Knobs of the training augmentation; the defaults follow Llama-AVSR."""
 
     snrs: tuple[float | None, ...] = (-5, 0, 5, 10, 15, 20, None)  # None = clean
-    noise_path: str | None = None  # babble wav (16 kHz mono); None = no additive noise
-    crop_size: int = 88
-    video_mean: float = 0.421
-    video_std: float = 0.165
+    crop_size: int = AVHUBERT_CROP_SIZE
+    video_mean: float = AVHUBERT_PIXEL_MEAN
+    video_std: float = AVHUBERT_PIXEL_STD
     audio_mask_window: int = 6400  # each audio mask spans 0..window-1 samples
     audio_mask_stride: int = 16000  # ceil(N / stride) audio masks
     video_mask_window: int = 10  # each video mask spans 0..window-1 frames
@@ -126,12 +130,11 @@ class _Base:
 
 
 class TrainTransform(_Base):
-    """Training augmentation: time masks, babble at a random SNR, random crop. Uses only `rng`."""
+    """Training augmentation: time masks, babble (`noise`, 16 kHz; None: none) at a random SNR,
+    random crop. Uses only `rng`."""
 
     def __init__(self, config: AugmentConfig | None = None, noise: np.ndarray | None = None):
         super().__init__(config)
-        if noise is None and self.config.noise_path is not None:
-            noise = read_noise(self.config.noise_path)
         self.noise = None if noise is None else np.asarray(noise, dtype=np.float32)  # (M,) 16 kHz
 
     def __call__(self, item: dict, rng: np.random.Generator) -> dict:
@@ -161,9 +164,7 @@ class EvalTransform(_Base):
                  noise: np.ndarray | None = None, seed: int = 0):
         super().__init__(config)
         if snr_db is not None and noise is None:
-            if self.config.noise_path is None:
-                raise ValueError("snr_db was given but there is no noise (pass noise= or config.noise_path)")
-            noise = read_noise(self.config.noise_path)
+            raise ValueError("snr_db was given but there is no noise (pass noise=)")
         self.snr_db = snr_db
         self.noise = None if noise is None else np.asarray(noise, dtype=np.float32)  # (M,) 16 kHz
         self.seed = seed
@@ -176,14 +177,3 @@ class EvalTransform(_Base):
             audio = mix_at_snr(audio, noise_segment(self.noise, audio.shape[0], seg_rng), float(self.snr_db))
         video = crop(video, self.config.crop_size, None).astype(np.float32) / 255.0
         return self._finish(item, audio, video)
-
-
-def snr_list(values: Sequence[str | float | None]) -> tuple[float | None, ...]:
-    """Parse CLI-style SNRs ('clean'/'none' -> None) into an AugmentConfig.snrs tuple."""
-    out = []
-    for v in values:
-        if v is None or (isinstance(v, str) and v.strip().lower() in ("clean", "none")):
-            out.append(None)
-        else:
-            out.append(float(v))
-    return tuple(out)

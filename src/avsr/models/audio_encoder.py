@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avsr.data.media import SAMPLE_RATE
 from avsr.models.masks import lengths_to_padding_mask
 
-SAMPLE_RATE = 16000
 HOP = 160  # 10 ms mel hop
 N_FFT = 400
 THIRTY_SECONDS = 30 * SAMPLE_RATE

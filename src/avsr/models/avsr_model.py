@@ -19,40 +19,15 @@ from avsr.models.compression import MODES as COMPRESSION_MODES
 from avsr.models.compression import compress
 from avsr.models.lora import add_lora, set_active
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.mixture import TOPOLOGIES
-from avsr.models.projector import PROJECTORS, build_projector
+from avsr.models.projectors import PROJECTORS, TOPOLOGIES, build_projector
+from avsr.models.tasks import (LORA_SCHEMES, MODALITIES, PROMPTS, TASKS, RatePair, adapter_names,
+                               modalities_of, scale_name)
 from avsr.settings import (FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, TEXT,
                            SettingError, check_settings, list_of, one_of, setting)
 
-TASKS = ("asr", "vsr", "avsr")
-MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
-PROMPTS = {  # as in the Llama-AVSR papers
-    "asr": "Transcribe speech to text.",
-    "vsr": "Transcribe video to text.",
-    "avsr": "Transcribe speech and video to text.",
-}
 SPECIAL_TOKENS = ("<audio>", "</audio>", "<video>", "</video>")
 IGNORE = -100
-LORA_SCHEMES = ("ms", "ss", "mss", "s", "t", "st")
 RATES = list_of(POSITIVE_INT, "a non-empty list of distinct positive integers", distinct=True)
-
-Pair = tuple  # (audio rate or None, video rate or None): the rates a task uses
-
-
-def scale_name(task: str, pair: Pair) -> str:
-    """The Matryoshka scale of a task at a rate pair: "a4v2" (AVSR), "a4" (ASR), "v2" (VSR)."""
-    return "".join(f"{m[0]}{r}" for m, r in zip(("audio", "video"), pair) if m in MODALITIES[task])
-
-
-def adapter_names(scheme: str, task: str, pair: Pair) -> tuple[str, ...]:
-    """The LoRA adapters that run for a task at a rate pair under a scheme.
-
-    MS / S: the global adapter "shared"; SS: the scale's own; MSS: both (updates added);
-    T: the task's own; ST: "shared" and the task's. Nothing else runs.
-    """
-    shared = ("shared",) if scheme in ("ms", "mss", "s", "st") else ()
-    specific = {"ss": scale_name(task, pair), "mss": scale_name(task, pair), "t": task, "st": task}.get(scheme)
-    return shared + ((specific,) if specific else ())
 
 
 @dataclass
@@ -110,9 +85,6 @@ class AVSRConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "AVSRConfig":
         data = dict(data)
-        for m in ("audio", "video"):  # configs saved before Matryoshka had one rate per modality
-            if f"{m}_rate" in data:
-                data[f"{m}_rates"] = [data.pop(f"{m}_rate")]
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -193,16 +165,16 @@ class AVSRModel(nn.Module):
         per_rate = self.cfg.rate_projectors and len(self.rates[modality]) > 1
         return f"{modality}@{rate}" if per_rate else modality
 
-    def pairs(self, task: str) -> list[Pair]:
+    def pairs(self, task: str) -> list[RatePair]:
         """Every trained rate pair of a task, audio-major; None for a modality it does not use."""
         audio = self.rates["audio"] if "audio" in MODALITIES[task] else (None,)
         video = self.rates["video"] if "video" in MODALITIES[task] else (None,)
-        return [(a, v) for a in audio for v in video]
+        return [RatePair(a, v) for a in audio for v in video]
 
-    def default_pair(self, task: str) -> Pair:
+    def default_pair(self, task: str) -> RatePair:
         return self.pairs(task)[0]
 
-    def encode(self, batch: dict, task: str, pairs: list[Pair] | None = None) -> tuple[dict, dict]:
+    def encode(self, batch: dict, task: str, pairs: list[RatePair] | None = None) -> tuple[dict, dict]:
         """Tokens of a task at each rate pair: {pair: {m: (tokens (B, T', D_llm), pad (B, T'))}}, aux.
 
         Each encoder runs once (or its cached output is used); its output is pooled at every
@@ -273,7 +245,7 @@ class AVSRModel(nn.Module):
         return embeds, mask, (label_t if targets is not None else None)
 
     # ------------------------------------------------------------------ API
-    def forward(self, batch: dict, task: str, pair: Pair | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, batch: dict, task: str, pair: RatePair | None = None) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy over transcript and EOS tokens, plus auxiliary terms.
 
         At one rate pair when `pair` is given or only one is trained; otherwise the
@@ -298,7 +270,7 @@ class AVSRModel(nn.Module):
             aux.update({f"loss/{scale_name(task, p)}": l.detach() for p, l in zip(pairs, losses)})
         return loss, aux
 
-    def pair_weights(self, task: str, pairs: list[Pair]) -> list[float]:
+    def pair_weights(self, task: str, pairs: list[RatePair]) -> list[float]:
         """c_p for each pair: config `pair_weights` for AVSR pairs (audio-major), else 1."""
         if not self.cfg.pair_weights or task != "avsr":
             return [1.0] * len(pairs)
@@ -326,7 +298,7 @@ class AVSRModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
-                 do_sample: bool = False, return_aux: bool = False, pair: Pair | None = None,
+                 do_sample: bool = False, return_aux: bool = False, pair: RatePair | None = None,
                  **kwargs) -> list[str] | tuple[list[str], dict]:
         """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
 
@@ -347,11 +319,11 @@ class AVSRModel(nn.Module):
         texts = [" ".join(t.lower().split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return (texts, aux) if return_aux else texts
 
-    def check_pair(self, task: str, pair: Pair | None) -> Pair:
+    def check_pair(self, task: str, pair: RatePair | None) -> RatePair:
         """The task's rates from a full (audio, video) pair; None = the default pair."""
         if pair is None:
             return self.default_pair(task)
-        pair = tuple(r if m in MODALITIES[task] else None for m, r in zip(("audio", "video"), pair))
+        pair = RatePair(*(r if m in MODALITIES[task] else None for m, r in zip(("audio", "video"), pair)))
         if pair not in self.pairs(task):
             trained = ", ".join(scale_name(task, p) for p in self.pairs(task))
             raise ValueError(f"{task} was not trained at rates {scale_name(task, pair)}; trained: {trained}")
@@ -369,9 +341,6 @@ class AVSRModel(nn.Module):
         return {k: p.detach().cpu().contiguous() for k, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        # checkpoints saved before the LoRA banks named the single adapter "default"
-        state = {k.replace(".lora_A.default", ".lora_A.shared").replace(".lora_B.default", ".lora_B.shared"): v
-                 for k, v in state.items()}
         expected = {k for k, p in self.named_parameters() if p.requires_grad}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from avsr.errors import AvsrError
 from avsr.io import atomic_folder
-from avsr.models.avsr_model import MODALITIES, AVSRConfig, AVSRModel
+from avsr.models.avsr_model import AVSRConfig, AVSRModel
+from avsr.models.tasks import modalities_of
 from avsr.settings import SettingError
 
 WEIGHTS = "trainable.safetensors"
@@ -42,7 +43,7 @@ class BackboneError(AvsrError):
 
 def backbones(cfg: AVSRConfig) -> dict[str, str | None]:
     """{setting: path} of the backbones the config's tasks need."""
-    needs = {m for t in cfg.tasks for m in MODALITIES[t]}
+    needs = modalities_of(cfg.tasks)
     return {"llm": cfg.llm, **{f"{m}_encoder": getattr(cfg, f"{m}_encoder") for m in ("audio", "video") if m in needs}}
 
 
@@ -100,7 +101,7 @@ def build_model(cfg: AVSRConfig) -> AVSRModel:
         with _loading("audio_encoder", cfg.audio_encoder):  # a folder: transformers reads it locally
             audio = WhisperAudioEncoder.from_pretrained(cfg.audio_encoder, pad_to_30s=cfg.pad_audio_to_30s)
     if "video_encoder" in paths:
-        from avsr.models.video_pretrain import load_video_encoder
+        from avsr.models.video_encoder import load_video_encoder
 
         with _loading("video_encoder", cfg.video_encoder):
             video = load_video_encoder(cfg.video_encoder)
@@ -119,9 +120,9 @@ def save_checkpoint(model: AVSRModel, folder: str | os.PathLike, extra: dict | N
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
-    """The checkpoint's config.json with every setting checked as a recipe's would be (the model
-    section and, when saved by training, the train section), after a look at the weights
-    file's header: a damaged checkpoint is named here, before any model is built."""
+    """The checkpoint's config.json with its model settings checked, after a look at the weights
+    file's header: a damaged checkpoint is named here, before any model is built (the training
+    section is checked by `avsr.training.config.read_run_checkpoint`)."""
     path, weights = Path(folder) / CONFIG, Path(folder) / WEIGHTS
     if not path.is_file() or not weights.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint folder (needs {CONFIG} and {WEIGHTS})")
@@ -137,16 +138,7 @@ def read_checkpoint_config(folder: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"{path}: expected a JSON object with a \"model\" section of settings")
-    model = checkpoint_model_config(saved, path)
-    if "train" in saved:
-        from avsr.training.config import ConfigError, config_from_dict
-
-        train = saved["train"]
-        try:
-            config_from_dict({**train, "model": asdict(model)} if isinstance(train, dict) else train,
-                             where=str(path), prefix="train.")
-        except ConfigError as err:
-            raise CheckpointError(str(err)) from None
+    checkpoint_model_config(saved, path)
     try:
         with safe_open(str(weights), "pt"):
             pass

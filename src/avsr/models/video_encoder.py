@@ -1,9 +1,9 @@
 """AV-HuBERT video encoder (video-only path) in plain PyTorch, no fairseq.
 
 Llama-AVSR and its successors use a frozen AV-HuBERT Large as the video encoder
-(`extract_finetune(source={"video": v, "audio": None})`, papers.md §1.1). This module
+(`extract_finetune(source={"video": v, "audio": None})`, docs/papers.md §1.1). This module
 rebuilds that exact computation so a real checkpoint can be loaded with a key-renaming
-function, and adds what the reference lacks (papers.md §10): a padding mask that is
+function, and adds what the reference lacks (docs/papers.md §10): a padding mask that is
 honoured everywhere, so a clip's features do not depend on what it is batched with.
 
 Pipeline (B batch, T frames at 25 fps, H x W mouth crops, 88 x 88 in AV-HuBERT)::
@@ -68,20 +68,18 @@ Checkpoint key mapping (a fairseq AV-HuBERT `.pt`, state dict in `ckpt["model"]`
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# AV-HuBERT's input normalisation and crop size live with the transforms that apply them.
+from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD  # noqa: F401
 from avsr.errors import AvsrError
-
-#: AV-HuBERT input normalisation: grayscale pixel / 255, then (x - mean) / std.
-AVHUBERT_PIXEL_MEAN = 0.421
-AVHUBERT_PIXEL_STD = 0.165
-#: AV-HuBERT crops the mouth ROI to this many pixels (centre crop at test time).
-AVHUBERT_CROP_SIZE = 88
 
 
 class ModelConfigError(AvsrError):
@@ -109,7 +107,7 @@ class VideoEncoderConfig:
     conv_pos: int = 128  # kernel of the convolutional relative positional embedding
     conv_pos_groups: int = 16
     # Regularisation: the values of the AV-HuBERT pre-training configs. All are off in
-    # eval mode; the reference runs its frozen encoder in train mode (papers.md §10).
+    # eval mode; the reference runs its frozen encoder in train mode (docs/papers.md §10).
     dropout: float = 0.1
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
@@ -491,3 +489,50 @@ class VideoEncoder(nn.Module):
         mask = padding_mask if bool(padding_mask.any()) else None
         out = self.encoder(feats, mask)  # (B, T, D)
         return out.masked_fill(padding_mask[..., None], 0.0), padding_mask
+
+
+# --------------------------------------------------------------------------- the encoder folder
+# What `avsr pretrain-encoder` writes and `model.video_encoder` names: config.json (the encoder
+# settings under "encoder", plus whatever its writer adds) and model.safetensors (the encoder's
+# tensors; a writer may add its own under other prefixes, e.g. "ctc_head."). The folder appears
+# whole (written through avsr.io.atomic_folder), so one that exists is complete.
+FOLDER_FORMAT = "avsr-video-ctc-pretrain/1"
+FOLDER_WEIGHTS = "model.safetensors"
+FOLDER_CONFIG = "config.json"
+
+
+def encoder_config_dict(cfg: VideoEncoderConfig) -> dict:
+    """JSON-ready VideoEncoderConfig (tuples as lists; __post_init__ turns them back)."""
+    return {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
+            for f in fields(VideoEncoderConfig)}
+
+
+def write_encoder_folder(folder: Path, state: dict[str, torch.Tensor], cfg: VideoEncoderConfig, extra: dict) -> None:
+    """Fill `folder` (a fresh temporary one: the caller renames it into place)."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(folder / FOLDER_WEIGHTS), metadata={"format": FOLDER_FORMAT})
+    config = {"format": FOLDER_FORMAT, "encoder": encoder_config_dict(cfg), **extra}
+    (folder / FOLDER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+
+
+def read_encoder_folder(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of an encoder folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / FOLDER_CONFIG).is_file() or not (path / FOLDER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path}: not a video encoder folder (needs {FOLDER_CONFIG} and {FOLDER_WEIGHTS})")
+    config = json.loads((path / FOLDER_CONFIG).read_text("utf-8"))
+    if config.get("format") != FOLDER_FORMAT:
+        raise ValueError(f"{path / FOLDER_CONFIG}: format {config.get('format')!r}, expected {FOLDER_FORMAT!r}")
+    return config, load_file(str(path / FOLDER_WEIGHTS))
+
+
+def load_video_encoder(path: str | Path) -> VideoEncoder:
+    """The VideoEncoder of an encoder folder, in eval mode (other writers' tensors are left out)."""
+    config, state = read_encoder_folder(path)
+    encoder = VideoEncoder(VideoEncoderConfig(**config["encoder"]))
+    own = encoder.state_dict().keys()
+    encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    return encoder.eval()

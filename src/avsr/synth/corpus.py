@@ -38,6 +38,7 @@ from tqdm import tqdm
 from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, write_audio, write_video
 from avsr.data.noise import pink_noise, white_noise
 from avsr.errors import AvsrError
+from avsr.paths import NOISE_KINDS, SPLITS, labels_csv, noise_wav
 from avsr.io import UnsafeRemoval, claim_folder, refuse_guarded, write_text_atomic
 from avsr.synth.espeak import Voice, engine
 from avsr.synth.lips import Appearance, head_motion, render_mouth
@@ -45,10 +46,8 @@ from avsr.synth.text import grid_sentence, read_text_file
 from avsr.synth.visemes import PARAMS, mouth_trajectory, viseme_segments
 
 CORPUS_FORMAT = 2  # 2: full-range luma in the mp4 files (avsr.data.media)
-SPLITS = ("train", "val", "test")
 DEFAULT_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
 DEFAULT_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
-NOISE_KINDS = ("babble", "white", "pink")
 BABBLE_TALKERS = 6  # simultaneous talkers in the babble noise
 MAX_NOISE_SECONDS = 3600.0  # 6 talkers x 1 h of float32 audio in memory: already ~1.4 GB
 WRITTEN_BY = "avsr synth"  # in corpus.json: only such a corpus may be replaced by --overwrite
@@ -249,8 +248,7 @@ def _labels_csv(rows: list[dict], corpus: str) -> str:
 
 def _side_files(root: Path, corpus: str) -> list[Path]:
     """A corpus's files outside its folder: label CSVs and noise."""
-    return ([root / "labels" / f"{corpus}_{split}.csv" for split in SPLITS]
-            + [root / "noise" / f"{corpus}_{kind}.wav" for kind in NOISE_KINDS])
+    return [labels_csv(root, corpus, split) for split in SPLITS] + [noise_wav(root, corpus, kind) for kind in NOISE_KINDS]
 
 
 def _our_manifest(corpus_dir: Path) -> dict | None:
@@ -361,7 +359,7 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
 
     root = Path(cfg.out)
     noise_jobs = []
-    babble_path = root / "noise" / f"{cfg.corpus}_babble.wav"
+    babble_path = noise_wav(root, cfg.corpus)
     if not babble_path.exists():
         talkers = [s for s in speakers if s.split == "noise"]
         texts = read_text_file(cfg.text_file) if cfg.text_file else [
@@ -392,13 +390,13 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
         babble = np.sum(streams, axis=0)
         write_audio(babble_path, 0.9 * babble / np.abs(babble).max())
     for name, make in (("white", white_noise), ("pink", pink_noise)):
-        path = root / "noise" / f"{cfg.corpus}_{name}.wav"
+        path = noise_wav(root, cfg.corpus, name)
         if not path.exists():
             sig = make(int(cfg.noise_seconds * SAMPLE_RATE), np.random.default_rng([cfg.seed, 6]))
             write_audio(path, 0.25 * sig / np.abs(sig).max())
     for split in SPLITS:
         mine = [m for m in rows if m["rel_path"].startswith(split + "/")]
-        write_text_atomic(root / "labels" / f"{cfg.corpus}_{split}.csv", _labels_csv(mine, cfg.corpus))
+        write_text_atomic(labels_csv(root, cfg.corpus, split), _labels_csv(mine, cfg.corpus))
 
     state["summary"] = summarize(rows, speakers, root, cfg.corpus)
     state["complete"] = True

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from avsr.errors import AvsrError
+from avsr.text import normalise
 
 # GRID (Cooke et al., 2006): command, colour, preposition, letter, digit, adverb.
 GRID_GRAMMAR: tuple[tuple[str, ...], ...] = (
@@ -26,12 +27,6 @@ class TextError(AvsrError):
 
 def grid_sentence(rng: np.random.Generator) -> str:
     return " ".join(slot[rng.integers(len(slot))] for slot in GRID_GRAMMAR)
-
-
-def normalise(sentence: str) -> str:
-    """Transcript form used in labels and for WER: lowercase words, letters, digits, apostrophes."""
-    words = re.sub(r"[^a-z0-9' ]+", " ", sentence.lower()).split()
-    return " ".join(w.strip("'") for w in words if w.strip("'"))
 
 
 def check_sentence(sentence: str, where: str) -> str:

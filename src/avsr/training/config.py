@@ -15,7 +15,10 @@ from typing import Any, get_type_hints
 import yaml
 
 from avsr.errors import AvsrError
-from avsr.models.avsr_model import TASKS, AVSRConfig
+from avsr.paths import labels_csv, noise_wav
+from avsr.paths import recipe as find_recipe
+from avsr.models.avsr_model import AVSRConfig
+from avsr.models.tasks import TASKS
 from avsr.settings import (COUNT, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, Rule, SettingError,
                            check_settings, is_int, is_number, list_of, one_of, setting)
 
@@ -84,12 +87,12 @@ class DataConfig:
         check_settings(self)
 
     def labels(self, split: str) -> Path:
-        return Path(self.root) / "labels" / f"{self.corpus}_{split}.csv"
+        return labels_csv(self.root, self.corpus, split)
 
     def noise_path(self) -> Path | None:
         if self.noise:
             return Path(self.noise)
-        default = Path(self.root) / "noise" / f"{self.corpus}_babble.wav"
+        default = noise_wav(self.root, self.corpus)
         return default if default.is_file() else None
 
 
@@ -235,9 +238,13 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe's settings; `base: other.yaml` (relative to the recipe) is read first and
-    overridden key by key, so a variant states only what it changes."""
-    path = Path(path)
+    """A recipe's settings (a file, or the name of a recipe shipped with avsr); `base: other.yaml`
+    (relative to the recipe) is read first and overridden key by key, so a variant states only
+    what it changes."""
+    try:
+        path = find_recipe(path) if not _seen else Path(path)
+    except AvsrError as err:
+        raise ConfigError(str(err)) from None
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     if path.resolve() in _seen:
@@ -272,3 +279,19 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_run_checkpoint(folder: str | Path) -> tuple[dict, TrainConfig | None]:
+    """A checkpoint's saved config (models.loading checks its model section and weights file)
+    and its training section checked as a recipe would be (None when saved outside training)."""
+    from avsr.models.loading import CONFIG, CheckpointError, read_checkpoint_config
+
+    saved = read_checkpoint_config(folder)
+    if "train" not in saved:
+        return saved, None
+    train = saved["train"]
+    try:
+        return saved, config_from_dict({**train, "model": saved["model"]} if isinstance(train, dict) else train,
+                                       where=str(Path(folder) / CONFIG), prefix="train.")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None

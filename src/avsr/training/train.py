@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import signal
 import time
 import warnings
@@ -29,20 +28,12 @@ from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from avsr.errors import Interrupted
 from avsr.io import claim_folder, remove_written, write_text_atomic
-from avsr.models.avsr_model import MODALITIES, AVSRModel
+from avsr.models.avsr_model import AVSRModel
+from avsr.models.tasks import modalities_of
 from avsr.models.loading import build_model, save_checkpoint
 from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
-
-
-def warmup_cosine(warmup: int, total: int):
-    """LR factor per step: linear warm-up to 1, then cosine to 0 at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
+from avsr.training.schedules import warmup_cosine, warmup_cosine_adamw  # noqa: F401 (warmup_cosine: public here too)
 
 
 class ResumableLoader(DataLoader):
@@ -129,9 +120,9 @@ class AVSRLightning(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o.warmup_steps, o.max_steps))
+        # Every trainable parameter decays (the papers' recipe); cosine down to 0 at max_steps.
+        opt, sched = warmup_cosine_adamw(self.model.named_parameters(), o.lr, o.weight_decay, o.warmup_steps,
+                                         o.max_steps, betas=tuple(o.betas), exempt_vectors=False)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -211,12 +202,12 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     d = cfg.data
     noise_path = d.noise_path()
     noise = read_audio(noise_path) if noise_path else None
-    augment = AugmentConfig(snrs=tuple(d.snrs), noise_path=None)
+    augment = AugmentConfig(snrs=tuple(d.snrs))
     train_set = AVDataset(d.root, d.labels(d.train_split))
     train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)
     train_collate = collate
     if d.feature_cache_copies > 0:
-        needed = {m for t in cfg.model.tasks for m in MODALITIES[t]}
+        needed = modalities_of(cfg.model.tasks)
         encoders = torch.nn.ModuleDict({m: e for m, e in model.encoders.items() if m in needed})
         key = feature_fingerprint(cfg, sorted(needed))
         store = Path(d.feature_cache_dir) / f"features-{key[:16]}.pt" if d.feature_cache_dir else None

@@ -1,6 +1,6 @@
 """Sparse mixture of projectors (Llama-SMoP): top-k routed MLP experts instead of one MLP.
 
-Three topologies (papers.md section 5):
+Three topologies (docs/papers.md section 5):
 - JEJR, joint experts and joint router: the audio and video tokens of an utterance form one
   sequence (audio first) that one router sends through one shared pool of experts; the output
   is split back per modality.
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avsr.models.projector import MLP, Inputs
+from avsr.models.projectors.mlp import MLP, Inputs
 
 TOPOLOGIES = ("jejr", "jedr", "dedr")
 

@@ -26,9 +26,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from avsr.backbones.folder import BackboneFolder
 from avsr.errors import AvsrError
-from avsr.io import atomic_folder
-from avsr.models.avsr_model import PROMPTS, TASKS
+from avsr.models.tasks import PROMPTS, TASKS
+from avsr.training.loop import train_steps
+from avsr.training.schedules import warmup_cosine_adamw
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
@@ -47,6 +49,9 @@ def _print(message: str) -> None:
 
 class SmallLMError(AvsrError):
     """No usable training text, or an output folder that is not ours to replace."""
+
+
+FOLDER = BackboneFolder(REPORT, "a finished small-LM folder", error=SmallLMError)
 
 
 @dataclass
@@ -204,17 +209,6 @@ def build_model(cfg: SmallLMConfig, tokenizer):
     return model
 
 
-def _lr_lambda(cfg: SmallLMConfig) -> Callable[[int], float]:
-    """Linear warm-up to 1, then cosine down to min_lr_ratio at the last step."""
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 128, batch_size: int = 64) -> float:
     """Per-token perplexity of texts (each BOS + text + EOS; BOS is context, not predicted)."""
@@ -240,33 +234,28 @@ def _train(model, sentences: list[list[int]], make_example: Callable[[list[int],
     `sentences` are [BOS, ..., EOS] token ids; `make_example(sentence, rng)` turns one into a
     training example (plain or reading exercise). Both generators are seeded from cfg.seed.
     """
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]  # matrices; not norms
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    # Matrices decay; norms do not. Warm-up, then cosine down to min_lr_ratio at the last step.
+    opt, sched = warmup_cosine_adamw(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps,
+                                     cfg.steps, floor=cfg.min_lr_ratio, betas=(0.9, 0.95), eps=1e-8)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     order: list[int] = []
-    losses: list[float] = []
-    model.train()
-    for step in range(cfg.steps):
+
+    def loss_at(step: int) -> torch.Tensor:
+        nonlocal order
         while len(order) < cfg.batch_size:  # refill with a fresh permutation (epochs wrap around)
             order += torch.randperm(len(sentences), generator=gen).tolist()
         batch, order = order[:cfg.batch_size], order[cfg.batch_size:]
         ids, mask, labels = _pad_batch([make_example(sentences[i], rng) for i in batch], pad_id)  # (B, L)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def log_progress(step: int, losses: list[float]) -> None:
         if log and cfg.log_every and ((step + 1) % cfg.log_every == 0 or step == 0):
             recent = losses[-cfg.log_every:]
             log(f"small LM step {step + 1}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  "
                 f"lr {sched.get_last_lr()[0]:.2e}")
+
+    losses = train_steps(model, opt, sched, cfg.steps, loss_at, cfg.grad_clip, log_progress)
     model.eval()
     tail = losses[-min(len(losses), 20):]
     return dict(initial_loss=losses[0], final_loss=sum(tail) / len(tail), losses=losses)
@@ -290,11 +279,7 @@ def _fingerprint(cfg: SmallLMConfig, texts: Sequence[str], val_texts: Sequence[s
 
 def is_complete(out_dir: str | os.PathLike, fingerprint: str | None = None) -> bool:
     """True if out_dir holds a finished training (with this fingerprint, when given)."""
-    try:
-        report = json.loads((Path(out_dir) / REPORT).read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
-    return fingerprint is None or report.get("fingerprint") == fingerprint
+    return FOLDER.is_complete(out_dir, None if fingerprint is None else {"fingerprint": fingerprint})
 
 
 def train_small_lm(texts: Sequence[str], out_dir: str | os.PathLike, cfg: SmallLMConfig | None = None,
@@ -315,10 +300,7 @@ def train_small_lm(texts: Sequence[str], out_dir: str | os.PathLike, cfg: SmallL
     fingerprint = _fingerprint(cfg, texts, val_texts)
     if is_complete(out_dir, fingerprint):
         return out_dir
-    ours = is_complete(out_dir)  # an older training of ours: safe to replace
-    if out_dir.exists() and not ours and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise SmallLMError(f"{out_dir} exists and is not a finished small-LM folder; "
-                           f"remove it or choose another folder")
+    FOLDER.check_replaceable(out_dir)  # an older training of ours may be replaced, nothing else
 
     started, cpu_started = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
@@ -361,11 +343,11 @@ def train_small_lm(texts: Sequence[str], out_dir: str | os.PathLike, cfg: SmallL
         if log:
             log(f"small LM: held-out perplexity {ppl:.3f} (uniform would be {len(tokenizer)})")
 
-    with atomic_folder(out_dir) as tmp:
+    with FOLDER.writing(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         report["seconds"] = round(time.perf_counter() - started, 2)
-        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n", "utf-8")  # last: completes it
+        FOLDER.write_marker(tmp, report)  # last: completes it
     if log:
         log(f"small LM: wrote {out_dir} in {report['seconds']:.1f} s (final loss {report['final_loss']:.4f})")
     return out_dir

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 from avsr.io import claim_folder, remove_written, write_text_atomic
+from avsr.models.tasks import TASKS
+from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, format_summary, synthesize_corpus
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+RECIPE = "quickstart"  # shipped in avsr/recipes
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "report.md", "results.json", "wer_vs_snr.png", "expert_usage.png")
 
@@ -37,11 +39,12 @@ def _stage(name: str, timings: dict):
 
 def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=(None, 5, 0, -5),
                    num_beams: int = 4, progress: bool = True, overwrite: bool = False) -> dict:
-    from avsr.evaluation.evaluate import evaluate, markdown_table, write_report
+    from avsr.evaluation.report import markdown_table, write_report
+    from avsr.evaluation.score import evaluate
     from avsr.models.loading import load_checkpoint
-    from avsr.models.small_lm import SmallLMConfig, pretrain_lm_from_labels
-    from avsr.models.video_pretrain import VideoPretrainConfig, pretrain_video_encoder
-    from avsr.models.whisper_convert import convert_whisper_base
+    from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
+    from avsr.backbones.lip_ctc import VideoPretrainConfig, is_complete, pretrain_video_encoder
+    from avsr.backbones.whisper_ct2 import convert_whisper_base
     from avsr.training.config import load_config
     from avsr.training.train import train
 
@@ -50,19 +53,18 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     out = claim_folder(out, "quickstart", ENTRIES)
     timings: dict = {}
     root = Path(synth.out)
-    labels = root / "labels"
     with _stage("synthesise corpus", timings):
         summary = synthesize_corpus(synth, progress=progress)
         print(format_summary(summary))
     with _stage("prepare Whisper base", timings):
         whisper = convert_whisper_base(out / "models" / "whisper-base")
     with _stage("pretrain small LM", timings):
-        llm = pretrain_lm_from_labels([labels / f"{synth.corpus}_train.csv", labels / f"{synth.corpus}_val.csv"],
+        llm = pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
                                       out / "models" / "small-lm", SmallLMConfig())
     with _stage("pretrain lip encoder (CTC)", timings):
         video = out / "models" / "video-encoder"
-        if not (video / "model.safetensors").is_file():
-            pretrain_video_encoder(root, labels / f"{synth.corpus}_train.csv", labels / f"{synth.corpus}_val.csv",
+        if not is_complete(video):  # its marker (config.json, written last) is there
+            pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"), labels_csv(root, synth.corpus, "val"),
                                    video, VideoPretrainConfig())
     with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
         cfg = load_config(RECIPE, [f"model.llm={llm}", f"model.audio_encoder={whisper}",
@@ -72,8 +74,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept
     with _stage("evaluate", timings):
         model = load_checkpoint(checkpoint)
-        report = evaluate(model, str(root), str(labels / f"{synth.corpus}_test.csv"), ("asr", "vsr", "avsr"),
-                          tuple(snrs), str(root / "noise" / f"{synth.corpus}_babble.wav"), num_beams=num_beams,
+        report = evaluate(model, str(root), str(labels_csv(root, synth.corpus, "test")), TASKS,
+                          tuple(snrs), str(noise_wav(root, synth.corpus)), num_beams=num_beams,
                           progress=progress)
     report.update(timings_seconds=timings, total_seconds=round(sum(timings.values()), 1),
                   corpus=summary, checkpoint=str(checkpoint), trainable_parameters=model.parameter_counts())

@@ -1,4 +1,5 @@
-"""Corpus-level word error rate with substitutions, deletions and insertions.
+"""Transcript text: the one normalisation (labels, WER, CTC), and corpus-level word and
+character error rates with substitutions, deletions and insertions.
 
 Normalisation (documented, applied to reference and hypothesis alike): lowercase, keep
 letters, digits and apostrophes, every other character becomes a space, collapse spaces.
@@ -7,11 +8,16 @@ WER = (S + D + I) / N over the whole test set, N = reference words (the field's 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import jiwer
 
-from avsr.synth.text import normalise
+
+def normalise(sentence: str) -> str:
+    """Transcript form used in labels and for WER: lowercase words, letters, digits, apostrophes."""
+    words = re.sub(r"[^a-z0-9' ]+", " ", sentence.lower()).split()
+    return " ".join(w.strip("'") for w in words if w.strip("'"))
 
 
 @dataclass

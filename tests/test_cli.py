@@ -1,0 +1,19 @@
+"""The command line maps arguments only: recipes by name from any folder, overrides anywhere."""
+
+from conftest import run_cli
+
+
+def test_a_shipped_recipe_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("train", "quickstart", f"out={tmp_path / 'run'}")
+    # the recipe was read (its backbones are set by the quickstart): the first missing input is named
+    assert code == 2 and "model.llm: not set" in err and "recipe not found" not in err
+    code, _, err = run_cli("train", "no_such_recipe")
+    assert code == 2 and "recipe not found: no_such_recipe" in err and "quickstart_smop" in err
+
+
+def test_overrides_may_follow_options(tmp_path):
+    code, _, err = run_cli("train", "quickstart", "--quiet", "optim.max_steps=0", f"out={tmp_path / 'run'}")
+    assert code == 2 and "optim.max_steps must be a positive integer, got 0" in err
+    code, _, err = run_cli("train", "quickstart", "--bogus")
+    assert code == 2 and "unrecognized arguments: --bogus" in err

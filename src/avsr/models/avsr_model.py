@@ -47,7 +47,7 @@ class AVSRConfig:
     projector: str = setting("mlp", one_of(*PROJECTORS))  # "mlp" (Llama-AVSR) or "smop" (sparse mixture, Llama-SMoP)
     projector_hidden: int = setting(2048, POSITIVE_INT)
     projector_layer_norm: bool = setting(False, FLAG)
-    smop_topology: str = setting("dedr", one_of(*TOPOLOGIES))  # "jejr", "jedr" or "dedr" (models/mixture.py)
+    smop_topology: str = setting("dedr", one_of(*TOPOLOGIES))  # "jejr", "jedr" or "dedr" (models/projectors/mixture.py)
     smop_experts: int = setting(4, POSITIVE_INT)  # experts per pool
     smop_top_k: int = setting(2, POSITIVE_INT)
     smop_load_balancing: float = setting(0.01, NON_NEGATIVE)  # coefficient of the load-balancing loss

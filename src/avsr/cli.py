@@ -227,11 +227,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
+    from avsr.models.loading import quiet_loading
     from avsr.pipelines.quickstart import run_quickstart
 
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
-    run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
-                   overwrite=args.overwrite)
+    with quiet_loading(args.quiet):
+        run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
+                       overwrite=args.overwrite)
     return 0
 
 

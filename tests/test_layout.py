@@ -9,11 +9,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "avsr"
 # Lowest first. A module may import its own package and any lower layer, never a higher one.
 LAYERS = [
     {"avsr.errors"},
-    {"avsr.settings", "avsr.io", "avsr.paths", "avsr.text"},
+    {"avsr.settings", "avsr.io", "avsr.paths", "avsr.text", "avsr.optimization"},
     {"avsr.data"},
     {"avsr.models", "avsr.synth"},
-    {"avsr.training"},
-    {"avsr.backbones"},
+    {"avsr.training", "avsr.backbones"},  # side by side: neither imports the other
     {"avsr.evaluation"},
     {"avsr.pipelines"},
     {"avsr.cli"},

@@ -144,7 +144,7 @@ def test_reading_exercise_layout():
 
 
 def test_warmup_cosine_schedule_with_and_without_floor():
-    from avsr.training.schedules import warmup_cosine
+    from avsr.optimization import warmup_cosine
 
     f = warmup_cosine(4, 14, floor=0.1)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # (step + 1) / warmup
@@ -155,7 +155,7 @@ def test_warmup_cosine_schedule_with_and_without_floor():
 
 
 def test_adamw_groups_exempt_vectors_and_skip_frozen_parameters():
-    from avsr.training.schedules import adamw, decay_groups
+    from avsr.optimization import adamw, decay_groups
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
     model[2].weight.requires_grad_(False)

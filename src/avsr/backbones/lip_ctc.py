@@ -34,8 +34,8 @@ from avsr.errors import AvsrError
 from avsr.models.video_encoder import (FOLDER_CONFIG, FOLDER_FORMAT, VideoEncoder, VideoEncoderConfig,
                                        encoder_config_dict, read_encoder_folder, write_encoder_folder)
 from avsr.text import character_error_rate, word_errors
-from avsr.training.loop import train_steps
-from avsr.training.schedules import warmup_cosine_adamw
+from avsr.optimization import train_steps
+from avsr.optimization import warmup_cosine_adamw
 
 #: The encoder folder's config.json is its marker: written last, it carries the folder format.
 FOLDER = BackboneFolder(FOLDER_CONFIG, "a pretrained video encoder folder", identity={"format": FOLDER_FORMAT},

@@ -29,8 +29,8 @@ import torch
 from avsr.backbones.folder import BackboneFolder
 from avsr.errors import AvsrError
 from avsr.models.tasks import PROMPTS, TASKS
-from avsr.training.loop import train_steps
-from avsr.training.schedules import warmup_cosine_adamw
+from avsr.optimization import train_steps
+from avsr.optimization import warmup_cosine_adamw
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"

@@ -33,7 +33,7 @@ from avsr.models.tasks import modalities_of
 from avsr.models.loading import build_model, save_checkpoint
 from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
-from avsr.training.schedules import warmup_cosine, warmup_cosine_adamw  # noqa: F401 (warmup_cosine: public here too)
+from avsr.optimization import warmup_cosine, warmup_cosine_adamw  # noqa: F401 (warmup_cosine: public here too)
 
 
 class ResumableLoader(DataLoader):

@@ -1,8 +1,8 @@
-"""The learning-rate schedule and the AdamW set-up shared by every training loop of avsr.
-
-One warm-up + cosine schedule (the AVSR training decays to 0, the backbone pre-trainings to a
-floor) and one AdamW constructor whose parameter grouping exempts vectors and scalars (biases,
-norm weights, PReLU slopes) from weight decay where asked.
+"""Optimisation shared by every training loop of avsr: one warm-up + cosine schedule (the AVSR
+training decays to 0, the backbone pre-trainings to a floor), one AdamW whose grouping exempts
+vectors and scalars from weight decay where asked, and the plain step loop of the backbone
+pre-trainings (the AVSR model trains under Lightning, which owns its loop). Torch only, so the
+training and the backbone preparation both import it from below.
 """
 
 from __future__ import annotations
@@ -54,3 +54,27 @@ def warmup_cosine_adamw(named_parameters: Iterable[tuple[str, torch.nn.Parameter
     """(AdamW, per-step warm-up + cosine scheduler): what every training loop here starts with."""
     opt = adamw(named_parameters, lr, weight_decay, betas, eps, exempt_vectors)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, floor))
+
+
+def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                steps: int, loss_at: Callable[[int], torch.Tensor], grad_clip: float,
+                after_step: Callable[[int, list[float]], None] | None = None) -> list[float]:
+    """Train `steps` steps; returns every step's loss.
+
+    Per step: `loss_at(step)` draws the batch and runs the forward pass, then the gradients are
+    reset, back-propagated and clipped to norm `grad_clip`, and the optimizer and the (per-step)
+    scheduler step. `after_step(step, losses)` then sees the losses so far (for logging).
+    """
+    model.train()
+    losses: list[float] = []
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if after_step is not None:
+            after_step(step, losses)
+    return losses

@@ -123,3 +123,16 @@ def test_a_few_steps_lower_the_loss():
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])
+
+
+def test_the_loss_equals_the_llm_s_own_cross_entropy():
+    """Our loss runs the output layer at the labelled positions only; it must equal the mean
+    token cross-entropy the LLM computes over all positions (float32)."""
+    model = tiny_model()
+    batch = make_batch([20, 14], seed=3)
+    targets = model.targets(batch["text"])
+    tokens, _ = model.encode(batch, "avsr")
+    embeds, mask, labels = model.assemble(tokens[model.default_pair("avsr")], "avsr", targets)
+    reference = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    ours, _ = model(batch, "avsr")
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)

@@ -209,7 +209,7 @@ def test_each_encoder_runs_once_per_matryoshka_step(batched):
     for m, encoder in model.encoders.items():
         encoder.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
     llm_calls = []
-    model.llm.register_forward_hook(lambda *_: llm_calls.append(1))
+    model.llm.get_decoder().register_forward_hook(lambda *_: llm_calls.append(1))  # the transformer stack
     model(make_batch([20, 14], seed=12), "avsr")
     assert calls == {"audio": 1, "video": 1}
     assert len(llm_calls) == (1 if batched else 4)  # one LLM pass for the 4 pairs, or one each

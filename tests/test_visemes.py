@@ -28,6 +28,7 @@ def test_phonemes_map_to_visemes():
     assert phoneme_visemes("s") == phoneme_visemes("z")  # voicing is invisible
     assert phoneme_visemes("aʊ") == ["open_vowel", "rounded_vowel"]  # a diphthong moves
     assert phoneme_visemes("tʃ") == ["postalveolar"] and phoneme_visemes("uː") == ["rounded_vowel"]
+    assert phoneme_visemes("a:") == ["open_vowel"]  # en-gb-scotland marks length with an ASCII colon
     assert phoneme_visemes("") == ["rest"] and phoneme_visemes("h") == []
     assert len(VISEME_NAMES) >= 12
 
@@ -35,7 +36,8 @@ def test_phonemes_map_to_visemes():
 def test_every_phoneme_espeak_produces_has_a_viseme():
     sentences = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
                  "thin things through the church judge", "boy toy joy year hour fire cure pure tour",
-                 "measure vision garage orange azure", "bin blue at f two now", "lay green by w eight soon"]
+                 "measure vision garage orange azure", "bin blue at f two now", "lay green by w eight soon",
+                 "as long as the answer is right who cares if the question is wrong"]  # Scottish "a:"
     seen = set()
     for name in ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc"):
         for text in sentences:

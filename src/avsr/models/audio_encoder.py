@@ -38,10 +38,12 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def one(self, audio: torch.Tensor) -> torch.Tensor:
-        """(N,) samples -> (n_mels, N // 160) log-mel."""
-        spec = torch.stft(audio, N_FFT, HOP, window=self.window, return_complex=True)  # (201, N/160 + 1)
+        """(N,) samples -> (n_mels, N // 160) log-mel, in float32 whatever the model's dtype (the
+        FFT has no bfloat16 kernel on CPU, and 8-bit mantissas would blur the spectrum anyway)."""
+        spec = torch.stft(audio.float(), N_FFT, HOP, window=self.window.float(),
+                          return_complex=True)  # (201, N/160 + 1)
         power = spec[:, :-1].abs() ** 2
-        mel = torch.clamp(self.filters @ power, min=1e-10).log10()  # (n_mels, frames)
+        mel = torch.clamp(self.filters.float() @ power, min=1e-10).log10()  # (n_mels, frames)
         mel = torch.maximum(mel, mel.max() - 8.0)
         return (mel + 4.0) / 4.0
 

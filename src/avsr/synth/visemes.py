@@ -81,9 +81,10 @@ def phoneme_visemes(ipa: str) -> list[str]:
     """
     if ipa == "":
         return ["rest"]
-    # Drop length marks, stress marks, syllabic/dental/palatalised diacritics.
+    # Drop length marks (IPA, or the ASCII colon some voices give, e.g. en-gb-scotland "a:"),
+    # stress marks, syllabic/dental/palatalised diacritics.
     base = "".join(c for c in unicodedata.normalize("NFD", ipa)
-                   if not unicodedata.combining(c) and c not in "ːˑˈˌʲ")
+                   if not unicodedata.combining(c) and c not in "ːˑ:ˈˌʲ")
     out: list[str] = []
     i = 0
     while i < len(base):

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from avsr.errors import AvsrError
-from avsr.paths import labels_csv, noise_wav
+from avsr.paths import manifest, noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
 from avsr.models.tasks import TASKS
@@ -82,12 +82,22 @@ class DataConfig:
     # keep those features on disk, shared by trainings with equal inputs
     feature_cache_dir: str | None = setting(None, OPTIONAL_NAME)
     workers: int = setting(0, COUNT)
+    # the manifest format of every split (docs/data-formats.md): auto = the one found at its path
+    # (csv <root>/labels/<corpus>_<split>.csv, fairseq <root>/<split>.tsv + .wrd, jsonl <root>/<split>.jsonl)
+    format: str = setting("auto", one_of("auto", "csv", "fairseq", "jsonl"))
+    # media missing, empty or undecodable: "skip" drops the utterance with a warning naming it,
+    # "stop" ends the run with an error naming it
+    on_bad_file: str = setting("skip", one_of("skip", "stop"))
+    # longer utterances are dropped when a training split is loaded (null: keep all)
+    max_utterance_seconds: float | None = setting(16.0, Rule(lambda v: v is None or POSITIVE.test(v),
+                                                             "a positive number of seconds or null (no limit)"))
 
     def __post_init__(self) -> None:
         check_settings(self)
 
     def labels(self, split: str) -> Path:
-        return labels_csv(self.root, self.corpus, split)
+        """The split's manifest file (avsr.paths.manifest) in data.format."""
+        return manifest(self.root, self.corpus, split, self.format)
 
     def noise_path(self) -> Path | None:
         if self.noise:
@@ -127,9 +137,13 @@ class TrainConfig:
     objective: str = setting("cycle", one_of(*OBJECTIVES))
     task_weights: dict = setting({"asr": 1.0, "vsr": 1.5, "avsr": 1.0}, TASK_WEIGHTS)
     accelerator: str = setting("auto", one_of("auto", "cpu", "gpu", "cuda", "mps"))
-    devices: Any = setting(1, DEVICES)  # e.g. 8 GPUs
-    strategy: str = setting("auto", STRATEGY)  # ddp, fsdp, ...
+    devices: Any = setting(1, DEVICES)  # e.g. 8 GPUs (per node)
+    num_nodes: int = setting(1, POSITIVE_INT)  # machines, each with `devices` (SLURM, torchrun: docs/scaling.md)
+    strategy: str = setting("auto", STRATEGY)  # ddp, fsdp, fsdp_cpu_offload, ... (docs/scaling.md)
     precision: str = setting("32-true", PRECISION)  # "bf16-true" / "bf16-mixed" on GPUs
+    # batches (per process) whose gradients add up to one optimizer step; data.max_frames is per
+    # process, so one step sees max_frames x processes x accumulate_grad_batches frames at most
+    accumulate_grad_batches: int = setting(1, POSITIVE_INT)
     logger: str = setting("csv", one_of(*LOGGERS))
     log_every: int = setting(10, POSITIVE_INT)
     val_every: int = setting(500, COUNT)  # steps; 0 = no validation

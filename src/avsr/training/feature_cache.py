@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
+from avsr.data.dataset import SkippedItem
 from avsr.io import atomic_file
 
 
@@ -32,16 +33,20 @@ class FeatureCache(Dataset):
         self.rows = dataset.dataset.rows
         self.copies = copies
         self.epoch = 0
+        # which utterances (and transcripts) the items are of: a manifest's utterances can change
+        # without its file (a .wrd beside a .tsv, media skipped or dropped as too long)
+        keys = [[str(row.rel_path), row.text] for row in self.rows]
         if store is not None and store.is_file():
             saved = torch.load(store, weights_only=True)
-            if saved.get("fingerprint") == fingerprint and len(saved["items"]) == len(self.rows):
+            if (saved.get("fingerprint") == fingerprint and len(saved["items"]) == len(self.rows)
+                    and saved.get("rows", keys) == keys):
                 self.items = saved["items"]
                 print(f"[avsr train] encoder features from {store}", flush=True)
                 return
         self._compute(encoders, dataset, max_frames, progress)
         if store is not None:
             with atomic_file(store) as tmp:
-                torch.save({"fingerprint": fingerprint, "items": self.items}, tmp)
+                torch.save({"fingerprint": fingerprint, "rows": keys, "items": self.items}, tmp)
 
     def _compute(self, encoders: torch.nn.ModuleDict, dataset: TransformedDataset, max_frames: int,
                  progress: bool) -> None:
@@ -51,7 +56,15 @@ class FeatureCache(Dataset):
         bar = tqdm(total=copies * len(self.rows), desc="caching encoder features", unit="utt", disable=not progress)
         for copy in range(copies):
             dataset.set_epoch(copy)
-            for indices, batch in zip(sampler, DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)):
+            for indices, items in zip(sampler, DataLoader(dataset, batch_sampler=sampler, collate_fn=list)):
+                for index, item in zip(indices, items):
+                    if isinstance(item, SkippedItem):  # unreadable media (on_bad_file=skip); kept as plain
+                        self.items[index].append({"id": item.id, "skipped": item.reason})  # data for torch.load
+                bar.update(len(indices))
+                indices = [i for i, item in zip(indices, items) if not isinstance(item, SkippedItem)]
+                if not indices:
+                    continue
+                batch = collate([item for item in items if not isinstance(item, SkippedItem)])
                 feats = {}
                 with torch.no_grad():
                     for m, encoder in encoders.items():
@@ -61,7 +74,6 @@ class FeatureCache(Dataset):
                     item = {f"{m}_features": x[j, : int(n[j])].to(torch.float16).clone() for m, (x, n) in feats.items()}
                     item.update(text=batch["text"][j], id=batch["ids"][j])
                     self.items[index].append(item)
-                bar.update(len(indices))
         bar.close()
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,12 +82,15 @@ class FeatureCache(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index][self.epoch % self.copies]
+    def __getitem__(self, index: int) -> dict | SkippedItem:
+        item = self.items[index][self.epoch % self.copies]
+        return SkippedItem(item["id"], item["skipped"]) if "skipped" in item else item
 
 
 def collate_features(items: list[dict]) -> dict:
-    """Pad cached features: "<m>_features" (B, T_max, D) float32 and "<m>_feature_lengths" (B,)."""
+    """Pad cached features: "<m>_features" (B, T_max, D) float32 and "<m>_feature_lengths" (B,);
+    SkippedItem markers (unreadable media) are dropped."""
+    items = [it for it in items if not isinstance(it, SkippedItem)]
     batch = {"text": [it["text"] for it in items], "ids": [it["id"] for it in items]}
     for key in (k for k in items[0] if k.endswith("_features")):
         lengths = torch.tensor([it[key].shape[0] for it in items])

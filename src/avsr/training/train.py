@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
+from avsr.data.batching import FrameBudgetBatchSampler, SkipUnreadable, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
@@ -125,9 +125,20 @@ class AVSRLightning(L.LightningModule):
                                          o.max_steps, betas=tuple(o.betas), exempt_vectors=False)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Under FSDP each rank holds a shard of every gradient: the norm is FSDP's, over all shards
+        (Lightning's own norm clipping refuses FSDP). Elsewhere Lightning clips as usual."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the resume checkpoint small: drop the frozen backbones' weights."""
-        trainable = {f"model.{k}" for k, p in self.model.named_parameters() if p.requires_grad}
+        trainable = {f"model.{k}" for k in trainable_names(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_train_epoch_start(self) -> None:  # not called when a run resumes mid-epoch
@@ -147,15 +158,19 @@ class SaveTrainable(L.Callback):
         self.folder = Path(cfg.out) / "checkpoints"
         self.resume_file = resume_file
         self.interrupted_at: int | None = None
+        self.saved_step: int | None = None
 
     def _save(self, trainer: L.Trainer, module: AVSRLightning, name: str) -> None:
+        """Called on every rank: under FSDP the weights are gathered from all of them."""
+        weights = trainable_weights(trainer, module)
         if trainer.is_global_zero:
             extra = {"train": self.cfg.to_dict(), "step": trainer.global_step}
-            save_checkpoint(module.model, self.folder / name, extra)
+            save_checkpoint(_Trainable(module.model, weights), self.folder / name, extra)
+        self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step and step % self.cfg.checkpoint_every == 0:
+        step = trainer.global_step  # the same for every batch of an accumulation: saved once
+        if step and step % self.cfg.checkpoint_every == 0 and step != self.saved_step:
             self._save(trainer, module, "last")
 
     def on_train_end(self, trainer, module) -> None:
@@ -192,18 +207,31 @@ def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
         if path is not None and Path(path).is_file():
             h.update(Path(path).read_bytes())
     for name in settings["encoders"].values():  # weights may be retrained in place
-        for f in sorted(Path(name).glob("*.safetensors")) if name and Path(name).is_dir() else []:
+        path = Path(name) if name else None  # a folder's weight files, or a weights file itself (.pt)
+        files = sorted(path.glob("*.safetensors")) if path and path.is_dir() else [path] if path and path.is_file() else []
+        for f in files:
             h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     return h.hexdigest()
 
 
+def check_feature_cache(cfg: TrainConfig) -> None:
+    """Cached encoder features are computed once by the frozen encoders: with LoRA inside the
+    video encoder (model.video_lora_rank) they would never see the adapters, so refuse them."""
+    if cfg.data.feature_cache_copies > 0 and cfg.model.video_lora_rank > 0:
+        raise ConfigError(f"config: data.feature_cache_copies must be 0 when model.video_lora_rank is set "
+                          f"(got {cfg.data.feature_cache_copies} and {cfg.model.video_lora_rank}): the video "
+                          "encoder trains LoRA adapters, so its features cannot be computed once and cached")
+
+
 def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
                  progress: bool = True) -> tuple[DataLoader, DataLoader]:
+    check_feature_cache(cfg)
     d = cfg.data
     noise_path = d.noise_path()
     noise = read_audio(noise_path) if noise_path else None
     augment = AugmentConfig(snrs=tuple(d.snrs))
-    train_set = AVDataset(d.root, d.labels(d.train_split))
+    # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
+    train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)
     train_collate = collate
     if d.feature_cache_copies > 0:
@@ -215,13 +243,16 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
         train_collate = collate_features
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=True, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
-    val_set = AVDataset(d.root, d.labels(d.val_split))
+    val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     val_set.rows = val_set.rows[: d.max_val_utterances]
     val = TransformedDataset(val_set, EvalTransform(augment), seed=cfg.seed)
     val_sampler = FrameBudgetBatchSampler(frame_lengths(val_set), d.max_frames, shuffle=False,
                                           num_replicas=world_size, rank=rank)
-    return (ResumableLoader(train, batch_sampler=sampler, collate_fn=train_collate, num_workers=d.workers),
-            DataLoader(val, batch_sampler=val_sampler, collate_fn=collate, num_workers=d.workers))
+    # an item that fails to decode: on_bad_file=stop raises (naming the file) in the dataset; skip
+    # drops it from its batch, and a batch left empty is refilled, so that every rank takes its step
+    return (ResumableLoader(train, batch_sampler=sampler, collate_fn=SkipUnreadable(train_collate, train),
+                            num_workers=d.workers),
+            DataLoader(val, batch_sampler=val_sampler, collate_fn=SkipUnreadable(collate, val), num_workers=d.workers))
 
 
 def make_logger(cfg: TrainConfig):
@@ -232,23 +263,105 @@ def make_logger(cfg: TrainConfig):
     return L.pytorch.loggers.CSVLogger(cfg.out, name="logs")
 
 
-def resolve_strategy(strategy: str, devices) -> str:
+def resolve_strategy(strategy: str, devices, num_nodes: int = 1) -> str:
     """DDP as these models need it: with unused-parameter detection.
 
     A step routinely leaves trainable parameters without a gradient: the "cycle" objective
     trains one task per step (the other modality's projector, the other tasks' adapters idle),
     Omni draws one rate pair (the other rates' projectors idle), and a sparse mixture may route
     no token to an expert. Plain DDP then stops with "Expected to have finished reduction", so
-    `ddp`, and `auto` on several devices, become `ddp_find_unused_parameters_true`. Name another
+    `ddp`, and `auto` on several devices or nodes, become `ddp_find_unused_parameters_true`. Name another
     strategy (e.g. `ddp_find_unused_parameters_false`) to choose otherwise.
     """
     if isinstance(devices, str):  # "8", "-1" (all), "0,1" (ids) or "auto"
         ids = [d for d in devices.split(",") if d.strip()]
         devices = ids if len(ids) > 1 else int(devices) if devices.strip().lstrip("-").isdigit() else 1
     several = len(devices) > 1 if isinstance(devices, (list, tuple)) else devices > 1 or devices == -1
+    several = several or num_nodes > 1
     if strategy == "ddp" or (strategy == "auto" and several):
         return "ddp_find_unused_parameters_true"
     return strategy
+
+
+FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP's wrappers add to the names of the parameters inside
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    """The trainable parameters' names, as in `trainable_state_dict`, also when FSDP wrapped layers."""
+    return [k.replace(FSDP_PREFIX, "") for k, p in model.named_parameters() if p.requires_grad]
+
+
+class _Trainable:
+    """The model as `save_checkpoint` sees it, with trainable weights given (under FSDP:
+    gathered from the ranks; the model's own parameters there are shards)."""
+
+    def __init__(self, model: AVSRModel, weights: dict[str, torch.Tensor]):
+        self._model, self._weights = model, weights
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._weights
+
+
+def trainable_weights(trainer: L.Trainer, module: AVSRLightning) -> dict[str, torch.Tensor] | None:
+    """The full trainable weights on rank 0 (None on the other ranks).
+
+    Under FSDP every rank holds a shard of each parameter: all ranks must call this, and the
+    full weights are gathered layer by layer onto rank 0 (Lightning's state_dict_type "full":
+    the frozen backbones are gathered too, then dropped here). Elsewhere the module's own."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.model.trainable_state_dict() if trainer.is_global_zero else None
+    full = trainer.strategy.lightning_module_state_dict()  # collective; empty off rank 0
+    if not trainer.is_global_zero:
+        return None
+    return {k: full[f"model.{k}"].detach().cpu().contiguous() for k in trainable_names(module.model)}
+
+
+def fsdp_wrap_classes(model: AVSRModel) -> set[type[torch.nn.Module]]:
+    """The layer classes FSDP shards as units: the LLM's decoder layers and the encoders'
+    transformer layers (Hugging Face models name theirs in `_no_split_modules`, e.g.
+    LlamaDecoderLayer, WhisperEncoderLayer; the AV-HuBERT port's is its EncoderLayer). What is
+    left (embeddings, projectors, the new-token table, convolutions) is the root unit."""
+    from avsr.models.video_encoder import EncoderLayer
+
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names or isinstance(m, EncoderLayer)}
+    if not any(isinstance(m, tuple(classes)) for m in model.llm.modules()):
+        raise ConfigError(f"strategy fsdp: the LLM ({type(model.llm).__name__}) names no decoder layer class "
+                          "in _no_split_modules, so FSDP would not shard it; choose strategy=ddp")
+    return classes
+
+
+def build_strategy(cfg: TrainConfig, model: AVSRModel):
+    """The Trainer's strategy: a name (resolve_strategy), or for `fsdp` / `fsdp_cpu_offload` an
+    FSDPStrategy set up for a frozen LLM with small trainable parts (docs/scaling.md):
+
+    - each decoder layer (and encoder layer) is its own FSDP unit, so the frozen LLM is sharded
+      and gathered one layer at a time;
+    - `use_orig_params=True`: LoRA adapters share their units with frozen weights, and the
+      optimizer (configure_optimizers, after wrapping) sees the original, named parameters, of
+      which it takes the trainable ones only;
+    - state_dict_type "full": checkpoints gather full tensors onto rank 0 (ours are small).
+    Precision comes from the Trainer's `precision` (Lightning's FSDP mixed-precision settings),
+    except for bf16-true / 16-true: there the whole model is already in that dtype, and FSDP's
+    default of running BatchNorm (the lip encoder's ResNet) in float32 would feed those layers
+    float32 inputs against their bfloat16 weights, so no layer class is exempted."""
+    name = resolve_strategy(cfg.strategy, cfg.devices, cfg.num_nodes)
+    if name not in ("fsdp", "fsdp_cpu_offload"):
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import MixedPrecision
+
+    mixed = None
+    if str(cfg.precision) in ("bf16-true", "16-true"):
+        dtype = torch.bfloat16 if str(cfg.precision).startswith("bf16") else torch.float16
+        mixed = MixedPrecision(param_dtype=dtype, reduce_dtype=dtype, buffer_dtype=dtype, _module_classes_to_ignore=())
+    return FSDPStrategy(auto_wrap_policy=fsdp_wrap_classes(model), use_orig_params=True, state_dict_type="full",
+                        sharding_strategy="FULL_SHARD", cpu_offload=name == "fsdp_cpu_offload", mixed_precision=mixed)
 
 
 RUN_ENTRIES = ("config.yaml", "checkpoints", "resume", "logs", DONE, "eval")
@@ -273,6 +386,9 @@ def check_resume(cfg: TrainConfig) -> Path | None:
     except yaml.YAMLError as err:
         raise ConfigError(f"{saved_file}: not valid YAML ({err}); start fresh with --fresh") from None
     now = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    # A key an older avsr did not save yet counts as its default (a newer setting left as it was).
+    saved = {**{k: v for k, v in _flat(yaml.safe_load(yaml.safe_dump(type(cfg)().to_dict()))).items()
+                if k not in saved}, **saved}
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k != "out")  # runs may move
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
@@ -290,6 +406,7 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
     deletes the earlier run first), and a finished run is not trained again. Ctrl-C saves
     the last completed step and raises `Interrupted`. `callbacks`: extra Lightning callbacks."""
     out = Path(cfg.out)
+    check_feature_cache(cfg)  # before a run folder is claimed
     if fresh and out.exists():
         remove_written(out)
     finished = check_resume(cfg)
@@ -307,8 +424,9 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
     last = out / "resume" / "last.ckpt"
     saver = SaveTrainable(cfg, last)
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, strategy=resolve_strategy(cfg.strategy, cfg.devices),
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=build_strategy(cfg, model),
         precision=cfg.precision, max_steps=cfg.optim.max_steps, gradient_clip_val=cfg.optim.grad_clip,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
         logger=make_logger(cfg), log_every_n_steps=cfg.log_every, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, check_val_every_n_epoch=None,
         val_check_interval=cfg.val_every if cfg.val_every > 0 else None,
@@ -323,6 +441,8 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         # validation is off when val_every is 0.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+        # FSDP: LoRA adapters share their decoder layer's unit with its frozen weights (by design)
+        warnings.filterwarnings("ignore", message=r".*has both parameters with requires_grad=True and False")
         try:
             trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
                         ckpt_path=str(last) if last.is_file() else None)

@@ -354,3 +354,18 @@ def test_evaluation_gives_the_same_hypotheses_every_time(tiny_corpus):
                      progress=False)["hypotheses"] for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
     assert len(runs[0]["avsr"]["0 dB"]) == tiny_corpus[0].utterances["test"]  # every utterance, not 5
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_when_it_is_left_at_its_default(tmp_path):
+    """check_resume compares the saved configuration key by key; a key an older avsr did not
+    write counts as its default, while any real difference is still refused with its name."""
+    from avsr.training.train import check_resume
+
+    cfg = load_config("quickstart", [f"out={tmp_path}"])
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["accumulate_grad_batches"], saved["data"]["on_bad_file"]  # settings added later
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert check_resume(cfg) is None
+    with pytest.raises(ConfigError, match="accumulate_grad_batches: 1 -> 2"):
+        check_resume(load_config("quickstart", [f"out={tmp_path}", "accumulate_grad_batches=2"]))

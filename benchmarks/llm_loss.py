@@ -6,8 +6,8 @@
 On a real LLM folder (e.g. SmolLM2-135M, `avsr prepare smollm2`), frozen, LoRA r16 on q and v:
 forward + backward of the mean cross-entropy over `--labelled` transcript positions of
 `--batch` sequences of `--length` input embeddings, (a) as transformers computes it (logits at
-every position, `labels=`), (b) as `AVSRModel._block_losses` does (the decoder stack, then the
-output layer at the labelled positions only). Interleaved round by round, median of `--repeats`;
+every position, `labels=`), (b) as training does (`avsr.models.avsr_model.labelled_losses`: the
+decoder stack, then the output layer at the labelled positions only). Interleaved round by round, median of `--repeats`;
 both losses must agree. Writes benchmarks/results/llm_loss.json; the last line printed is
 `all-positions/labelled-only step time ratio: <x>`.
 """
@@ -21,12 +21,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from avsr.io import write_text_atomic
+from avsr.models.avsr_model import IGNORE, labelled_losses
 from avsr.models.lora import add_lora
-
-IGNORE = -100
 
 
 def main() -> None:
@@ -57,11 +55,7 @@ def main() -> None:
         return llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
     def labelled_only() -> torch.Tensor:
-        hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, L, D)
-        target = labels[:, 1:]
-        keep = target != IGNORE
-        logits = llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
-        return F.cross_entropy(logits, target[keep])
+        return labelled_losses(llm, embeds, mask, labels)[0]
 
     variants = {"all_positions": all_positions, "labelled_only": labelled_only}
     with torch.no_grad():

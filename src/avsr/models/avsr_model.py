@@ -297,7 +297,7 @@ class AVSRModel(nn.Module):
             for p in pairs:
                 set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, p))
                 embeds, mask, labels = self.assemble(tokens[p], task, targets)
-                losses += self._block_losses(embeds, mask, labels, blocks=1)
+                losses += labelled_losses(self.llm, embeds, mask, labels)
         weights = self.pair_weights(task, pairs) if len(pairs) > 1 else [1.0]
         loss = sum(w * l for w, l in zip(weights, losses)) / len(losses)
         if len(pairs) > 1:
@@ -323,27 +323,10 @@ class AVSRModel(nn.Module):
         set_active(self.llm, common, rows=[(tuple(n for n in own if n not in common), slice(i * b, (i + 1) * b))
                                            for i, own in enumerate(names)])
         try:
-            return self._block_losses(embeds, mask, labels, blocks=len(pairs))
+            return labelled_losses(self.llm, embeds, mask, labels, blocks=len(pairs))
         finally:
             set_active(self.llm, names[0])  # never leave row-restricted adapters behind
 
-    def _block_losses(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                      blocks: int) -> list[torch.Tensor]:
-        """Mean cross-entropy of each of `blocks` equal row blocks (one per rate pair).
-
-        The output layer runs only where a label is (transcript + EOS, about a quarter of the
-        positions): with a 49k-128k word vocabulary it is a large share of a small LLM's cost,
-        and the logits of the audio, video and prompt positions are never used.
-        """
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (R, L, D)
-        target = labels[:, 1:]  # (R, L-1): position t predicts token t+1
-        keep = target != IGNORE  # (R, L-1)
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V), N labelled positions
-        token_loss = F.cross_entropy(logits, target[keep], reduction="none")  # (N,)
-        block = keep.nonzero()[:, 0] // (labels.shape[0] // blocks)  # (N,) block of each labelled position
-        sums = token_loss.new_zeros(blocks).index_add(0, block, token_loss)  # (blocks,)
-        counts = keep.reshape(blocks, -1).sum(1)  # (blocks,)
-        return list(sums / counts)
 
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
@@ -423,6 +406,25 @@ def lora_size(convention: str, width: int, rank: int, alpha: float, key: str = "
                                 f"{width} of the layers it adapts, got {rank}")
     r = width // rank
     return r, alpha / rank * r
+
+
+def labelled_losses(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                    blocks: int = 1) -> list[torch.Tensor]:
+    """Mean cross-entropy of each of `blocks` equal row blocks (one per rate pair) of a causal LM.
+
+    The output layer runs only where a label is (transcript + EOS, about a quarter of the
+    positions): with a 49k-128k word vocabulary it is a large share of a small LLM's cost,
+    and the logits of the audio, video and prompt positions are never used.
+    """
+    hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (R, L, D)
+    target = labels[:, 1:]  # (R, L-1): position t predicts token t+1
+    keep = target != IGNORE  # (R, L-1)
+    logits = llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V), N labelled positions
+    token_loss = F.cross_entropy(logits, target[keep], reduction="none")  # (N,)
+    block = keep.nonzero()[:, 0] // (labels.shape[0] // blocks)  # (N,) block of each labelled position
+    sums = token_loss.new_zeros(blocks).index_add(0, block, token_loss)  # (blocks,)
+    counts = keep.reshape(blocks, -1).sum(1)  # (blocks,)
+    return list(sums / counts)
 
 
 def _pad_cat(parts: Sequence[torch.Tensor], value: float | int | bool) -> torch.Tensor:

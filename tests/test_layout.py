@@ -11,10 +11,11 @@ LAYERS = [
     {"avsr.errors"},
     {"avsr.settings", "avsr.io", "avsr.paths", "avsr.text", "avsr.optimization"},
     {"avsr.data"},
-    {"avsr.models", "avsr.synth"},
+    {"avsr.models", "avsr.synth", "avsr.preprocess"},  # side by side: none imports another
     {"avsr.training", "avsr.backbones"},  # side by side: neither imports the other
     {"avsr.evaluation"},
-    {"avsr.pipelines"},
+    {"avsr.transcription"},
+    {"avsr.pipelines", "avsr.demo"},
     {"avsr.cli"},
     {"avsr.__main__"},
     {"avsr"},  # the package itself: the public API may gather anything

@@ -83,6 +83,41 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Raw videos -> <stem>.mp4 (96x96 gray mouth ROIs, 25 fps) + <stem>.wav (16 kHz mono) each
+    (avsr.preprocess); every input is checked before the first is processed."""
+    from avsr.preprocess import preprocess_file, probe, write_pair
+
+    infos = [probe(path) for path in args.videos]
+    stems = [i.path.stem for i in infos]
+    if len(set(stems)) < len(stems):
+        raise AvsrError(f"inputs share a file name ({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}): "
+                        "their outputs would overwrite each other; preprocess them into separate --out folders")
+    no_video = [str(i.path) for i in infos if not i.has_video]
+    if no_video:
+        raise AvsrError(f"no video stream in {', '.join(no_video)}: nothing to crop a mouth from")
+    _writable_parent(str(Path(args.out) / "probe"))
+    for info in infos:
+        result = preprocess_file(info.path, progress=not args.quiet)
+        if result.video is None:
+            raise AvsrError(f"no face found in {info.path} ({result.total_frames} frames at 25 fps): no mouth to crop")
+        mp4, wav = write_pair(result, args.out)
+        t = result.timings
+        print(f"{info.path}: {result.total_frames} frames, face in {result.face_ratio:.1%}; decode {t['decode']:.2f} s, "
+              f"detect {t['detect']:.2f} s, crop {t['crop']:.2f} s -> {mp4}, {wav.name}")
+        for warning in result.warnings:
+            print(f"  warning: {warning}")
+    return 0
+
+
+def cmd_synth_faces(args: argparse.Namespace) -> int:
+    from avsr.synth.face import synthesize_faces
+
+    paths = synthesize_faces(args.root, args.corpus, split=args.split, limit=args.limit)
+    print(f"{len(paths)} talking-face videos (+ mouth centres .json) in {paths[0].parent}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from avsr.data.dataset import validate_corpus
 
@@ -264,6 +299,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the local web demo until Ctrl-C (see avsr.demo); a wrong checkpoint is refused first."""
+    from avsr.demo import serve
+
+    serve(args.checkpoint, port=args.port, examples=args.examples, num_beams=args.beams)
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    """See avsr.transcription: the checkpoint and every file are checked before the model loads."""
+    from avsr.io import write_text_atomic
+    from avsr.transcription import Transcriber, check_format, render
+
+    check_format(args.format, len(args.files))
+    if args.out:
+        _writable_parent(args.out)
+    transcriber = Transcriber(args.checkpoint, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
+                              device=args.device, quiet=args.quiet)
+    transcripts = transcriber.transcribe(args.files, task=args.task, rates=args.rates,
+                                         budget_tokens=args.budget_tokens, progress=not args.quiet)
+    text = render(transcripts, args.format, {"checkpoint": str(args.checkpoint), "num_beams": args.beams,
+                                             "max_new_tokens": transcriber.max_new_tokens, "load_s": transcriber.load_s})
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
     from avsr.models.loading import quiet_loading
@@ -307,6 +371,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CORPUS_DOC.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_synth_args(synth, SynthConfig(workers=os.cpu_count() or 1))
     synth.set_defaults(func=cmd_synth)
+
+    pre = sub.add_parser("preprocess", help="raw videos -> mouth ROI videos (96x96 gray, 25 fps) + 16 kHz mono wav",
+                         description="Find the face in every frame (mediapipe face mesh), align it to a reference "
+                                     "face and cut a 96x96 grayscale mouth crop; re-time to 25 fps; resample the "
+                                     "audio to 16 kHz mono. Writes <stem>.mp4 + <stem>.wav per input (silence "
+                                     "when it has no audio). See docs/preprocess.md.")
+    pre.add_argument("videos", nargs="+", metavar="VIDEO", help="any container/codec ffmpeg reads")
+    pre.add_argument("--out", required=True, help="output folder")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=cmd_preprocess)
+
+    faces = sub.add_parser("synth-faces", help="drawn talking-face videos of a synthetic corpus split (the test "
+                                               "input of avsr preprocess)",
+                           description="For each item of a finished corpus split, draw a full face whose mouth "
+                                       "moves as in the item, with head motion and the item's audio: "
+                                       "<root>/<corpus>/faces/<split>/<speaker>-<index>.mp4 + .json (mouth "
+                                       "centre per frame). Resumable.")
+    faces.add_argument("--root", default="data", help="corpus root (default: %(default)s)")
+    faces.add_argument("--corpus", default="synth", help="corpus name (default: %(default)s)")
+    faces.add_argument("--split", default="test", choices=["train", "val", "test"])
+    faces.add_argument("--limit", type=_positive, help="only the first N items")
+    faces.set_defaults(func=cmd_synth_faces)
 
     check = sub.add_parser("check", help="read every item of a label CSV and check it")
     check.add_argument("--root", required=True, help="corpus root (holds <dataset>/ and labels/)")
@@ -390,6 +476,40 @@ def build_parser() -> argparse.ArgumentParser:
                               "--calibration validation utterances, is within this")
     elastic.add_argument("--calibration", type=_positive, default=16, help="validation utterances for --max-rtf")
     ev.set_defaults(func=cmd_eval)
+
+    tx = sub.add_parser("transcribe", help="transcribe media files of any length: text, JSON or SRT",
+                        description="Video with audio -> AVSR, video without audio -> VSR, audio (or no face "
+                                    "found) -> ASR; long recordings are cut at pauses into segments of at most "
+                                    "16 s. See docs/transcribe.md.")
+    tx.add_argument("files", nargs="+", metavar="FILE", help="media files (any format FFmpeg reads)")
+    tx.add_argument("--checkpoint", required=True, help="checkpoint folder (…/checkpoints/last)")
+    tx.add_argument("--task", choices=TASKS, help="force a task (default: chosen per file from its streams)")
+    tx_rates = tx.add_mutually_exclusive_group()
+    tx_rates.add_argument("--rates", type=_rates, help="AUDIO,VIDEO compression rates, e.g. 16,5 (elastic "
+                                                       "checkpoints; default: the first trained pair)")
+    tx_rates.add_argument("--budget-tokens", type=_positive_number, metavar="TOKENS_PER_SECOND",
+                          help="the trained rate pair with the most LLM input tokens per second within this")
+    tx.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
+    tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
+    tx.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    tx.add_argument("--format", choices=["text", "json", "srt"], default="text",
+                    help="text: one line per file; json: segments, scores, timings; srt: subtitles of one file")
+    tx.add_argument("--out", help="write here (atomically) instead of standard output")
+    tx.add_argument("--quiet", action="store_true", help="no progress bars")
+    tx.set_defaults(func=cmd_transcribe)
+
+    demo = sub.add_parser("demo", help="a local web page: upload a video, see the mouth crops and the ASR, VSR "
+                                       "and AVSR transcripts side by side",
+                          description="Serve a gradio page on 127.0.0.1 (this machine only; no public link, no "
+                                      "analytics) over one checkpoint loaded at start-up. Needs pip install "
+                                      "avsr[demo] (and avsr[video] for videos that are not mouth crops already).")
+    demo.add_argument("--checkpoint", required=True, help="checkpoint folder (…/checkpoints/last)")
+    demo.add_argument("--port", type=_positive, default=7860, help="port on 127.0.0.1 (default: %(default)s)")
+    demo.add_argument("--examples", help="a folder of videos to offer as examples (default: a few test utterances "
+                                         "of the checkpoint's corpus, when it is on this machine: its talking "
+                                         "faces from avsr synth-faces and its mouth-crop clips)")
+    demo.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
+    demo.set_defaults(func=cmd_demo)
 
     quick = sub.add_parser("quickstart", help="the main job: corpus -> backbones -> ASR/VSR/AVSR training -> report",
                            description="Run the whole pipeline offline: synthesise a corpus, convert Whisper base, "

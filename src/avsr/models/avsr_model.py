@@ -331,12 +331,15 @@ class AVSRModel(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
                  do_sample: bool = False, return_aux: bool = False, pair: RatePair | None = None,
-                 **kwargs) -> list[str] | tuple[list[str], dict]:
+                 return_scores: bool = False, **kwargs) -> list[str] | tuple[list[str], dict]:
         """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
 
         `pair` chooses the rates (elastic inference: any trained pair; default the first).
         Only that scale's projectors and adapters run. With return_aux, also the projector's
-        aux dict (e.g. the SMoP expert-usage sums).
+        aux dict (e.g. the SMoP expert-usage sums). With return_scores, (texts, aux) where
+        aux["scores"] (B,) is each hypothesis's length-normalised log-probability (see
+        `sequence_scores`): an LLM recogniser writes fluent text whatever it hears, so a low
+        score is the hint that a transcript may be made up. The texts are the same either way.
         """
         pair = self.check_pair(task, pair)
         tokens, aux = self.encode(batch, task, [pair])
@@ -347,9 +350,28 @@ class AVSRModel(nn.Module):
                                 max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id,
                                 bos_token_id=self.bos, **({"temperature": None, "top_p": None, "top_k": None}
-                                                          if not do_sample else {}), **kwargs)
+                                                          if not do_sample else {}),
+                                **({"output_scores": True, "return_dict_in_generate": True} if return_scores
+                                   else {}), **kwargs)
+        if return_scores:
+            aux["scores"] = self.sequence_scores(out, num_beams)
+            out = out.sequences
         texts = [" ".join(t.lower().split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-        return (texts, aux) if return_aux else texts
+        return (texts, aux) if return_aux or return_scores else texts
+
+    def sequence_scores(self, out, num_beams: int) -> torch.Tensor:
+        """(B,) float32 score of each returned hypothesis from a `generate(..., output_scores=True,
+        return_dict_in_generate=True)` output. Beam search: its own `sequences_scores`, the sum
+        of the token log-probabilities (EOS included) divided by the length (to the LLM's
+        length_penalty, 1 by default). Greedy: the same mean, computed from the step scores."""
+        if num_beams > 1:
+            return out.sequences_scores.float()
+        new = out.sequences[:, -len(out.scores):]  # (B, S) the generated tokens (decoder-only: all of them)
+        logp = torch.stack([F.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)  # (B, S, V)
+        token = logp.gather(2, new[..., None])[..., 0]  # (B, S)
+        ended = (new == self.eos).long().cumsum(1)  # (B, S) EOS seen at or before each step
+        keep = (ended == 0) | ((ended == 1) & (new == self.eos))  # up to and including the first EOS
+        return (token * keep).sum(1) / keep.sum(1).clamp(min=1)
 
     def check_pair(self, task: str, pair: RatePair | None) -> RatePair:
         """The task's rates from a full (audio, video) pair; None = the default pair."""

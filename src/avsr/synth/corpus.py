@@ -51,6 +51,7 @@ DEFAULT_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", 
 BABBLE_TALKERS = 6  # simultaneous talkers in the babble noise
 MAX_NOISE_SECONDS = 3600.0  # 6 talkers x 1 h of float32 audio in memory: already ~1.4 GB
 WRITTEN_BY = "avsr synth"  # in corpus.json: only such a corpus may be replaced by --overwrite
+FACES = "faces"  # <corpus>/faces/<split>/: talking-face videos of a split (avsr.synth.face, avsr synth-faces)
 
 
 class SynthError(AvsrError):
@@ -279,7 +280,7 @@ def _foreign(corpus_dir: Path) -> list[Path]:
             path = Path(folder, name)
             link = path.is_symlink()
             is_dir, is_file = not link and path.is_dir(), not link and path.is_file()
-            expected = ((is_file and name == "corpus.json") or (is_dir and name in SPLITS), is_dir,
+            expected = ((is_file and name == "corpus.json") or (is_dir and name in (*SPLITS, FACES)), is_dir,
                         is_file and path.suffix in (".mp4", ".wav", ".json"))[min(depth, 2)]
             if not (expected or is_file and _is_temp(name)):
                 foreign.append(path)

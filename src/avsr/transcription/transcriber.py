@@ -1,0 +1,352 @@
+"""Transcribe recordings of any length with a trained checkpoint: preprocessing, task choice,
+cutting at pauses, batched decoding through `avsr.evaluation.decode`, and per-file results.
+
+Why it sits on `decode`: a transcription must give the same hypothesis as `avsr eval` gives
+for the same clip, task and beams, so both go through the one decoding (evaluation transform,
+frame-budget batches sorted by length, `AVSRModel.generate`).
+
+Task per input (the papers' three tasks): audio and a face -> avsr; a face and no audio ->
+vsr; audio and no face (audio file, no video stream, or no face found) -> asr. A checkpoint
+trained for some tasks only takes the first it has of avsr, asr, vsr that the input can feed.
+
+Cutting (the models are trained on utterances of at most 16 s): with audio, at pauses
+(`avsr.data.segments`), the cuts moved to the nearest video frame when there is video so both
+streams stay in step; video without audio has no pauses to find, so it is cut into equal parts
+of at most the limit (equal rather than full-length parts plus a short remnant, which a
+recogniser decodes badly). Each segment keeps its start and end time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from avsr.data.segments import MAX_SECONDS, segment_spans
+from avsr.data.transforms import AVHUBERT_CROP_SIZE
+from avsr.errors import AvsrError
+from avsr.models.loading import CONFIG, WEIGHTS, CheckpointError, check_backbones, checkpoint_model_config, \
+    read_checkpoint_config
+from avsr.models.tasks import MODALITIES, TASKS, RatePair, scale_name
+from avsr.preprocess.result import Preprocessed
+
+PREFERENCE = ("avsr", "asr", "vsr")  # the automatic choice: both streams first, then audio (lower WER than lips)
+MAX_NEW_TOKENS = 128  # 8 tokens per second of a 16 s segment: room for fast speech in a sub-word vocabulary
+
+
+@dataclass
+class Segment:
+    start: float  # seconds from the start of the recording
+    end: float
+    text: str
+    score: float  # length-normalised log-probability of `text` (<= 0; see docs/transcribe.md)
+
+
+@dataclass
+class Transcript:
+    """One recording's transcription: the segments' texts joined, and how it was made."""
+    source: str
+    task: str
+    rates: str  # the scale decoded, e.g. "a4v2" (see avsr.models.tasks.scale_name)
+    text: str
+    segments: list[Segment]
+    duration_s: float
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # preprocess_s, decode_s
+
+    @property
+    def real_time_factors(self) -> dict[str, float]:
+        """Seconds of work per second of recording, for preprocessing and for decoding."""
+        return {k.removesuffix("_s"): v / self.duration_s for k, v in self.timings.items()}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "real_time_factors": self.real_time_factors}
+
+
+def describe_folder(path: Path) -> str:
+    """What a folder that is not a checkpoint holds instead, so the message can point the way."""
+    if not any(path.iterdir()):
+        return "it is empty"
+    if (path / "checkpoints").is_dir():
+        return f"it looks like a run folder: its checkpoints are in {path / 'checkpoints'} (e.g. checkpoints/last)"
+    if (path / "labels").is_dir():
+        return "it looks like a corpus root (it holds labels/)"
+    if (path / CONFIG).is_file():
+        return f"it holds a {CONFIG} but no {WEIGHTS}: a backbone or model folder, not a trained avsr checkpoint"
+    return f"it holds no {CONFIG} and no {WEIGHTS}"
+
+
+def check_checkpoint(checkpoint: str | os.PathLike):
+    """The checkpoint's model settings, with its backbones checked; an AvsrError naming the path
+    and what it is instead (a file, an empty, run, corpus or model folder) before any work."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: no such folder")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file, not a checkpoint folder ({CONFIG} + {WEIGHTS})")
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path} is not an avsr checkpoint folder (needs {CONFIG} and {WEIGHTS}): "
+                              f"{describe_folder(path)}")
+    cfg = checkpoint_model_config(read_checkpoint_config(path), path / CONFIG)
+    check_backbones(cfg, where=f"{path / CONFIG}: ")
+    return cfg
+
+
+def streams(pre: Preprocessed) -> dict[str, bool]:
+    """Which modalities the recording can feed: audio samples, and mouth frames."""
+    return {"audio": pre.audio is not None and pre.audio.size > 0,
+            "video": pre.video is not None and len(pre.video) > 0}
+
+
+def _has(pre: Preprocessed) -> str:
+    have = streams(pre)
+    if have["audio"] and have["video"]:
+        return "audio and a face"
+    if have["video"]:
+        return "a face but no audio"
+    if have["audio"]:
+        return "audio but no face" if pre.total_frames else "audio only (no video stream)"
+    return "neither audio nor a face"
+
+
+def choose_task(pre: Preprocessed, trained: tuple[str, ...], task: str | None = None) -> tuple[str, list[str]]:
+    """(task, warnings) for one recording (rules in the module docstring); `task` forces one.
+    AvsrError when the recording cannot feed it, the checkpoint was not trained for it, or the
+    recording has nothing usable."""
+    have = streams(pre)
+    if task is not None:
+        if task not in TASKS:
+            raise AvsrError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+        if task not in trained:
+            raise AvsrError(f"task {task}: the checkpoint was trained for {', '.join(trained)} only")
+        if not all(have[m] for m in MODALITIES[task]):
+            raise AvsrError(f"{pre.source}: task {task} reads {' and '.join(MODALITIES[task])}, but the "
+                            f"recording has {_has(pre)}")
+        return task, []
+    if not any(have.values()):
+        raise AvsrError(f"{pre.source}: nothing to transcribe: it has {_has(pre)}")
+    feedable = [t for t in PREFERENCE if all(have[m] for m in MODALITIES[t])]
+    usable = [t for t in feedable if t in trained]
+    if not usable:
+        raise AvsrError(f"{pre.source} has {_has(pre)}, which suits {', '.join(feedable)}; the checkpoint was "
+                        f"trained for {', '.join(trained)} only")
+    chosen, notes = usable[0], []
+    if chosen != feedable[0]:
+        unused = set(MODALITIES[feedable[0]]) - set(MODALITIES[chosen])
+        notes.append(f"the checkpoint has no {feedable[0]}: transcribed with {chosen}, the {' and '.join(unused)} "
+                     f"not used")
+    if pre.total_frames and not have["video"]:
+        notes.append(f"no face found in {Path(pre.source).name}: transcribed from the audio alone ({chosen})")
+    return chosen, notes
+
+
+@dataclass
+class Piece:
+    """One segment as `decode` reads it (a row with an id and a frame count, and its media)."""
+    id: str
+    n_frames: int  # 25 fps frames: the decoding batches' budget unit
+    start: float  # seconds
+    end: float
+    audio: np.ndarray  # (N,) float32 16 kHz; zeros for a task without audio
+    video: np.ndarray | None  # (T, H, W) uint8; None: blank frames for a task without video
+
+
+class Pieces:
+    """Segments as `avsr.evaluation.decode.decode` reads a dataset: `rows` with `n_frames`, and
+    items {audio, video, text, id}. A modality the task does not read is given as blank
+    frames or silence of the right length (the model never looks at it)."""
+
+    def __init__(self, rows: list[Piece]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        blank = np.zeros((row.n_frames, AVHUBERT_CROP_SIZE, AVHUBERT_CROP_SIZE), np.uint8)  # (T, 88, 88)
+        return {"audio": row.audio, "video": blank if row.video is None else row.video, "text": "", "id": row.id}
+
+
+def frame_bounds(spans: list[tuple[int, int]], frames: int) -> list[int]:
+    """Sample spans -> frame boundaries [0, ..., frames], each cut at its nearest frame, empty parts dropped."""
+    cuts = [round(a / SAMPLES_PER_FRAME) for a, _ in spans[1:]]
+    return sorted({0, frames, *(c for c in cuts if 0 < c < frames)})
+
+
+def cut(pre: Preprocessed, task: str, key: str, max_seconds: float = MAX_SECONDS) -> list[Piece]:
+    """The recording's segments of at most `max_seconds` for `task` (see the module docstring)."""
+    have = streams(pre)
+    audio = pre.audio if have["audio"] else None
+    if not have["video"]:  # audio only: sample-exact cuts, the frame count rounded up
+        spans = segment_spans(audio, SAMPLE_RATE, max_seconds)
+        return [Piece(f"{key}#{k}", max(1, math.ceil((b - a) / SAMPLES_PER_FRAME)), a / SAMPLE_RATE, b / SAMPLE_RATE,
+                      audio[a:b], None) for k, (a, b) in enumerate(spans)]
+    frames, limit = len(pre.video), int(max_seconds * VIDEO_FPS)
+    if frames <= limit:
+        bounds = [0, frames]
+    elif audio is not None:  # a limit one frame short, so that moving a cut to a frame never exceeds it
+        bounds = frame_bounds(segment_spans(audio, SAMPLE_RATE, (limit - 1) / VIDEO_FPS), frames)
+    else:
+        parts = math.ceil(frames / limit)
+        bounds = [round(k * frames / parts) for k in range(parts + 1)]
+    pieces = []
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        end = b * SAMPLES_PER_FRAME if b < frames else None  # the last segment takes any audio beyond the video
+        sound = (audio[a * SAMPLES_PER_FRAME:end] if "audio" in MODALITIES[task]
+                 else np.zeros((b - a) * SAMPLES_PER_FRAME, np.float32))
+        pieces.append(Piece(f"{key}#{k}", b - a, a / VIDEO_FPS, b / VIDEO_FPS, sound,
+                            pre.video[a:b] if "video" in MODALITIES[task] else None))
+    return pieces
+
+
+def with_sidecar_audio(pre: Preprocessed) -> Preprocessed:
+    """A video without an audio track beside a .wav of the same stem (the corpus layout of `avsr
+    synth`, LRS3-style preprocessed trees) gets that audio: the pair is one audio-visual clip."""
+    from avsr.preprocess import preprocess_file
+
+    wav = Path(pre.source).with_suffix(".wav")
+    if pre.audio is not None or pre.video is None or Path(pre.source).suffix.lower() == ".wav" or not wav.is_file():
+        return pre
+    sound = preprocess_file(wav)
+    pre.audio = sound.audio
+    pre.warnings = [w for w in pre.warnings if not w.startswith("no audio")] + sound.warnings
+    return pre
+
+
+def check_paths(paths: list[Path]) -> None:
+    """Every input exists, is a readable file and holds a stream (probed, not decoded): a mistake
+    costs a second, before any preprocessing or model load."""
+    from avsr.preprocess import probe
+
+    for path in paths:
+        if path.is_dir():
+            raise AvsrError(f"{path} is a folder, not a media file")
+        if path.exists() and not os.access(path, os.R_OK):
+            raise AvsrError(f"{path}: not readable (permission denied)")
+        probe(path)  # missing, unreadable, no stream, zero length: a PreprocessError naming the file
+
+
+def warn(source: str, message: str) -> None:
+    print(f"[avsr transcribe] warning: {source}: {message}", file=sys.stderr, flush=True)
+
+
+class Transcriber:
+    """A checkpoint, checked at once and loaded on first use (`model`), that transcribes files
+    or `Preprocessed` recordings. Decoding is deterministic beam search (`num_beams`; 1: greedy)."""
+
+    def __init__(self, checkpoint: str | os.PathLike, num_beams: int = 4, max_new_tokens: int | None = None,
+                 device: str = "cpu", max_seconds: float = MAX_SECONDS, max_frames: int = 1000,
+                 quiet: bool = True):
+        max_new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+        if num_beams < 1 or max_new_tokens < 1 or max_frames < 1 or max_seconds <= 0:
+            raise AvsrError("num_beams, max_new_tokens, max_frames and max_seconds must be positive")
+        self.checkpoint = Path(checkpoint)
+        self.config = check_checkpoint(self.checkpoint)
+        self.tasks = tuple(self.config.tasks)
+        self.num_beams, self.max_new_tokens, self.device = num_beams, max_new_tokens, device
+        self.max_seconds, self.max_frames, self.quiet = max_seconds, max_frames, quiet
+        self.load_s: float | None = None
+        self._model = None
+
+    @property
+    def model(self):
+        """The AVSRModel, loaded (once) on first use."""
+        if self._model is None:
+            from avsr.models.loading import load_checkpoint, quiet_loading
+
+            start = time.perf_counter()
+            with quiet_loading(self.quiet):
+                self._model = load_checkpoint(self.checkpoint).to(self.device).eval()
+            self.load_s = time.perf_counter() - start
+        return self._model
+
+    def prepare(self, inputs, progress: bool = False) -> list[tuple[Preprocessed, float]]:
+        """[(recording, seconds of preprocessing)]: paths are all checked first, then read one by
+        one; a Preprocessed is taken as it is, with the time its own `timings` recorded."""
+        from tqdm import tqdm
+
+        items = [x if isinstance(x, Preprocessed) else Path(x) for x in inputs]
+        check_paths([x for x in items if isinstance(x, Path)])
+        prepared = []
+        for item in tqdm(items, desc="preprocess", unit="file", disable=not progress, leave=False):
+            if isinstance(item, Preprocessed):
+                prepared.append((item, sum(item.timings.values())))
+                continue
+            from avsr.preprocess import preprocess_file
+
+            start = time.perf_counter()
+            pre = with_sidecar_audio(preprocess_file(item, progress=progress))
+            prepared.append((pre, time.perf_counter() - start))
+        return prepared
+
+    def transcribe(self, inputs, task: str | None = None, rates: RatePair | tuple | None = None,
+                   budget_tokens: float | None = None, progress: bool = False) -> list[Transcript]:
+        """One Transcript per input (paths or Preprocessed), in order. `task`: force one (else
+        chosen per input); `rates` (audio, video) or `budget_tokens` (LLM input tokens per second
+        of speech: the trained pair with the most within it): elastic checkpoints only, else the
+        first trained pair. Every input is checked and its task chosen before the model loads."""
+        from avsr.evaluation.decode import decode
+        from avsr.evaluation.elastic import pick_pairs
+
+        if isinstance(inputs, (str, os.PathLike, Preprocessed)):
+            raise TypeError("transcribe takes a list of inputs (avsr.transcribe takes a single one)")
+        if rates is not None and budget_tokens is not None:
+            raise AvsrError("give rates or budget_tokens, not both")
+        inputs = list(inputs)
+        if not inputs:
+            return []
+        prepared, seconds = zip(*self.prepare(inputs, progress))
+        chosen = []
+        for pre in prepared:
+            if pre.duration <= 0:
+                raise AvsrError(f"{pre.source}: zero-length clip: nothing to transcribe")
+            chosen.append(choose_task(pre, self.tasks, task))
+        for pre, (_, notes) in zip(prepared, chosen):  # said now, before the long part
+            for note in notes:
+                warn(str(pre.source), note)
+        model = self.model
+        try:
+            pairs, reasons = pick_pairs(model, tuple(dict.fromkeys(t for t, _ in chosen)), rates, budget_tokens)
+        except ValueError as err:
+            raise AvsrError(str(err)) from None
+        for t, why in reasons.items() if progress else ():
+            print(f"[avsr transcribe] {t} rates {why}", file=sys.stderr, flush=True)
+        pieces = [cut(pre, t, str(i), self.max_seconds) for i, (pre, (t, _)) in enumerate(zip(prepared, chosen))]
+        decoded, share = {}, [0.0] * len(prepared)  # id -> utterance; seconds of decoding per input
+        for t, pair in pairs.items():
+            group = [i for i, (ti, _) in enumerate(chosen) if ti == t]
+            rows = [p for i in group for p in pieces[i]]
+            out = decode(model, Pieces(rows), t, pair, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
+                         max_frames=self.max_frames, progress=progress, scores=True)
+            decoded.update({u["id"]: u for u in out.utterances})
+            frames = sum(p.n_frames for p in rows)
+            for i in group:  # batches mix inputs: each gets its share of the time by frames
+                share[i] = out.seconds * sum(p.n_frames for p in pieces[i]) / frames
+        transcripts = []
+        for i, (pre, (t, notes)) in enumerate(zip(prepared, chosen)):
+            segments = [Segment(p.start, p.end, decoded[p.id]["hypothesis"], decoded[p.id]["score"])
+                        for p in pieces[i]]
+            transcripts.append(Transcript(
+                source=str(pre.source), task=t, rates=scale_name(t, pairs[t]),
+                text=" ".join(s.text for s in segments if s.text), segments=segments, duration_s=pre.duration,
+                warnings=[*pre.warnings, *notes],
+                timings={"preprocess_s": seconds[i], "decode_s": share[i]}))
+        return transcripts
+
+
+def transcribe(path_or_paths, checkpoint: str | os.PathLike, task: str | None = None,
+               rates: RatePair | tuple | None = None, budget_tokens: float | None = None, progress: bool = False,
+               **settings) -> Transcript | list[Transcript]:
+    """`avsr.transcribe`: one input (path or Preprocessed) -> its Transcript; a list -> a list.
+    `settings` go to Transcriber (num_beams, max_new_tokens, device, max_seconds, max_frames)."""
+    single = isinstance(path_or_paths, (str, os.PathLike, Preprocessed))
+    inputs = [path_or_paths] if single else list(path_or_paths)
+    result = Transcriber(checkpoint, **settings).transcribe(inputs, task, rates, budget_tokens, progress)
+    return result[0] if single else result

@@ -30,7 +30,7 @@ LOCK=requirements/lock.txt
 stamp="$VENV/.avsr-installed"
 if [ ! -f "$stamp" ] || [ "$LOCK" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   torch_pin=$(grep -E '^torch==' "$LOCK")
-  echo "[setup] installing $torch_pin first, then the locked dependencies and avsr[test]"
+  echo "[setup] installing $torch_pin first, then the locked dependencies (every extra) and avsr"
   # torch first: installing anything that depends on torch before it pulls a CUDA build.
   # Elsewhere, set AVSR_TORCH_INDEX (e.g. the PyTorch CPU index) to get the CPU build.
   "$VENV/bin/python" -m pip install -q "pip==26.3"  # the pip the lock was made with (scripts/lock.sh)

@@ -25,6 +25,7 @@ from avsr.errors import AvsrError
 from avsr.io import write_text_atomic
 from avsr.models.tasks import TASKS
 from avsr.preprocess import preprocess_file
+from avsr.preprocess.roi import apply
 from avsr.synth.face import synthesize_faces
 from avsr.text import word_errors
 from avsr.transcription import Transcriber
@@ -34,8 +35,7 @@ def mouth_offsets(pre, meta: dict) -> np.ndarray:
     """(T,) distance in ROI pixels between the crop centre and the rendered mouth centre."""
     rendered = np.asarray(meta["mouth_centres"], np.float32)  # (T, 2) frame pixels
     n = min(len(rendered), len(pre.transforms))
-    m = pre.transforms[:n]  # (T, 2, 3) frame px -> ROI px
-    in_roi = np.einsum("tij,tj->ti", m[:, :, :2], rendered[:n]) + m[:, :, 2]
+    in_roi = apply(pre.transforms[:n], rendered[:n])  # (T, 2) ROI px
     return np.linalg.norm(in_roi - 48.0, axis=1)
 
 

@@ -16,6 +16,7 @@ from avsr.synth.face import HEIGHT, WIDTH, synthesize_faces
 pytest.importorskip("mediapipe")
 
 from avsr.preprocess import preprocess_file  # noqa: E402
+from avsr.preprocess.roi import apply  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_faces_are_found_and_the_crop_is_on_the_mouth(faces):
         assert result.total_frames == meta["n_frames"] and result.video.shape[1:] == (96, 96)
         assert result.face_ratio >= 0.95, f"{mp4.name}: face in {result.face_ratio:.0%} of frames"
         rendered = np.asarray(meta["mouth_centres"], np.float32)  # (T, 2) frame pixels
-        in_roi = np.einsum("tij,tj->ti", result.transforms[:, :, :2], rendered) + result.transforms[:, :, 2]
+        in_roi = apply(result.transforms, rendered)
         offsets.append(np.linalg.norm(in_roi - 48.0, axis=1))  # ROI pixels from the crop centre
         wav = read_audio(root / "synth" / meta["source"].replace(".mp4", ".wav"))
         assert abs(result.audio.size - wav.size) <= 640

@@ -63,13 +63,18 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.concatenate([rot, shift[:, :, None]], axis=2)
 
 
+def apply(transforms: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """One point per frame through its frame's affine transform: (T, 2, 3), (T, 2) -> (T, 2)."""
+    return np.einsum("tij,tj->ti", transforms[:, :, :2], points) + transforms[:, :, 2]
+
+
 def roi_transforms(landmarks: np.ndarray, scheme: LandmarkScheme) -> tuple[np.ndarray, np.ndarray]:
     """(T, N, 2) smoothed landmarks -> (transforms (T, 2, 3) source px -> ROI px, mouth centres
     (T, 2) source px). The face is aligned to the reference; the ROI is centred on the mean of
     the lip landmarks, so a mouth at the reference face's size fills 53 of the 96 pixels."""
     to_ref = similarity(landmarks[:, list(scheme.stable)], scheme.reference)  # (T, 2, 3)
     mouth = landmarks[:, list(scheme.lips)].mean(axis=1)  # (T, 2) source px
-    mouth_ref = np.einsum("tij,tj->ti", to_ref[:, :, :2], mouth) + to_ref[:, :, 2]
+    mouth_ref = apply(to_ref, mouth)
     to_ref[:, :, 2] += ROI / 2 - mouth_ref
     return to_ref.astype(np.float32), mouth.astype(np.float32)
 

@@ -17,3 +17,16 @@ def test_overrides_may_follow_options(tmp_path):
     assert code == 2 and "optim.max_steps must be a positive integer, got 0" in err
     code, _, err = run_cli("train", "quickstart", "--bogus")
     assert code == 2 and "unrecognized arguments: --bogus" in err
+
+
+def test_quickstart_seed_is_the_training_seed_and_corpus_seed_the_corpus():
+    from avsr.cli import build_parser, synth_config
+
+    args = build_parser().parse_args(["quickstart", "--seed", "3", "--corpus-seed", "5", "--out", "q"])
+    assert args.seed == 3 and synth_config(args, out="q/data").seed == 5
+    args = build_parser().parse_args(["quickstart"])
+    assert args.seed == 0 and synth_config(args, out="q/data").seed == 0
+    args = build_parser().parse_args(["synth", "--seed", "7"])  # `avsr synth` keeps --seed for its corpus
+    assert synth_config(args).seed == 7
+    code, _, err = run_cli("quickstart", "--seed", "-1")
+    assert code == 2 and "--seed" in err

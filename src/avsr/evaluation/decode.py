@@ -52,11 +52,12 @@ class Decoded:
 
 def decode(model: AVSRModel, dataset: AVDataset, task: str, pair: RatePair, snr: float | None = None,
            noise: np.ndarray | None = None, num_beams: int = 4, max_new_tokens: int = 32, max_frames: int = 1000,
-           seed: int = 0, progress: bool = True, scores: bool = False) -> Decoded:
+           seed: int = 0, progress: bool = True, scores: bool = False, search: str = "avsr") -> Decoded:
     """Decode every item of `dataset` (any list of rows with `n_frames` in `dataset.rows`) for
     `task` at `pair`, with `noise` (16 kHz samples) mixed at `snr` dB (None: clean). Batches are
     packed by video frames in a fixed order, so the same inputs give the same hypotheses. With
-    `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate)."""
+    `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate). `search`
+    goes to AVSRModel.generate: "avsr" (our batched beam search) or "transformers" (the LLM's own)."""
     model.eval()
     device = model.new_token_embed.device
     data = TransformedDataset(dataset, EvalTransform(AugmentConfig(), snr_db=snr, noise=noise, seed=seed), seed=seed)
@@ -67,7 +68,7 @@ def decode(model: AVSRModel, dataset: AVDataset, task: str, pair: RatePair, snr:
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         start = time.perf_counter()
         texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                    return_aux=True, pair=pair, return_scores=scores)
+                                    return_aux=True, pair=pair, return_scores=scores, search=search)
         out.seconds += time.perf_counter() - start
         out.utterances += [{"id": i, "reference": r, "hypothesis": h}
                            for i, r, h in zip(batch["ids"], batch["text"], texts)]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avsr.models.beam_search import beam_search, unsupported_settings
 from avsr.models.compression import MODES as COMPRESSION_MODES
 from avsr.models.compression import compress
 from avsr.models.lora import add_lora, set_active
@@ -331,39 +332,64 @@ class AVSRModel(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
                  do_sample: bool = False, return_aux: bool = False, pair: RatePair | None = None,
-                 return_scores: bool = False, **kwargs) -> list[str] | tuple[list[str], dict]:
+                 return_scores: bool = False, search: str = "avsr", **kwargs) -> list[str] | tuple[list[str], dict]:
         """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
 
+        `search` "avsr" (default): our batched beam search (`avsr.models.beam_search`): the prefix
+        runs once per utterance instead of once per beam; same hypotheses and scores as
+        transformers' (num_beams=1: greedy). It takes only `length_penalty` from kwargs and
+        refuses others, sampling, and LLM generation settings it does not follow.
+        "transformers": the LLM's own `generate` (the papers' code path; sampling; any kwargs).
         `pair` chooses the rates (elastic inference: any trained pair; default the first).
         Only that scale's projectors and adapters run. With return_aux, also the projector's
         aux dict (e.g. the SMoP expert-usage sums). With return_scores, (texts, aux) where
-        aux["scores"] (B,) is each hypothesis's length-normalised log-probability (see
+        aux["scores"] (B,) float32 is each hypothesis's length-normalised log-probability (see
         `sequence_scores`): an LLM recogniser writes fluent text whatever it hears, so a low
         score is the hint that a transcript may be made up. The texts are the same either way.
         """
+        if search not in ("avsr", "transformers"):
+            raise ValueError(f"search must be 'avsr' or 'transformers', got {search!r}")
+        if search == "avsr":
+            if do_sample:
+                raise ValueError("search='avsr' does not sample: pass search='transformers' for sampling")
+            if set(kwargs) - {"length_penalty"}:
+                raise ValueError(f"search='avsr' does not take {', '.join(sorted(set(kwargs) - {'length_penalty'}))}; "
+                                 "pass search='transformers' for them")
+            if unsupported := unsupported_settings(self.llm.generation_config):
+                raise ValueError(f"the LLM's generation_config sets {', '.join(unsupported)}, which search='avsr' "
+                                 "does not follow; pass search='transformers'")
         pair = self.check_pair(task, pair)
         tokens, aux = self.encode(batch, task, [pair])
         set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, pair))
         embeds, mask, _ = self.assemble(tokens[pair], task, None)
         aux["llm_input_tokens"] = mask.sum(1)  # (B,) prefix length: BOS, blocks, prompt
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
-                                max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id,
-                                bos_token_id=self.bos, **({"temperature": None, "top_p": None, "top_k": None}
-                                                          if not do_sample else {}),
-                                **({"output_scores": True, "return_dict_in_generate": True} if return_scores
-                                   else {}), **kwargs)
-        if return_scores:
-            aux["scores"] = self.sequence_scores(out, num_beams)
-            out = out.sequences
+        if search == "avsr":
+            penalty = kwargs.get("length_penalty", self.llm.generation_config.length_penalty)
+            out, scores = beam_search(self.llm, embeds, mask, num_beams, max_new_tokens, self.eos,
+                                      self.tokenizer.pad_token_id, 1.0 if penalty is None else penalty)  # (B, S), (B,)
+            if return_scores:
+                aux["scores"] = scores
+        else:
+            out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
+                                    max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                    eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id,
+                                    bos_token_id=self.bos, **({"temperature": None, "top_p": None, "top_k": None}
+                                                              if not do_sample else {}),
+                                    **({"output_scores": True, "return_dict_in_generate": True} if return_scores
+                                       else {}), **kwargs)
+            if return_scores:
+                aux["scores"] = self.sequence_scores(out, num_beams)
+                out = out.sequences
         texts = [" ".join(t.lower().split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return (texts, aux) if return_aux or return_scores else texts
 
     def sequence_scores(self, out, num_beams: int) -> torch.Tensor:
-        """(B,) float32 score of each returned hypothesis from a `generate(..., output_scores=True,
-        return_dict_in_generate=True)` output. Beam search: its own `sequences_scores`, the sum
-        of the token log-probabilities (EOS included) divided by the length (to the LLM's
-        length_penalty, 1 by default). Greedy: the same mean, computed from the step scores."""
+        """(B,) float32 score of each returned hypothesis from a transformers `generate(...,
+        output_scores=True, return_dict_in_generate=True)` output (search="avsr" returns the same
+        scores itself). Beam search: its own `sequences_scores`, the sum of the token
+        log-probabilities (EOS included) divided by the length (to the LLM's length_penalty, 1 by
+        default). Greedy: the mean token log-probability up to and including the first EOS,
+        computed from the step scores."""
         if num_beams > 1:
             return out.sequences_scores.float()
         new = out.sequences[:, -len(out.scores):]  # (B, S) the generated tokens (decoder-only: all of them)

@@ -45,7 +45,10 @@ def _stage(name: str, timings: dict):
 
 def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=(None, 5, 0, -5),
                    num_beams: int = 4, progress: bool = True, overwrite: bool = False, profile: str = "tiny",
-                   sentences: str = "grid") -> dict:
+                   sentences: str = "grid", seed: int = 0) -> dict:
+    """Run (or continue) the quickstart in `out`. `seed` is the training seed of every trained
+    stage (small LM, lip encoder, the augmentation draws of the feature cache, AVSR training);
+    the corpus has its own (`synth.seed`)."""
     from avsr.evaluation.report import markdown_table, write_report
     from avsr.evaluation.score import evaluate
     from avsr.models.loading import load_checkpoint
@@ -82,17 +85,17 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     else:
         with _stage("pretrain small LM", timings):
             llm = pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
-                                          out / "models" / "small-lm", SmallLMConfig())
+                                          out / "models" / "small-lm", SmallLMConfig(seed=seed))
     with _stage("pretrain lip encoder (CTC)", timings):
         video = out / "models" / "video-encoder"
         if not is_complete(video):  # its marker (config.json, written last) is there
             pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"), labels_csv(root, synth.corpus, "val"),
-                                   video, VideoPretrainConfig())
+                                   video, VideoPretrainConfig(seed=seed))
     with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
         cfg = load_config(PROFILES[profile], [f"model.llm={llm}", f"model.audio_encoder={whisper}",
                                    f"model.video_encoder={video}", f"data.root={root}",
                                    f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
-                                   f"data.feature_cache_dir={out / 'features'}", *train_overrides])
+                                   f"data.feature_cache_dir={out / 'features'}", f"seed={seed}", *train_overrides])
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept
     with _stage("evaluate", timings):
         model = load_checkpoint(checkpoint)
@@ -101,7 +104,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
                           progress=progress)
     report.update(timings_seconds=timings, total_seconds=round(sum(timings.values()), 1),
                   corpus=summary, checkpoint=str(checkpoint), trainable_parameters=model.parameter_counts())
-    report.update(profile=profile, sentences=sentences)
+    report.update(profile=profile, sentences=sentences, seed=seed)
     write_report(report, out, title=f"avsr quickstart ({profile} profile, {sentences} sentences)")
     stages = ("\nStages (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
               + f"; total {report['total_seconds'] / 60:.1f} min.\n")

@@ -39,9 +39,13 @@ def quickstart_run(seed: int, out: Path, quiet: bool) -> dict:
 
 
 def avsr_stage_run(seed: int, base: Path, out: Path, quiet: bool) -> dict:
-    """The AVSR stage alone, training seed N, on `base`'s backbones, corpus and feature cache."""
+    """The AVSR stage alone, training seed N, on `base`'s backbones, corpus and feature cache
+    (the base run's own seed: its results)."""
     from avsr.pipelines.experiment import run_variant
 
+    base_result = json.loads((base / "results.json").read_text())
+    if base_result.get("seed") == seed:
+        return base_result
     overrides = [f"seed={seed}"]
     steps = json.loads((base / "avsr" / "done.json").read_text())["steps"]
     return run_variant(f"avsr-seed-{seed}", "quickstart", overrides, base, out, steps, None, SNRS, beams=4,
@@ -84,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     results = [quickstart_run(s, args.out, args.quiet) if args.vary == "all"
                else avsr_stage_run(s, args.base, args.out, args.quiet) for s in args.seeds]
     rows = [numbers(r) for r in results]
-    minutes = [r["total_seconds"] / 60 if "total_seconds" in r else None for r in results]
+    minutes = [r["total_seconds"] / 60 if args.vary == "all" else None for r in results]
     text = table(args.seeds, rows, minutes)
     write_text_atomic(args.out / f"seeds-{args.vary}.json",
                       json.dumps({"vary": args.vary, "seeds": args.seeds, "base": str(args.base or ""),
                                   "numbers": rows, "minutes": minutes,
-                                  "stage_seconds": [r.get("timings_seconds") for r in results]}, indent=1) + "\n")
+                                  "stage_seconds": [r["timings_seconds"] for r in results] if args.vary == "all" else None}, indent=1) + "\n")
     print(text)
     return 0
 

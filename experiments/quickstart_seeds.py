@@ -23,8 +23,7 @@ from pathlib import Path
 
 from avsr.evaluation.decode import snr_label
 from avsr.io import write_text_atomic
-
-SNRS = (None, 5, 0, -5)
+from avsr.pipelines.quickstart import SNRS
 
 
 def quickstart_run(seed: int, out: Path, quiet: bool) -> dict:

@@ -29,6 +29,7 @@ SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",
            "expert_usage.png")
+SNRS = (None, 5, 0, -5)  # evaluation conditions: clean, then babble at these dB
 
 
 def _stage(name: str, timings: dict):
@@ -43,7 +44,7 @@ def _stage(name: str, timings: dict):
     return _Timer()
 
 
-def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=(None, 5, 0, -5),
+def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=SNRS,
                    num_beams: int = 4, progress: bool = True, overwrite: bool = False, profile: str = "tiny",
                    sentences: str = "grid", seed: int = 0) -> dict:
     """Run (or continue) the quickstart in `out`. `seed` is the training seed of every trained

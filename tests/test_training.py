@@ -106,6 +106,38 @@ def test_feature_cache_on_disk_is_reused_by_a_second_training(tiny_corpus, tmp_p
         run_training(tiny_corpus, tmp_path / "c", steps=3, cache=2, extra=extra + ("data.snrs=[0]",))
 
 
+def test_feature_cache_copy_k_is_the_encoders_output_for_epoch_k(tiny_corpus):
+    """The cache reads each utterance once and augments it once per copy: copy k must be exactly
+    what the encoders give for the training set's item in epoch k (augmentation included)."""
+    from avsr.data.batching import TransformedDataset, collate
+    from avsr.data.dataset import AVDataset
+    from avsr.data.noise import read_noise
+    from avsr.data.transforms import AugmentConfig, TrainTransform
+    from avsr.training.feature_cache import FeatureCache
+
+    root = Path(tiny_corpus[0].out)
+    model = tiny_model(seed=11).eval()
+    noise = read_noise(root / "noise" / "synth_babble.wav")
+    train = TransformedDataset(AVDataset(root, root / "labels" / "synth_train.csv"),
+                               TrainTransform(AugmentConfig(snrs=(0, 5)), noise=noise), seed=3)
+    cache = FeatureCache(model.encoders, train, copies=2, max_frames=200, progress=False)
+    for index in (0, len(train) - 1):
+        for copy in (0, 1):
+            train.set_epoch(copy)
+            batch = collate([train[index]])
+            cache.set_epoch(copy)
+            cached = cache[index]
+            with torch.no_grad():
+                for m in ("audio", "video"):
+                    x, _ = model.encoders[m](batch[m], batch[f"{m}_lengths"])  # (1, T, D)
+                    # float16 storage; batched vs alone differ in float rounding only
+                    assert (cached[f"{m}_features"].float() - x[0]).abs().max() < 5e-3, (index, copy, m)
+        cache.set_epoch(0)
+        first = cache[index]["audio_features"]
+        cache.set_epoch(1)
+        assert (first - cache[index]["audio_features"]).abs().max() > 0.02  # the copies are augmented differently
+
+
 class StopAfter(L.Callback):
     """Ends a run after `step` optimizer steps, as an interruption would (same config)."""
 
@@ -354,6 +386,32 @@ def test_evaluation_gives_the_same_hypotheses_every_time(tiny_corpus):
                      progress=False)["hypotheses"] for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
     assert len(runs[0]["avsr"]["0 dB"]) == tiny_corpus[0].utterances["test"]  # every utterance, not 5
+
+
+def test_shared_encoders_give_the_hypotheses_of_each_task_decoded_alone(tiny_corpus):
+    """evaluate runs each frozen encoder once per batch for all the tasks of a condition (ASR and
+    AVSR share the noisy audio's features); every task must get exactly the hypotheses that
+    model.generate gives on the raw batch, where its encoders run inside."""
+    from torch.utils.data import DataLoader
+    from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
+    from avsr.data.noise import read_noise
+    from avsr.data.transforms import AugmentConfig, EvalTransform
+    from avsr.evaluation.decode import labelled_split
+
+    root = Path(tiny_corpus[0].out)
+    labels, babble = root / "labels" / "synth_test.csv", root / "noise" / "synth_babble.wav"
+    model = tiny_model(seed=12)
+    report = evaluate(model, str(root), str(labels), ("asr", "vsr", "avsr"), (0,), str(babble), num_beams=2,
+                      max_new_tokens=6, progress=False)
+    dataset = labelled_split(root, labels)
+    data = TransformedDataset(dataset, EvalTransform(AugmentConfig(), snr_db=0, noise=read_noise(babble), seed=0))
+    loader = DataLoader(data, batch_sampler=FrameBudgetBatchSampler(frame_lengths(dataset), 1000, shuffle=False),
+                        collate_fn=collate)
+    for task in ("asr", "vsr", "avsr"):
+        alone = [(i, h) for batch in loader
+                 for i, h in zip(batch["ids"], model.generate(batch, task, num_beams=2, max_new_tokens=6))]
+        assert [(h["id"], h["hypothesis"]) for h in report["hypotheses"][task]["0 dB"]] == alone, task
+    assert len({tuple(h["hypothesis"] for h in report["hypotheses"][t]["0 dB"]) for t in ("asr", "vsr", "avsr")}) == 3
 
 
 def test_a_run_saved_before_a_setting_existed_resumes_when_it_is_left_at_its_default(tmp_path):

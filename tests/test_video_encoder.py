@@ -46,11 +46,11 @@ def test_output_shapes_and_padding_mask():
     assert features.shape == (2, 5, 128) and not padding_mask.any()
 
 
-@pytest.mark.parametrize("layer_norm_first, conv_pos", [(True, 8), (False, 7)])
-def test_short_clip_is_batch_invariant(layer_norm_first, conv_pos):
+@pytest.mark.parametrize("layer_norm_first, conv_pos, input_pool", [(True, 8, 1), (False, 7, 1), (True, 8, 2)])
+def test_short_clip_is_batch_invariant(layer_norm_first, conv_pos, input_pool):
     """A clip's features must not depend on the longer clip it is padded against, nor on
     what the padded frames contain (the reference code fails this: papers.md §10)."""
-    model = tiny_model(layer_norm_first=layer_norm_first, conv_pos=conv_pos)
+    model = tiny_model(layer_norm_first=layer_norm_first, conv_pos=conv_pos, input_pool=input_pool)
     torch.manual_seed(2)
     short, long = torch.randn(9, 88, 88), torch.randn(21, 88, 88)
     batch = torch.randn(2, 21, 88, 88)  # garbage in the padding on purpose
@@ -63,6 +63,21 @@ def test_short_clip_is_batch_invariant(layer_norm_first, conv_pos):
     assert (batched[0, :9] - alone[0]).abs().max().item() < 1e-5
     assert (batched[1] - long_alone[0]).abs().max().item() < 1e-5
     assert (batched[0, 9:] == 0).all()
+
+
+def test_input_pool_shows_the_encoder_an_averaged_frame():
+    """input_pool=2 on 88x88 crops is the same network fed 44x44 frames of 2x2 pixel means:
+    same parameters, same features (the quickstart's lip encoder; a quarter of the compute)."""
+    pooled, plain = tiny_model(input_pool=2), tiny_model()
+    assert pooled.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(pooled.state_dict())
+    torch.manual_seed(3)
+    video, lengths = torch.randn(2, 12, 88, 88), torch.tensor([12, 7])
+    small = video.reshape(2, 12, 44, 2, 44, 2).mean(dim=(3, 5))  # (B, T, 44, 44)
+    with torch.no_grad():
+        expected, _ = plain(small, lengths)
+        got, _ = pooled(video, lengths)
+    assert (got - expected).abs().max().item() < 1e-5
 
 
 def test_real_sizes_instantiate_on_meta_with_avhubert_parameter_counts():
@@ -148,6 +163,8 @@ def test_rejects_bad_settings_and_inputs():
         VideoEncoderConfig.tiny(heads=3)
     with pytest.raises(ModelConfigError, match="modality_fuse"):
         VideoEncoderConfig.tiny(modality_fuse="sum")
+    with pytest.raises(ModelConfigError, match="input_pool"):
+        VideoEncoderConfig.tiny(input_pool=0)
     model = tiny_model()
     with pytest.raises(ValueError, match="lengths"):
         model(torch.zeros(2, 4, 16, 16), torch.tensor([4, 5]))

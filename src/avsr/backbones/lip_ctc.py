@@ -48,8 +48,10 @@ DEFAULT_VOCAB: tuple[str, ...] = ("<blank>", " ", *"abcdefghijklmnopqrstuvwxyz",
 def default_encoder() -> VideoEncoderConfig:
     """A CPU-trainable encoder: AV-HuBERT's layout with the front end / 4 and a 3-layer D=192
     transformer, one BasicBlock per ResNet stage (twice the steps per CPU-second; measured
-    better than ResNet-18's two in a 5-min budget). LayerDrop and input dropout are off."""
-    return VideoEncoderConfig.tiny(resnet_blocks=(1, 1, 1, 1), embed_dim=192, layers=3, heads=4, ffn_dim=768, conv_pos=8, conv_pos_groups=4,
+    better than ResNet-18's two in a 5-min budget), seeing the 88x88 crops at 44x44
+    (`input_pool`: 2.7x faster steps and a better result, val CER 26.7 vs 37.1% after 400 steps).
+    LayerDrop and input dropout are off."""
+    return VideoEncoderConfig.tiny(input_pool=2, resnet_blocks=(1, 1, 1, 1), embed_dim=192, layers=3, heads=4, ffn_dim=768, conv_pos=8, conv_pos_groups=4,
                                    dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
                                    dropout_input=0.0, layerdrop=0.0)
 

@@ -151,10 +151,15 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        item = self.dataset[index]
-        return item if isinstance(item, SkippedItem) else self.transform(item, rng)
+    def augment(self, item: dict | SkippedItem, index: int, epoch: int) -> dict | SkippedItem:
+        """`item` (the dataset's item `index`) as this dataset gives it in `epoch`: one read of
+        the media serves several epochs' augmentations (training.feature_cache)."""
+        if isinstance(item, SkippedItem):
+            return item
+        return self.transform(item, np.random.default_rng([self.seed, epoch, int(index)]))
+
+    def __getitem__(self, index: int) -> dict | SkippedItem:
+        return self.augment(self.dataset[index], index, self.epoch)
 
 
 class SkipUnreadable:

@@ -22,7 +22,7 @@ from avsr.data.dataset import AVDataset
 from avsr.data.media import SAMPLE_RATE
 from avsr.data.transforms import AugmentConfig, EvalTransform
 from avsr.models.avsr_model import AVSRModel
-from avsr.models.tasks import RatePair
+from avsr.models.tasks import MODALITIES, RatePair
 
 
 def snr_label(snr: float | None) -> str:
@@ -51,33 +51,53 @@ class Decoded:
 
 
 def decode(model: AVSRModel, dataset: AVDataset, task: str, pair: RatePair, snr: float | None = None,
-           noise: np.ndarray | None = None, num_beams: int = 4, max_new_tokens: int = 32, max_frames: int = 1000,
-           seed: int = 0, progress: bool = True, scores: bool = False, search: str = "avsr") -> Decoded:
+           noise: np.ndarray | None = None, **options) -> Decoded:
+    """Decode every item of `dataset` for one `task` at `pair`; see `decode_tasks` for the rest."""
+    return decode_tasks(model, dataset, {task: pair}, snr, noise, **options)[task]
+
+
+def decode_tasks(model: AVSRModel, dataset: AVDataset, tasks: dict[str, RatePair], snr: float | None = None,
+                 noise: np.ndarray | None = None, num_beams: int = 4, max_new_tokens: int = 32,
+                 max_frames: int = 1000, seed: int = 0, progress: bool = True, scores: bool = False,
+                 search: str = "avsr") -> dict[str, Decoded]:
     """Decode every item of `dataset` (any list of rows with `n_frames` in `dataset.rows`) for
-    `task` at `pair`, with `noise` (16 kHz samples) mixed at `snr` dB (None: clean). Batches are
-    packed by video frames in a fixed order, so the same inputs give the same hypotheses. With
-    `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate). `search`
-    goes to AVSRModel.generate: "avsr" (our batched beam search) or "transformers" (the LLM's own)."""
+    each task of `tasks` ({task: rate pair}) with `noise` (16 kHz samples) mixed at `snr` dB
+    (None: clean). Batches are packed by video frames in a fixed order, so the same inputs give
+    the same hypotheses. Each batch is read once, and each frozen encoder runs once on it for
+    all the tasks that use its modality (ASR and AVSR share the noisy audio's features); a task's
+    `seconds` include the encoders it uses, so its real-time factor is that of decoding it alone.
+    With `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate).
+    `search` goes to AVSRModel.generate: "avsr" (our batched beam search) or "transformers"."""
     model.eval()
     device = model.new_token_embed.device
     data = TransformedDataset(dataset, EvalTransform(AugmentConfig(), snr_db=snr, noise=noise, seed=seed), seed=seed)
     loader = DataLoader(data, batch_sampler=FrameBudgetBatchSampler(frame_lengths(dataset), max_frames, shuffle=False),
                         collate_fn=collate)
-    out = Decoded()
-    for batch in tqdm(loader, desc=f"eval {task} {snr_label(snr)}", disable=not progress, leave=False):
+    frozen = [m for m in ("audio", "video") if any(m in MODALITIES[t] for t in tasks) and not model.encoder_trains(m)]
+    outs = {task: Decoded() for task in tasks}
+    for batch in tqdm(loader, desc=f"decode {'+'.join(tasks)} {snr_label(snr)}", disable=not progress, leave=False):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        start = time.perf_counter()
-        texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                    return_aux=True, pair=pair, return_scores=scores, search=search)
-        out.seconds += time.perf_counter() - start
-        out.utterances += [{"id": i, "reference": r, "hypothesis": h}
-                           for i, r, h in zip(batch["ids"], batch["text"], texts)]
-        if scores:
-            for row, score in zip(out.utterances[-len(texts):], aux["scores"].tolist()):
-                row["score"] = score
-        out.llm_input_tokens += int(aux["llm_input_tokens"].sum())  # (B,) tokens per utterance
-        for k, v in aux.items():
-            if k.startswith("usage/"):
-                out.usage[k] = out.usage.get(k, 0) + v.detach().float().cpu()
-        out.audio_seconds += float(batch["audio_lengths"].sum()) / SAMPLE_RATE  # (B,) samples
-    return out
+        encoder_seconds = {}
+        for m in frozen:  # what AVSRModel.encode would run per task, run once here
+            start = time.perf_counter()
+            with torch.no_grad():
+                feats, pad = model.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc), (B, T)
+            batch[f"{m}_features"], batch[f"{m}_feature_lengths"] = feats, (~pad).sum(1)
+            encoder_seconds[m] = time.perf_counter() - start
+        for task, pair in tasks.items():
+            out = outs[task]
+            start = time.perf_counter()
+            texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                        return_aux=True, pair=pair, return_scores=scores, search=search)
+            out.seconds += time.perf_counter() - start + sum(encoder_seconds.get(m, 0.0) for m in MODALITIES[task])
+            out.utterances += [{"id": i, "reference": r, "hypothesis": h}
+                               for i, r, h in zip(batch["ids"], batch["text"], texts)]
+            if scores:
+                for row, score in zip(out.utterances[-len(texts):], aux["scores"].tolist()):
+                    row["score"] = score
+            out.llm_input_tokens += int(aux["llm_input_tokens"].sum())  # (B,) tokens per utterance
+            for k, v in aux.items():
+                if k.startswith("usage/"):
+                    out.usage[k] = out.usage.get(k, 0) + v.detach().float().cpu()
+            out.audio_seconds += float(batch["audio_lengths"].sum()) / SAMPLE_RATE  # (B,) samples
+    return outs

@@ -11,7 +11,7 @@ import torch
 
 from avsr.data.media import MediaError
 from avsr.data.noise import read_noise
-from avsr.evaluation.decode import Decoded, decode, labelled_split, snr_label
+from avsr.evaluation.decode import Decoded, decode_tasks, labelled_split, snr_label
 from avsr.models.avsr_model import AVSRModel
 from avsr.models.tasks import MODALITIES, scale_name, tokens_per_second
 from avsr.text import word_errors
@@ -58,24 +58,22 @@ def evaluate(model: AVSRModel, root: str, labels: str, tasks: tuple[str, ...], s
     noise = read_noise(noise_path) if noisy else None
     options = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, max_frames=max_frames, seed=seed,
                    progress=progress)
+    decoded: dict = {}  # (task, snr label) -> Decoded
+    for snr in snrs:
+        # Noise cannot change a task without audio (VSR): it is decoded at the first condition only.
+        wanted = {t: pairs[t] for t in tasks if "audio" in MODALITIES[t] or snr == snrs[0]}
+        for task, out in decode_tasks(model, dataset, wanted, snr, noise, **options).items():
+            decoded[task, snr_label(snr)] = out
     results: dict = {}
     hypotheses: dict = {}  # every utterance's, so any number in the report can be checked
     expert_usage: dict = {}
     for task in tasks:
-        for snr in snrs:
-            label = snr_label(snr)
-            if "audio" not in MODALITIES[task] and task in results:  # noise cannot change it: decoded once
-                first = next(iter(results[task]))
-                results[task][label] = dict(results[task][first])
-                hypotheses[task][label] = hypotheses[task][first]
-                if task in expert_usage:
-                    expert_usage[task][label] = expert_usage[task][first]
-                continue
-            decoded = decode(model, dataset, task, pairs[task], snr, noise, **options)
-            results.setdefault(task, {})[label] = score(decoded)
-            hypotheses.setdefault(task, {})[label] = decoded.utterances
-            if decoded.usage:
-                expert_usage.setdefault(task, {})[label] = usage_fractions(decoded.usage)
+        for label in map(snr_label, snrs):
+            out = decoded[task, label] if (task, label) in decoded else decoded[task, snr_label(snrs[0])]
+            results.setdefault(task, {})[label] = score(out)
+            hypotheses.setdefault(task, {})[label] = out.utterances
+            if out.usage:
+                expert_usage.setdefault(task, {})[label] = usage_fractions(out.usage)
     report = {"results": results, "hypotheses": hypotheses,
               "rates": {t: {"audio": p[0], "video": p[1], "scale": scale_name(t, p),
                             "tokens_per_second": tokens_per_second(t, p)} for t, p in pairs.items()},

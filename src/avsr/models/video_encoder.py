@@ -97,6 +97,10 @@ class VideoEncoderConfig:
 
     # Front end: 3-D conv stem width, then one width and block count per ResNet stage.
     frontend_channels: int = 64
+    # Average-pool each frame by this factor before the stem (not in AV-HuBERT, whose value is 1):
+    # 2 shows the 88x88 crops at 44x44, a quarter of the front end's compute, for small encoders
+    # trained on CPU (the quickstart's synthetic mouths; docs/quickstart.md).
+    input_pool: int = 1
     resnet_channels: tuple[int, ...] = (64, 128, 256, 512)
     resnet_blocks: tuple[int, ...] = (2, 2, 2, 2)
     relu_type: str = "prelu"  # AV-HuBERT's resnet_relu_type; "relu" also supported
@@ -124,7 +128,7 @@ class VideoEncoderConfig:
         self.resnet_channels = tuple(int(c) for c in self.resnet_channels)
         self.resnet_blocks = tuple(int(b) for b in self.resnet_blocks)
         positive = {
-            "frontend_channels": self.frontend_channels, "embed_dim": self.embed_dim,
+            "frontend_channels": self.frontend_channels, "input_pool": self.input_pool, "embed_dim": self.embed_dim,
             "layers": self.layers, "heads": self.heads, "ffn_dim": self.ffn_dim,
             "conv_pos": self.conv_pos, "conv_pos_groups": self.conv_pos_groups,
         }
@@ -254,10 +258,13 @@ class ResEncoder(nn.Module):
         )
         self.trunk = ResNetTrunk(cfg)
         self.out_dim = cfg.frontend_dim
+        self.input_pool = cfg.input_pool
 
     def forward(self, video: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """video (B, T, H, W), valid (B, T) bool -> (B, T, C_last); padded frames are zero."""
         batch, frames = video.shape[:2]
+        if self.input_pool > 1:
+            video = F.avg_pool2d(video, self.input_pool)  # (B, T, H / pool, W / pool)
         # Zero padded frames: the stem's kernel spans 5 frames, and a lone clip sees zeros
         # (the conv's own padding) past its end, so a padded clip must see zeros too.
         x = video.masked_fill(~valid[:, :, None, None], 0.0).unsqueeze(1)  # (B, 1, T, H, W)

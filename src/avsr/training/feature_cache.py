@@ -50,31 +50,35 @@ class FeatureCache(Dataset):
 
     def _compute(self, encoders: torch.nn.ModuleDict, dataset: TransformedDataset, max_frames: int,
                  progress: bool) -> None:
-        copies = self.copies
         self.items: list[list[dict]] = [[] for _ in self.rows]
         sampler = FrameBudgetBatchSampler(frame_lengths(dataset.dataset), max_frames, shuffle=False)
-        bar = tqdm(total=copies * len(self.rows), desc="caching encoder features", unit="utt", disable=not progress)
-        for copy in range(copies):
-            dataset.set_epoch(copy)
-            for indices, items in zip(sampler, DataLoader(dataset, batch_sampler=sampler, collate_fn=list)):
-                for index, item in zip(indices, items):
-                    if isinstance(item, SkippedItem):  # unreadable media (on_bad_file=skip); kept as plain
-                        self.items[index].append({"id": item.id, "skipped": item.reason})  # data for torch.load
+        bar = tqdm(total=self.copies * len(self.rows), desc="caching encoder features", unit="utt", disable=not progress)
+        # Each batch's media are read once and augmented for every copy: copy k of an item is
+        # what `dataset` gives in epoch k.
+        for indices, raw in zip(sampler, DataLoader(dataset.dataset, batch_sampler=sampler, collate_fn=list)):
+            for copy in range(self.copies):
+                self._encode([dataset.augment(item, i, copy) for i, item in zip(indices, raw)], indices, encoders)
                 bar.update(len(indices))
-                indices = [i for i, item in zip(indices, items) if not isinstance(item, SkippedItem)]
-                if not indices:
-                    continue
-                batch = collate([item for item in items if not isinstance(item, SkippedItem)])
-                feats = {}
-                with torch.no_grad():
-                    for m, encoder in encoders.items():
-                        x, pad = encoder(batch[m], batch[f"{m}_lengths"])  # (B, T, D), (B, T)
-                        feats[m] = (x, (~pad).sum(1))
-                for j, index in enumerate(indices):
-                    item = {f"{m}_features": x[j, : int(n[j])].to(torch.float16).clone() for m, (x, n) in feats.items()}
-                    item.update(text=batch["text"][j], id=batch["ids"][j])
-                    self.items[index].append(item)
         bar.close()
+
+    def _encode(self, items: list, indices: list[int], encoders: torch.nn.ModuleDict) -> None:
+        """Append one copy's features of `items` (the dataset's `indices`) to self.items."""
+        for index, item in zip(indices, items):
+            if isinstance(item, SkippedItem):  # unreadable media (on_bad_file=skip); kept as plain
+                self.items[index].append({"id": item.id, "skipped": item.reason})  # data for torch.load
+        indices = [i for i, item in zip(indices, items) if not isinstance(item, SkippedItem)]
+        if not indices:
+            return
+        batch = collate([item for item in items if not isinstance(item, SkippedItem)])
+        feats = {}
+        with torch.no_grad():
+            for m, encoder in encoders.items():
+                x, pad = encoder(batch[m], batch[f"{m}_lengths"])  # (B, T, D), (B, T)
+                feats[m] = (x, (~pad).sum(1))
+        for j, index in enumerate(indices):
+            item = {f"{m}_features": x[j, : int(n[j])].to(torch.float16).clone() for m, (x, n) in feats.items()}
+            item.update(text=batch["text"][j], id=batch["ids"][j])
+            self.items[index].append(item)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

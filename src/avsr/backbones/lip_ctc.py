@@ -58,11 +58,11 @@ def default_encoder() -> VideoEncoderConfig:
 
 @dataclass
 class VideoPretrainConfig:
-    """Settings of one CTC pre-training run (defaults: ~4-5 min on 2 CPU cores, 1,600 GRID clips)."""
+    """Settings of one CTC pre-training run (defaults: ~3.5 min on 2 CPU cores, 1,200 GRID clips)."""
 
     encoder: VideoEncoderConfig = field(default_factory=default_encoder)
     vocab: tuple[str, ...] = DEFAULT_VOCAB
-    steps: int = 400  # ~2 epochs of 1,600 2-s clips: ~6 min of 2 CPU cores
+    steps: int = 400  # ~2.7 epochs of 1,200 2-s clips (60k frames): 190-215 s on 2 CPU cores (44 x 44 input)
     batch_frames: int = 400  # frame budget per batch (B x longest T), after sorting by length;
     # small batches: with so few steps affordable, more updates beat bigger ones
     lr: float = 2e-3  # 1e-3 learnt too slowly for so few steps

@@ -21,7 +21,7 @@ from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, coll
 from avsr.data.dataset import AVDataset
 from avsr.data.media import SAMPLE_RATE
 from avsr.data.transforms import AugmentConfig, EvalTransform
-from avsr.models.avsr_model import AVSRModel
+from avsr.models.avsr_model import AVSRModel, frozen_features
 from avsr.models.tasks import MODALITIES, RatePair
 
 
@@ -80,9 +80,7 @@ def decode_tasks(model: AVSRModel, dataset: AVDataset, tasks: dict[str, RatePair
         encoder_seconds = {}
         for m in frozen:  # what AVSRModel.encode would run per task, run once here
             start = time.perf_counter()
-            with torch.no_grad():
-                feats, pad = model.encoders[m](batch[m], batch[f"{m}_lengths"])  # (B, T, D_enc), (B, T)
-            batch[f"{m}_features"], batch[f"{m}_feature_lengths"] = feats, (~pad).sum(1)
+            batch[f"{m}_features"], batch[f"{m}_feature_lengths"] = frozen_features(model.encoders[m], batch, m)
             encoder_seconds[m] = time.perf_counter() - start
         for task, pair in tasks.items():
             out = outs[task]

@@ -441,6 +441,14 @@ class AVSRModel(nn.Module):
         return counts
 
 
+@torch.no_grad()
+def frozen_features(encoder: nn.Module, batch: dict, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen encoder's output on a batch in the form `AVSRModel.encode` takes precomputed, as
+    batch["<m>_features"] and batch["<m>_feature_lengths"]: features (B, T, D_enc), lengths (B,)."""
+    feats, pad = encoder(batch[modality], batch[f"{modality}_lengths"])  # (B, T, D_enc), (B, T)
+    return feats, (~pad).sum(1)
+
+
 def lora_size(convention: str, width: int, rank: int, alpha: float, key: str = "lora_rank") -> tuple[int, float]:
     """(bottleneck r, alpha for `add_lora`, whose scale is alpha / r) of a LoRA on layers of input
     width `width`. "rank": r = rank, scale alpha / rank. "reduction" (the papers' CLI): rank is

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import SkippedItem
 from avsr.io import atomic_file
+from avsr.models.avsr_model import frozen_features
 
 
 class FeatureCache(Dataset):
@@ -70,11 +71,7 @@ class FeatureCache(Dataset):
         if not indices:
             return
         batch = collate([item for item in items if not isinstance(item, SkippedItem)])
-        feats = {}
-        with torch.no_grad():
-            for m, encoder in encoders.items():
-                x, pad = encoder(batch[m], batch[f"{m}_lengths"])  # (B, T, D), (B, T)
-                feats[m] = (x, (~pad).sum(1))
+        feats = {m: frozen_features(encoder, batch, m) for m, encoder in encoders.items()}  # (B, T, D), (B,)
         for j, index in enumerate(indices):
             item = {f"{m}_features": x[j, : int(n[j])].to(torch.float16).clone() for m, (x, n) in feats.items()}
             item.update(text=batch["text"][j], id=batch["ids"][j])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,12 +28,13 @@ from avsr.pipelines.quickstart import SNRS
 
 
 def quickstart_run(seed: int, out: Path, quiet: bool) -> dict:
-    """One whole quickstart (`avsr quickstart --seed N --out <out>/seed-N`); its results.json."""
-    from avsr.cli import main
-
+    """One whole quickstart (`avsr quickstart --seed N --out <out>/seed-N`) in a process of its
+    own, as a user runs it (one process for all would carry the memory of the runs before into
+    the next); its results.json."""
     folder = out / f"seed-{seed}"
     if not (folder / "results.json").is_file():
-        if main(["quickstart", "--out", str(folder), "--seed", str(seed), *(["--quiet"] if quiet else [])]) != 0:
+        command = [sys.executable, "-m", "avsr", "quickstart", "--out", str(folder), "--seed", str(seed)]
+        if subprocess.run(command + (["--quiet"] if quiet else [])).returncode != 0:
             raise SystemExit(f"quickstart for seed {seed} failed")
     return json.loads((folder / "results.json").read_text())
 

@@ -118,8 +118,8 @@ def model():
 
 @pytest.mark.parametrize("beams", [1, 4])
 def test_model_generate_agrees_with_transformers(model, beams):
-    """Ours batched against transformers one utterance at a time (the papers' setting; batched
-    greedy there feeds the tokenizer's added <pad> id, beyond the LLM's vocabulary, to finished rows)."""
+    """Ours batched against transformers one utterance at a time (the papers' setting) and
+    batched (finished rows are fed EOS, not the tokenizer's added <pad>, beyond the LLM's vocabulary)."""
     batch = make_batch([18, 35, 26], seed=1)
     texts, aux = model.generate(batch, "avsr", num_beams=beams, max_new_tokens=8, return_scores=True)
     ref = [model.generate(take(batch, i), "avsr", num_beams=beams, max_new_tokens=8, return_scores=True,
@@ -128,8 +128,7 @@ def test_model_generate_agrees_with_transformers(model, beams):
     assert aux["scores"].dtype == torch.float32 and aux["scores"].shape == (3,)
     assert torch.allclose(aux["scores"], torch.cat([r[1]["scores"] for r in ref]), atol=1e-5, rtol=0)
     assert model.generate(batch, "avsr", num_beams=beams, max_new_tokens=8) == texts
-    if beams > 1:  # batched beam search there too
-        assert model.generate(batch, "avsr", num_beams=beams, max_new_tokens=8, search="transformers") == texts
+    assert model.generate(batch, "avsr", num_beams=beams, max_new_tokens=8, search="transformers") == texts
 
 
 def test_model_generate_refuses_what_its_search_does_not_do(model):

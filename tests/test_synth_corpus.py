@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from avsr.data.dataset import load_item, read_labels, validate_corpus
 from avsr.synth.corpus import SPLITS, SynthError, synthesize_corpus
 from avsr.synth.analysis import lip_audio_correlation
+from avsr.synth.espeak import EspeakError, Voice, engine
 from conftest import tiny_config
 
 
@@ -26,6 +28,37 @@ def test_same_seed_same_bytes_whatever_the_workers(tiny_corpus, tmp_path):
     synthesize_corpus(again, progress=False)
     first, second = digest(Path(cfg.out)), digest(tmp_path / "again")
     assert len(first) > 60 and first == second
+
+
+def test_every_synthesis_starts_from_the_same_engine_state():
+    """espeak-ng carries state from one synthesis to the next; the server forks per request, so
+    what was said before does not change the next utterance."""
+    eng = engine()
+    first = eng.synthesize("bin blue at f two now", Voice("en-us")).audio
+    eng.synthesize("please set the green one again soon", Voice("en-gb-x-rp", "m3", rate=200))
+    assert np.array_equal(eng.synthesize("bin blue at f two now", Voice("en-us")).audio, first)
+
+
+def test_a_dead_server_is_reported_and_replaced():
+    eng = engine()
+    eng._server.kill()
+    with pytest.raises(EspeakError, match="espeak-ng server exited"):
+        eng.synthesize("bin blue", Voice("en-us"))
+    again = engine()
+    assert again is not eng and again.synthesize("bin blue", Voice("en-us")).audio.size > 0
+
+
+def _server_pid(_) -> int:
+    return engine()._server.pid
+
+
+def test_a_forked_worker_starts_its_own_server():
+    """A server answers one client over its pipes: a worker forked from a process that already
+    has one must not share it."""
+    mine = _server_pid(None)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        theirs = pool.map(_server_pid, [0])[0]
+    assert theirs != mine and _server_pid(None) == mine
 
 
 def test_another_seed_gives_another_corpus(tiny_corpus, tmp_path):

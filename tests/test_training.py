@@ -102,8 +102,27 @@ def test_feature_cache_on_disk_is_reused_by_a_second_training(tiny_corpus, tmp_p
     monkeypatch.setattr(FeatureCache, "_compute", no_encoders)
     run_training(tiny_corpus, tmp_path / "b", steps=3, cache=2, extra=extra)
     assert logged_losses(tmp_path / "a") == logged_losses(tmp_path / "b")
-    with pytest.raises(AssertionError, match="encoders ran"):  # other augmentation: other features
-        run_training(tiny_corpus, tmp_path / "c", steps=3, cache=2, extra=extra + ("data.snrs=[0]",))
+    for i, other in enumerate(("data.snrs=[0]", "data.audio_time_mask=false", "data.video_time_mask=false")):
+        with pytest.raises(AssertionError, match="encoders ran"):  # other augmentation: other features
+            run_training(tiny_corpus, tmp_path / f"c{i}", steps=3, cache=2, extra=extra + (other,))
+
+
+def test_training_augmentation_follows_the_time_mask_settings(tiny_corpus, tmp_path):
+    """With clean audio only, a training item is the file itself unless the time masks are on."""
+    from avsr.data.media import read_audio
+    from avsr.training.train import make_loaders
+
+    root = Path(tiny_corpus[0].out)
+    audio = {}
+    for masks in ("true", "false"):
+        cfg = load_config(None, [f"data.root={root}", f"out={tmp_path}", "data.snrs=[null]",
+                                 f"data.audio_time_mask={masks}", f"data.video_time_mask={masks}"])
+        train_loader, _ = make_loaders(cfg, tiny_model(seed=11), progress=False)
+        audio[masks] = np.asarray(train_loader.dataset[0]["audio"])
+    row = train_loader.dataset.dataset.rows[0]
+    wav = read_audio((root / "synth" / row.rel_path).with_suffix(".wav"))
+    assert np.array_equal(audio["false"], wav)
+    assert audio["true"].shape == wav.shape and (audio["true"] == 0).sum() > (wav == 0).sum() + 100
 
 
 def test_feature_cache_copy_k_is_the_encoders_output_for_epoch_k(tiny_corpus):

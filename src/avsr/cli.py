@@ -358,7 +358,7 @@ def add_pretrain_args(p: argparse.ArgumentParser, out: str, settings: str) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     from avsr.models.tasks import TASKS
-    from avsr.synth.corpus import SynthConfig
+    from avsr.synth.corpus import SynthConfig, default_workers
     from avsr.synth.corpus import __doc__ as CORPUS_DOC
 
     parser = argparse.ArgumentParser(prog="avsr", description="LLM-based audio-visual speech recognition toolkit.")
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "speakers disjoint between train/val/test. Deterministic for a --seed; an interrupted "
                     "run resumes; a folder made with other settings is refused.",
         epilog=CORPUS_DOC.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_synth_args(synth, SynthConfig(workers=os.cpu_count() or 1))
+    add_synth_args(synth, SynthConfig(workers=default_workers()))
     synth.set_defaults(func=cmd_synth)
 
     pre = sub.add_parser("preprocess", help="raw videos -> mouth ROI videos (96x96 gray, 25 fps) + 16 kHz mono wav",
@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "train the small LM and the lip encoder, train one AVSR model for ASR, VSR "
                                        "and AVSR, evaluate clean and at 5, 0 and -5 dB babble, and write report.md, "
                                        "results.json and wer_vs_snr.png into the run folder.")
-    small = SynthConfig(utterances={"train": 1200, "val": 100, "test": 100}, workers=os.cpu_count() or 1)
+    small = SynthConfig(utterances={"train": 1200, "val": 100, "test": 100}, workers=default_workers())
     quick.add_argument("--out", default="runs/quickstart", help="run folder; the corpus goes to <out>/data "
                                                                "(default: %(default)s)")
     add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed")

@@ -372,7 +372,8 @@ class AVSRModel(nn.Module):
         else:
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                     max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                    eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id,
+                                    eos_token_id=self.eos, pad_token_id=self.eos,  # fed to finished rows: an
+                                    # id the LLM knows (the tokenizer's <pad> may be one of our added tokens)
                                     bos_token_id=self.bos, **({"temperature": None, "top_p": None, "top_k": None}
                                                               if not do_sample else {}),
                                     **({"output_scores": True, "return_dict_in_generate": True} if return_scores

@@ -10,6 +10,11 @@ state also carries over from one synthesis to the next (the same text comes out 
 samples longer or shorter depending on what was said before), which would make the corpus
 depend on the order utterances are made in. So every synthesis runs in a forked child of
 a process whose engine has never synthesised: each one starts from the same state.
+
+That process is a small server of its own (`python -m avsr.synth.espeak`, one per process
+that synthesises), not the caller: a fork copies the page tables of the process forked and
+makes both sides copy every page either writes while the child lives, so forking a corpus
+worker (numpy, scipy, PyAV and its arrays: 140 MB) cost more than the synthesis itself.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import ctypes
 import ctypes.util
 import os
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,12 +199,90 @@ class Engine:
         return result
 
 
-_ENGINE: Engine | None = None
+class EngineProcess:
+    """The engine as used everywhere: an `Engine` in a small server process (see the module
+    docstring), asked one request at a time over pipes; same methods and results as `Engine`."""
+
+    def __init__(self) -> None:
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+        self._server = subprocess.Popen([sys.executable, "-m", "avsr.synth.espeak"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+        self.sample_rate, self.data_path = self._call(None)
+
+    @property
+    def alive(self) -> bool:
+        return self._server.poll() is None
+
+    def _stop(self) -> None:
+        self._server.kill()
+        self._server.wait()
+
+    def _call(self, name: str | None, *args):
+        """Send one request (None: only read the server's greeting) and return its result."""
+        try:
+            if name is not None:
+                pickle.dump((name, args), self._server.stdin)
+                self._server.stdin.flush()
+            ok, result = pickle.load(self._server.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self._stop()
+            raise EspeakError(f"the espeak-ng server exited (status {self._server.returncode})") from None
+        except BaseException:  # interrupted: the replies would be out of step with the requests
+            self._stop()
+            raise
+        if not ok:
+            raise EspeakError(result)
+        return result
+
+    def variants(self) -> list[str]:
+        return self._call("variants")
+
+    def check_voice(self, voice: Voice) -> None:
+        self._call("check_voice", voice)
+
+    def synthesize(self, text: str, voice: Voice) -> Speech:
+        audio, phonemes = self._call("synthesize", text, voice)
+        return Speech(audio=audio, sample_rate=self.sample_rate, phonemes=phonemes)
 
 
-def engine() -> Engine:
-    """The process's espeak-ng engine, created on first use (also in worker processes)."""
-    global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = Engine()
-    return _ENGINE
+def serve(requests, replies) -> None:
+    """The server's loop: (method name, args) in, (ok, result or message) out, until EOF.
+    Results are plain data (this module runs as __main__ here, so its classes do not pickle)."""
+    def reply(ok: bool, result) -> None:
+        pickle.dump((ok, result), replies)
+        replies.flush()
+
+    try:
+        eng = Engine()
+    except EspeakError as err:
+        return reply(False, str(err))
+    reply(True, (eng.sample_rate, eng.data_path))
+    while True:
+        try:
+            name, args = pickle.load(requests)
+        except EOFError:  # the client is gone
+            return
+        try:
+            result = getattr(eng, name)(*args)
+            reply(True, (result.audio, result.phonemes) if isinstance(result, Speech) else result)
+        except EspeakError as err:
+            reply(False, str(err))
+
+
+_ENGINES: dict[int, EngineProcess] = {}
+
+
+def engine() -> EngineProcess:
+    """This process's espeak-ng engine, started on first use. Keyed by process id: a forked
+    worker starts its own (a server answers one client, over its pipes)."""
+    pid = os.getpid()
+    if pid not in _ENGINES or not _ENGINES[pid].alive:
+        _ENGINES[pid] = EngineProcess()
+    return _ENGINES[pid]
+
+
+if __name__ == "__main__":
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything the library prints goes to stderr, not into the replies
+    serve(sys.stdin.buffer, replies)

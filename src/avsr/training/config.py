@@ -19,7 +19,7 @@ from avsr.paths import manifest, noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
 from avsr.models.tasks import TASKS
-from avsr.settings import (COUNT, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, Rule, SettingError,
+from avsr.settings import (COUNT, FLAG, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, Rule, SettingError,
                            check_settings, is_int, is_number, list_of, one_of, setting)
 
 
@@ -75,6 +75,9 @@ class DataConfig:
     # babble wav for training noise; None = <root>/noise/<corpus>_babble.wav if present
     noise: str | None = setting(None, OPTIONAL_NAME)
     snrs: tuple = setting((-5, 0, 5, 10, 15, 20, None), SNRS)  # None = clean
+    # Llama-AVSR's time masks (spans set to zero) on the training audio / video
+    audio_time_mask: bool = setting(True, FLAG)
+    video_time_mask: bool = setting(True, FLAG)
     max_frames: int = setting(1000, POSITIVE_INT)  # video frames per batch (frame-budget batching)
     max_val_utterances: int = setting(64, POSITIVE_INT)
     # >0: run the frozen encoders once for K augmented copies (CPU speed-up)

@@ -198,6 +198,7 @@ def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
     d, m = cfg.data, cfg.model
     h = hashlib.sha256()
     settings = dict(version=1, modalities=modalities, snrs=list(d.snrs), copies=d.feature_cache_copies,
+                    time_masks=[d.audio_time_mask, d.video_time_mask],
                     seed=cfg.seed, pad_audio_to_30s=m.pad_audio_to_30s, root=str(Path(d.root).resolve()),
                     encoders={k: str(Path(v).resolve()) if v and Path(v).exists() else v
                               for k, v in (("audio", m.audio_encoder), ("video", m.video_encoder))
@@ -229,7 +230,7 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     d = cfg.data
     noise_path = d.noise_path()
     noise = read_audio(noise_path) if noise_path else None
-    augment = AugmentConfig(snrs=tuple(d.snrs))
+    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
     # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
     train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)

@@ -201,14 +201,14 @@ class Engine:
 
 class EngineProcess:
     """The engine as used everywhere: an `Engine` in a small server process (see the module
-    docstring), asked one request at a time over pipes; same methods and results as `Engine`."""
+    docstring), asked one request at a time over pipes; `Engine`'s check_voice and synthesize."""
 
     def __init__(self) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
         self._server = subprocess.Popen([sys.executable, "-m", "avsr.synth.espeak"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
-        self.sample_rate, self.data_path = self._call(None)
+        self.sample_rate = self._call(None)
 
     @property
     def alive(self) -> bool:
@@ -235,9 +235,6 @@ class EngineProcess:
             raise EspeakError(result)
         return result
 
-    def variants(self) -> list[str]:
-        return self._call("variants")
-
     def check_voice(self, voice: Voice) -> None:
         self._call("check_voice", voice)
 
@@ -257,7 +254,7 @@ def serve(requests, replies) -> None:
         eng = Engine()
     except EspeakError as err:
         return reply(False, str(err))
-    reply(True, (eng.sample_rate, eng.data_path))
+    reply(True, eng.sample_rate)
     while True:
         try:
             name, args = pickle.load(requests)

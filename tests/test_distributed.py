@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from avsr.data.batching import FrameBudgetBatchSampler, collate
 from avsr.data.dataset import read_labels
-from avsr.models.loading import WEIGHTS, build_model, read_checkpoint_config
+from avsr.models.loading import WEIGHTS, Checkpoint, build_model
 from avsr.training.config import load_config
 from avsr.training.train import AVSRLightning, build_strategy, make_loaders, resolve_strategy, train
 from conftest import tiny_model, tiny_train_args
@@ -165,7 +165,7 @@ def test_two_process_ddp_training_through_the_cli(tiny_corpus, tiny_backbones, t
     result = launch(record, overrides, "strategy=ddp")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "4 steps" in result.stdout and "2 processes" in result.stdout, result.stdout[-2000:]
-    saved = read_checkpoint_config(out / "checkpoints" / "last")
+    saved = Checkpoint.open(out / "checkpoints" / "last", find_backbones=False).saved
     assert saved["step"] == 4 and saved["train"]["devices"] == 2
     ranks = [torch.load(record / f"rank{r}.pt") for r in (0, 1)]
     assert [rank["rank"] for rank in ranks] == [0, 1] and all(rank["world_size"] == 2 for rank in ranks)
@@ -202,7 +202,7 @@ def test_two_process_fsdp_training_interrupted_and_resumed_through_the_cli(tiny_
     stopped = launch(record, overrides, "strategy=fsdp", stop_at=2)
     assert stopped.returncode == 130 and "step 2 saved" in stopped.stderr, \
         stopped.stdout[-3000:] + stopped.stderr[-3000:]
-    assert read_checkpoint_config(out / "checkpoints" / "last")["step"] == 2
+    assert Checkpoint.open(out / "checkpoints" / "last", find_backbones=False).step == 2
     saved_at_2 = load_file(str(out / "checkpoints" / "last" / WEIGHTS))
     first = torch.load(record / "rank0-interrupted.pt")
     assert first["strategy"] == "CPUFSDPStrategy" and [s["step"] for s in first["steps"]] == [0, 1]
@@ -271,7 +271,7 @@ def test_gradient_accumulation_adds_up_batches_into_one_step(tiny_corpus, tmp_pa
     record = Record()
     folder = train(cfg, model=tiny_model(seed=11), progress=False, callbacks=[record])
     assert [s["step"] for s in record.steps] == [0, 0, 1, 1]
-    assert read_checkpoint_config(folder)["step"] == 2
+    assert Checkpoint.open(folder, find_backbones=False).step == 2
     rows = read_labels(cfg.data.labels(cfg.data.train_split))
     worst = worst_difference(replay(cfg, rows, record.start, [record.steps], accumulate=2, model=tiny_model(seed=11)),
                              load_file(str(folder / WEIGHTS)))

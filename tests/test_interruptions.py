@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from avsr.errors import Interrupted
-from avsr.models.loading import read_checkpoint_config
+from avsr.models.loading import Checkpoint
 from avsr.training.config import ConfigError, load_config
 from avsr.training.train import train
 from conftest import tiny_model, tiny_train_args
@@ -51,7 +51,7 @@ def test_ctrl_c_mid_step_then_resume_ends_with_the_uninterrupted_weights(tiny_co
     cfg = config(tiny_corpus, tmp_path / "run")
     with pytest.raises(Interrupted, match="step 6 saved"):
         run(cfg, callbacks=[CtrlCAt(6)])  # mid-epoch (4 batches per epoch) and mid-step
-    assert read_checkpoint_config(tmp_path / "run" / "checkpoints" / "last")["step"] == 6
+    assert Checkpoint.open(tmp_path / "run" / "checkpoints" / "last", find_backbones=False).step == 6
     assert not (tmp_path / "run" / "done.json").exists()
     resumed = run(cfg)
     assert (tmp_path / "run" / "done.json").is_file()
@@ -89,7 +89,7 @@ def test_ctrl_c_through_the_cli_exits_130_with_one_line_and_a_checkpoint(tiny_co
     assert "Traceback" not in stderr + stdout
     lines = [line for line in stderr.splitlines() if line.startswith("avsr train:")]
     assert len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], stderr[-2000:]
-    step = read_checkpoint_config(out / "checkpoints" / "last")["step"]
+    step = Checkpoint.open(out / "checkpoints" / "last", find_backbones=False).step
     assert step > 0 and (out / "resume" / "last.ckpt").is_file() and f"step {step} saved" in lines[0]
 
 
@@ -108,7 +108,7 @@ def test_kill_9_during_training_then_the_same_command_ends_with_the_straight_run
         time.sleep(0.05)
     proc.kill()  # SIGKILL: no handler runs
     proc.wait()
-    killed_at = read_checkpoint_config(out / "checkpoints" / "last")["step"]
+    killed_at = Checkpoint.open(out / "checkpoints" / "last", find_backbones=False).step
     assert 0 < killed_at < 40 and not (out / "done.json").exists()
     resumed = subprocess.run(command(out), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

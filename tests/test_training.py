@@ -17,7 +17,7 @@ import yaml
 from avsr.evaluation.report import write_report
 from avsr.evaluation.score import evaluate
 from avsr.text import word_errors
-from avsr.models.loading import load_checkpoint, read_checkpoint_config
+from avsr.models.loading import Checkpoint, load_checkpoint
 from avsr.data.dataset import read_labels
 from avsr.paths import RECIPES, recipe as find_recipe
 from avsr.training.config import ConfigError, config_from_dict, load_config, save_config
@@ -79,7 +79,7 @@ def test_training_lowers_the_loss_and_saves_a_checkpoint(tiny_corpus, tmp_path, 
     checkpoint, model = run_training(tiny_corpus, tmp_path / "run", steps=24, cache=cache)
     losses = logged_losses(tmp_path / "run")
     assert len(losses) >= 20 and np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4])
-    saved = read_checkpoint_config(checkpoint)
+    saved = Checkpoint.open(checkpoint, find_backbones=False).saved
     assert saved["step"] == 24 and saved["train"]["optim"]["max_steps"] == 24
     assert (tmp_path / "run" / "config.yaml").is_file()
     fresh = tiny_model(seed=11)
@@ -173,9 +173,9 @@ def test_training_resumes_mid_epoch_as_if_never_stopped(tiny_corpus, tmp_path):
     extra = ("checkpoint_every=6",)
     run_training(tiny_corpus, tmp_path / "straight", steps=10, cache=2, extra=extra)
     run_training(tiny_corpus, tmp_path / "run", steps=10, cache=2, extra=extra, callbacks=[StopAfter(6)])
-    assert read_checkpoint_config(tmp_path / "run" / "checkpoints" / "last")["step"] == 6
+    assert Checkpoint.open(tmp_path / "run" / "checkpoints" / "last", find_backbones=False).step == 6
     checkpoint, _ = run_training(tiny_corpus, tmp_path / "run", steps=10, cache=2, extra=extra)
-    assert read_checkpoint_config(checkpoint)["step"] == 10
+    assert Checkpoint.open(checkpoint, find_backbones=False).step == 10
     versions = sorted((tmp_path / "run" / "logs").glob("version_*/metrics.csv"))
     rows = [r for r in csv.DictReader(open(versions[-1])) if r.get("train/loss")]
     assert min(int(r["step"]) for r in rows) >= 6  # the second run continued, it did not start over
@@ -194,7 +194,7 @@ def test_smop_training_adds_and_logs_the_router_losses(tiny_corpus, tmp_path):
     usage = [[float(r[f"train/usage/audio/routed_e{e}"]) for e in range(3)] for r in rows
              if r.get("train/usage/audio/routed_e0")]
     assert usage and all(sum(u) == pytest.approx(2.0) for u in usage)  # k experts per token
-    assert read_checkpoint_config(checkpoint)["model"]["projector"] == "smop"
+    assert Checkpoint.open(checkpoint, find_backbones=False).saved["model"]["projector"] == "smop"
     fresh = tiny_model(seed=11, projector="smop", smop_topology="dedr", smop_experts=3)
     trained, untrained = model.trainable_state_dict(), fresh.trainable_state_dict()
     assert trained.keys() == untrained.keys()

@@ -555,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as err:
         print(f"{command}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
+    except ImportError as err:  # Ctrl-C inside a compiled module's initialisation (pybind11: "initialization
+        if not isinstance(err.__cause__ or err.__context__, KeyboardInterrupt):  # failed", from the interrupt)
+            raise
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `avsr ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

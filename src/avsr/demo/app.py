@@ -179,16 +179,15 @@ def started(checkpoint: str | Path, port: int = 7860, examples: str | Path | Non
 
     Everything that can be wrong (checkpoint, examples folder, gradio, the backbones) is
     refused before the server starts."""
-    from avsr.models.loading import read_checkpoint_config
-    from avsr.transcription import Transcriber, check_checkpoint
+    from avsr.transcription import Transcriber
 
-    check_checkpoint(checkpoint)
+    transcriber = Transcriber(checkpoint, num_beams=num_beams)  # the checkpoint checked, not yet loaded
     check_port(port)
     chosen = folder_examples(examples) if examples is not None else None
     gr = import_gradio()
-    demo = Demo(Transcriber(checkpoint, num_beams=num_beams))
+    demo = Demo(transcriber)
     with tempfile.TemporaryDirectory(prefix="avsr-demo-") as tmp:
-        shown = chosen if chosen is not None else corpus_examples(read_checkpoint_config(checkpoint), Path(tmp))
+        shown = chosen if chosen is not None else corpus_examples(transcriber.opened, Path(tmp))
         title = (f"checkpoint `{checkpoint}` · tasks {', '.join(demo.tasks)} · beam search {num_beams}. "
                  "Upload a video (any format FFmpeg reads): the mouth is found with MediaPipe's face mesh and "
                  "cropped to 96x96 gray at 25 fps (a 96x96 video is taken as mouth crops already), the sound "

@@ -20,6 +20,7 @@ import numpy as np
 from avsr.data.manifests import read_manifest
 from avsr.data.media import SAMPLE_RATE, read_audio
 from avsr.errors import AvsrError
+from avsr.models.loading import Checkpoint
 from avsr.paths import manifest
 from avsr.synth.corpus import FACES
 
@@ -43,12 +44,13 @@ def folder_examples(folder: str | Path) -> list[Example]:
     return [Example(p, p.name) for p in videos]
 
 
-def corpus_examples(saved: dict, out: Path, count: int = 3) -> list[Example]:
+def corpus_examples(checkpoint: Checkpoint, out: Path, count: int = 3) -> list[Example]:
     """Up to `count` talking faces and `count` mouth-crop clips (muxed into `out`) of the
     checkpoint's corpus test split; none when that corpus is not on this machine (examples are
     a convenience, not a requirement)."""
-    data = saved.get("train", {}).get("data", {})
-    root, corpus, fmt = data.get("root", "data"), data.get("corpus", "synth"), data.get("format", "auto")
+    data = checkpoint.train_section.get("data", {})
+    root = checkpoint.locate("data.root", data.get("root", "data"))
+    corpus, fmt = data.get("corpus", "synth"), data.get("format", "auto")
     examples = []
     for face in sorted((Path(root) / corpus / FACES / "test").glob("*.mp4"))[:count]:
         try:

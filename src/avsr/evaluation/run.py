@@ -16,7 +16,7 @@ from avsr.evaluation.decode import labelled_split
 from avsr.evaluation.elastic import pick_pairs, rate_grid
 from avsr.evaluation.report import default_eval_folder, output_folder, write_rate_grid, write_report
 from avsr.evaluation.score import evaluate
-from avsr.models.loading import CONFIG, check_backbones, checkpoint_model_config, load_checkpoint, quiet_loading
+from avsr.models.loading import quiet_loading
 from avsr.paths import manifest, noise_wav
 from avsr.training.config import read_run_checkpoint
 
@@ -34,15 +34,14 @@ def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = 
     within `budget_tokens` per second and/or a real-time factor `max_rtf` measured on the first
     `calibration` validation utterances, else the first trained pair."""
     checkpoint = Path(checkpoint)
-    saved, _ = read_run_checkpoint(checkpoint)
-    trained = checkpoint_model_config(saved, checkpoint / CONFIG)
+    opened, _ = read_run_checkpoint(checkpoint)  # read once; backbones found and checked
+    trained = opened.config
     tasks = tuple(tasks or trained.tasks)
     if set(tasks) - set(trained.tasks):
         raise AvsrError(f"--tasks {' '.join(t for t in tasks if t not in trained.tasks)}: checkpoint {checkpoint} "
                         f"was trained for {', '.join(trained.tasks)} only")
-    check_backbones(trained, where=f"{checkpoint / CONFIG}: ")
-    data = saved.get("train", {}).get("data", {})
-    root = root or data.get("root", "data")
+    data = opened.train_section.get("data", {})
+    root = root or opened.locate("data.root", data.get("root", "data"))
     corpus = corpus or data.get("corpus", "synth")
     fmt = data.get("format", "auto")  # the manifest format the checkpoint was trained from
     labels, val = str(manifest(root, corpus, split, fmt)), str(manifest(root, corpus, "val", fmt))
@@ -54,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = 
         read_noise(noise)
     out = Path(out) if out else default_eval_folder(checkpoint)
     with output_folder(out, "eval"), quiet_loading(quiet):
-        model = load_checkpoint(checkpoint)
+        model = opened.load()
         decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, progress=not quiet)
         if grid:
             result = rate_grid(model, root, labels, tasks, snrs, noise, limit=limit, **decoding)

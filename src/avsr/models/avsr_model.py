@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -99,16 +99,6 @@ class AVSRConfig:
         if self.projector == "smop" and self.smop_top_k > self.smop_experts:
             raise SettingError("smop_top_k", f"must be at most smop_experts ({self.smop_experts}), "
                                              f"got {self.smop_top_k}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AVSRConfig":
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model settings: {sorted(unknown)}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
 
 
 class AVSRModel(nn.Module):

@@ -2,8 +2,10 @@
 
 A checkpoint is a folder with the trainable weights only (`trainable.safetensors`: LoRA,
 projectors, new-token embeddings) and `config.json` holding the resolved model config
-(and the training config, when saved by training), so `load_checkpoint(folder)` needs no
-other argument. Frozen backbones are referenced by path, never copied.
+(and the training config, when saved by training), so `Checkpoint.open(folder).load()` needs no
+other argument. Frozen backbones are referenced by path, never copied: config.json records each
+one's place both absolute and relative to the checkpoint, so a run folder moved or copied with
+its backbones still loads, from any working folder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from avsr.errors import AvsrError
 from avsr.io import atomic_folder
 from avsr.models.avsr_model import AVSRConfig, AVSRModel
 from avsr.models.tasks import modalities_of
-from avsr.settings import SettingError
+from avsr.settings import ConfigError, from_mapping
 
 WEIGHTS = "trainable.safetensors"
 CONFIG = "config.json"
@@ -115,71 +117,147 @@ def build_model(cfg: AVSRConfig) -> AVSRModel:
     return AVSRModel(cfg, audio, video, llm, tokenizer)
 
 
+def _recorded_paths(values: dict[str, str | None], folder: Path) -> dict[str, dict[str, str]]:
+    """{setting: {"absolute", "relative"}} of every path-valued setting given, "relative" being from
+    the checkpoint folder: what lets a checkpoint find its backbones and corpus after its run
+    folder moved (see `Checkpoint.locate`)."""
+    places = {}
+    for key, value in values.items():
+        if value:
+            absolute = Path(value).expanduser().resolve()
+            places[key] = {"saved": value, "absolute": str(absolute),
+                           "relative": os.path.relpath(absolute, folder.resolve())}
+    return places
+
+
 def save_checkpoint(model: AVSRModel, folder: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write trainable weights + config to `folder` atomically (temp folder, then rename)."""
+    """Write trainable weights + config to `folder` atomically (temp folder, then rename). The
+    config records where each backbone (and, given a training section, the corpus) lies, both
+    absolute and relative to `folder`, so the checkpoint loads from any working folder and after
+    its run folder (with the backbones in it) is moved or copied."""
+    folder = Path(folder)
+    extra = dict(extra or {})
+    data = extra.get("train", {}).get("data", {}) if isinstance(extra.get("train"), dict) else {}
+    paths = {f"model.{k}": v for k, v in backbones(model.cfg).items()}
+    paths.update({f"data.{k}": data.get(k) for k in ("root", "noise")})
     with atomic_folder(folder) as tmp:
         save_file(model.trainable_state_dict(), str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps({"model": asdict(model.cfg), **(extra or {})}, indent=1))
-    return Path(folder)
+        saved = {"model": asdict(model.cfg), **extra, "paths": _recorded_paths(paths, folder)}
+        (tmp / CONFIG).write_text(json.dumps(saved, indent=1))
+    return folder
 
 
-def read_checkpoint_config(folder: str | os.PathLike) -> dict:
-    """The checkpoint's config.json with its model settings checked, after a look at the weights
-    file's header: a damaged checkpoint is named here, before any model is built (the training
-    section is checked by `avsr.training.config.read_run_checkpoint`)."""
-    path, weights = Path(folder) / CONFIG, Path(folder) / WEIGHTS
-    if not path.is_file() or not weights.is_file():
-        raise CheckpointError(f"{folder} is not a checkpoint folder (needs {CONFIG} and {WEIGHTS})")
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    if not text.strip():
-        raise CheckpointError(f"{path}: empty file")
-    try:
-        saved = json.loads(text)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        raise CheckpointError(f"{path}: expected a JSON object with a \"model\" section of settings")
-    checkpoint_model_config(saved, path)
-    try:
-        with safe_open(str(weights), "pt"):
-            pass
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights}: damaged or incomplete ({err})") from None
-    return saved
+class Checkpoint:
+    """A checkpoint folder opened once: config.json read and its model settings checked, the
+    weights file's header checked, the backbones found; the weights are read by `load`.
 
+    `config` is the model config with every backbone path replaced by where it was found
+    (`locate`), so the model builds from any working folder. `saved` is config.json as written
+    (its `train` section is checked by `avsr.training.config.read_run_checkpoint`)."""
 
-def checkpoint_model_config(saved: dict, path: str | os.PathLike) -> AVSRConfig:
-    """The model settings of a checkpoint's config (read from `path`), checked."""
-    try:
-        return AVSRConfig.from_dict(saved["model"])
-    except SettingError as err:
-        raise CheckpointError(f"{path}: model.{err}") from None
-    except ValueError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+    def __init__(self, folder: Path, saved: dict, config: AVSRConfig):
+        self.folder, self.saved, self.config = folder, saved, config
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, find_backbones: bool = True) -> "Checkpoint":
+        """CheckpointError naming what is wrong with the folder, before any model is built;
+        BackboneError when a backbone is not found (unless `find_backbones` is False)."""
+        folder = Path(folder)
+        path, weights = folder / CONFIG, folder / WEIGHTS
+        if not path.is_file() or not weights.is_file():
+            raise CheckpointError(f"{folder} is not a checkpoint folder (needs {CONFIG} and {WEIGHTS})")
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: unreadable ({err})") from None
+        if not text.strip():
+            raise CheckpointError(f"{path}: empty file")
+        try:
+            saved = json.loads(text)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+            raise CheckpointError(f"{path}: expected a JSON object with a \"model\" section of settings")
+        try:
+            config = from_mapping(AVSRConfig, saved["model"], str(path), "model.")
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{weights}: damaged or incomplete ({err})") from None
+        checkpoint = cls(folder, saved, config)
+        if find_backbones:
+            checkpoint.config = replace(config, **{k: checkpoint.locate(f"model.{k}", v, HOW_TO_MAKE[k])
+                                                   for k, v in backbones(config).items()})
+            check_backbones(checkpoint.config, where=f"{path}: ")
+        return checkpoint
+
+    @property
+    def step(self) -> int | None:
+        """The training step the checkpoint was saved at (None when saved outside training)."""
+        return self.saved.get("step")
+
+    @property
+    def train_section(self) -> dict:
+        """The saved training settings as written ({} when saved outside training)."""
+        train = self.saved.get("train")
+        return train if isinstance(train, dict) else {}
+
+    def locate(self, key: str, value: str | None, hint: str = "") -> str | None:
+        """Where the path setting `key` (e.g. model.llm, data.root) is now: the first that exists
+        of its place relative to this checkpoint (the run folder moved or copied with it), its
+        absolute place when saved, then the path as typed (from the working folder or, for a
+        relative one, from any folder above the checkpoint: checkpoints of older avsr versions
+        recorded nothing else; a path edited by hand in config.json is taken as it is).
+        A path found nowhere: BackboneError for a backbone (`hint`: how to make one), else the
+        value as saved (the caller names it when it needs it)."""
+        if not value:
+            return value
+        recorded = self.saved.get("paths", {}).get(key, {}) if isinstance(self.saved.get("paths"), dict) else {}
+        if recorded.get("saved") != value:  # the setting was edited by hand since: the edit counts
+            recorded = {}
+        candidates = [self.folder / recorded["relative"]] if recorded.get("relative") else []
+        candidates += [Path(recorded["absolute"])] if recorded.get("absolute") else []
+        given = Path(value).expanduser()
+        candidates += [given] if given.is_absolute() else [given, *(up / given for up in self.folder.resolve().parents)]
+        for candidate in candidates:
+            if candidate.is_dir() or (key == "model.video_encoder" and candidate.suffix == ".pt" and candidate.is_file()):
+                return str(candidate.resolve())
+        if not key.startswith("model."):
+            return value
+        looked = ", ".join(dict.fromkeys(str(c) for c in candidates[:3]))
+        raise BackboneError(f"{self.folder / CONFIG}: {key}: the backbone this checkpoint was trained with is not "
+                            f"found (looked in {looked}). A checkpoint holds only the trained weights (LoRA, "
+                            "projectors) and names its frozen backbones: move or copy the run folder together "
+                            "with that backbone folder, keeping their places relative to each other"
+                            + (f"; or make it again ({hint})" if hint else ""))
+
+    def load(self, model: AVSRModel | None = None) -> AVSRModel:
+        """The model rebuilt from `config` (or `model` filled) with the checkpoint's weights, which
+        must all be finite (a NaN or infinite weight is named, not decoded into empty text)."""
+        model = model or build_model(self.config)
+        weights = self.folder / WEIGHTS
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{weights}: damaged or incomplete ({err})") from None
+        params = dict(model.named_parameters())
+        for name, tensor in state.items():
+            if name in params and tensor.shape != params[name].shape:
+                raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, but the model of "
+                                      f"{CONFIG} needs {tuple(params[name].shape)}")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values: the training that "
+                                      "wrote it diverged; use an earlier checkpoint or train again")
+        try:
+            model.load_trainable_state_dict(state)
+        except ValueError as err:
+            raise CheckpointError(f"{self.folder}: {err}") from None
+        return model.eval()
 
 
 def load_checkpoint(folder: str | os.PathLike, model: AVSRModel | None = None) -> AVSRModel:
-    """Rebuild the model from the checkpoint's own config (or fill `model`) and load its weights."""
-    saved = read_checkpoint_config(folder)
-    if model is None:
-        cfg = checkpoint_model_config(saved, Path(folder) / CONFIG)
-        check_backbones(cfg, where=f"{Path(folder) / CONFIG}: ")
-        model = build_model(cfg)
-    weights = Path(folder) / WEIGHTS
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights}: damaged or incomplete ({err})") from None
-    params = dict(model.named_parameters())
-    for name, tensor in state.items():
-        if name in params and tensor.shape != params[name].shape:
-            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, but the model of "
-                                  f"{CONFIG} needs {tuple(params[name].shape)}")
-    try:
-        model.load_trainable_state_dict(state)
-    except ValueError as err:
-        raise CheckpointError(f"{folder}: {err}") from None
-    return model.eval()
+    """`Checkpoint.open(folder).load(model)`: the model of a checkpoint folder, ready to decode."""
+    return Checkpoint.open(folder, find_backbones=model is None).load(model)

@@ -6,11 +6,10 @@ need nothing else.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
@@ -19,12 +18,8 @@ from avsr.paths import manifest, noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
 from avsr.models.tasks import TASKS
-from avsr.settings import (COUNT, FLAG, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, Rule, SettingError,
-                           check_settings, is_int, is_number, list_of, one_of, setting)
-
-
-class ConfigError(AvsrError):
-    """An unknown key or a value of the wrong type in a recipe or an override."""
+from avsr.settings import (COUNT, FLAG, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, ConfigError, Rule,
+                           SettingError, check_settings, from_mapping, is_int, is_number, list_of, one_of, setting)
 
 
 def _devices(v: Any) -> bool:
@@ -162,53 +157,9 @@ class TrainConfig:
         return asdict(self)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Turn YAML/CLI values into the field's type (tuples from lists, numbers from strings);
-    the field's own rule (avsr.settings) then checks the value."""
-    origin = getattr(hint, "__origin__", None)
-    if hint is tuple or origin is tuple:
-        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if hint in (int, float) and not isinstance(value, bool):
-        try:  # YAML reads "5e-4" as a string
-            number = float(value)
-        except (TypeError, ValueError):
-            raise SettingError(key, f"must be a number, got {value!r}") from None
-        if hint is int and not number.is_integer():
-            raise SettingError(key, f"must be an integer, got {value!r}")
-        return hint(number)
-    if hint is bool and not isinstance(value, bool):
-        raise SettingError(key, f"must be true or false, got {value!r}")
-    return value
-
-
-def _build(cls, data: dict, prefix: str = "", where: str = "config"):
-    """`cls` from `data` over its defaults; messages start with `where` and name the dotted key."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(prefix + k for k in unknown)}; "
-                          f"known: {sorted(names)}")
-    base = cls()
-    values = {}
-    try:
-        for k, v in data.items():
-            if dataclasses.is_dataclass(hints[k]):
-                if not isinstance(v, dict):
-                    raise SettingError(k, f"must be a mapping of settings, got {v!r}")
-                values[k] = _build(hints[k], {**asdict(getattr(base, k)), **v}, prefix + k + ".", where)
-            else:
-                values[k] = _coerce(v, hints[k], k)
-        return dataclasses.replace(base, **values)
-    except ValueError as err:  # SettingError: a value its rule refuses (avsr.settings)
-        raise ConfigError(f"{where}: {prefix}{err}") from None
-
-
 def config_from_dict(tree: dict, where: str = "config", prefix: str = "") -> TrainConfig:
     """A configuration saved as a mapping (a checkpoint's `train` section), checked like a recipe."""
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the configuration'} must be a mapping of settings")
-    return _build(TrainConfig, tree, prefix, where)
+    return from_mapping(TrainConfig, tree, where, prefix)
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -291,24 +242,24 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
         _set(tree, key.strip(), value)
-    return _build(TrainConfig, tree)
+    return from_mapping(TrainConfig, tree)
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def read_run_checkpoint(folder: str | Path) -> tuple[dict, TrainConfig | None]:
-    """A checkpoint's saved config (models.loading checks its model section and weights file)
-    and its training section checked as a recipe would be (None when saved outside training)."""
-    from avsr.models.loading import CONFIG, CheckpointError, read_checkpoint_config
+def read_run_checkpoint(folder: str | Path):
+    """(Checkpoint, its training section checked as a recipe would be, or None when it was saved
+    outside training): a checkpoint folder opened once (avsr.models.loading.Checkpoint)."""
+    from avsr.models.loading import CONFIG, Checkpoint, CheckpointError
 
-    saved = read_checkpoint_config(folder)
-    if "train" not in saved:
-        return saved, None
-    train = saved["train"]
+    checkpoint = Checkpoint.open(folder)
+    if "train" not in checkpoint.saved:
+        return checkpoint, None
+    train = checkpoint.saved["train"]
     try:
-        return saved, config_from_dict({**train, "model": saved["model"]} if isinstance(train, dict) else train,
-                                       where=str(Path(folder) / CONFIG), prefix="train.")
+        return checkpoint, config_from_dict({**train, "model": checkpoint.saved["model"]} if isinstance(train, dict)
+                                            else train, where=str(Path(folder) / CONFIG), prefix="train.")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None

@@ -31,8 +31,7 @@ from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from avsr.data.segments import MAX_SECONDS, segment_spans
 from avsr.data.transforms import AVHUBERT_CROP_SIZE
 from avsr.errors import AvsrError
-from avsr.models.loading import CONFIG, WEIGHTS, CheckpointError, check_backbones, checkpoint_model_config, \
-    read_checkpoint_config
+from avsr.models.loading import CONFIG, WEIGHTS, Checkpoint, CheckpointError
 from avsr.models.tasks import MODALITIES, TASKS, RatePair, scale_name
 from avsr.preprocess.result import Preprocessed
 
@@ -82,9 +81,9 @@ def describe_folder(path: Path) -> str:
     return f"it holds no {CONFIG} and no {WEIGHTS}"
 
 
-def check_checkpoint(checkpoint: str | os.PathLike):
-    """The checkpoint's model settings, with its backbones checked; an AvsrError naming the path
-    and what it is instead (a file, an empty, run, corpus or model folder) before any work."""
+def check_checkpoint(checkpoint: str | os.PathLike) -> Checkpoint:
+    """The checkpoint opened, its backbones found; an AvsrError naming the path and what it is
+    instead (a file, an empty, run, corpus or model folder) before any work."""
     path = Path(checkpoint)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: no such folder")
@@ -93,9 +92,7 @@ def check_checkpoint(checkpoint: str | os.PathLike):
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise CheckpointError(f"{path} is not an avsr checkpoint folder (needs {CONFIG} and {WEIGHTS}): "
                               f"{describe_folder(path)}")
-    cfg = checkpoint_model_config(read_checkpoint_config(path), path / CONFIG)
-    check_backbones(cfg, where=f"{path / CONFIG}: ")
-    return cfg
+    return Checkpoint.open(path)
 
 
 def streams(pre: Preprocessed) -> dict[str, bool]:
@@ -248,7 +245,8 @@ class Transcriber:
         if num_beams < 1 or max_new_tokens < 1 or max_frames < 1 or max_seconds <= 0:
             raise AvsrError("num_beams, max_new_tokens, max_frames and max_seconds must be positive")
         self.checkpoint = Path(checkpoint)
-        self.config = check_checkpoint(self.checkpoint)
+        self.opened = check_checkpoint(self.checkpoint)
+        self.config = self.opened.config
         self.tasks = tuple(self.config.tasks)
         self.num_beams, self.max_new_tokens, self.device = num_beams, max_new_tokens, device
         self.max_seconds, self.max_frames, self.quiet = max_seconds, max_frames, quiet
@@ -259,11 +257,11 @@ class Transcriber:
     def model(self):
         """The AVSRModel, loaded (once) on first use."""
         if self._model is None:
-            from avsr.models.loading import load_checkpoint, quiet_loading
+            from avsr.models.loading import quiet_loading
 
             start = time.perf_counter()
             with quiet_loading(self.quiet):
-                self._model = load_checkpoint(self.checkpoint).to(self.device).eval()
+                self._model = self.opened.load().to(self.device).eval()
             self.load_s = time.perf_counter() - start
         return self._model
 

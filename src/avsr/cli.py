@@ -206,6 +206,23 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_reader(args: argparse.Namespace) -> int:
+    """The CTC reader of projector ctc, on the training items of a recipe (avsr.backbones.ctc_reader)."""
+    from dataclasses import replace
+
+    from avsr.backbones.ctc_reader import ReaderConfig, pretrain_reader
+    from avsr.models.loading import quiet_loading
+    from avsr.training.config import check_inputs, load_config
+
+    cfg = load_config(args.recipe, [*args.overrides, f"model.ctc_reader={args.out}"])
+    check_inputs(replace(cfg, model=replace(cfg.model, projector="mlp")))  # the reader is what this makes
+    _writable_parent(args.out)
+    settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden)) if v is not None}
+    with quiet_loading(args.quiet):
+        print(pretrain_reader(cfg, args.out, ReaderConfig(seed=args.seed, **settings), progress=not args.quiet))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from avsr.models.loading import quiet_loading
     from avsr.training.config import check_inputs, load_config
@@ -437,6 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the lip (video) encoder; the audio encoder is Whisper (avsr prepare whisper-base)")
     add_pretrain_args(enc, "models/video-encoder", "VideoPretrainConfig")
     enc.set_defaults(func=cmd_pretrain_encoder)
+
+    rd = sub.add_parser("pretrain-reader", help="train the CTC reader of projector ctc on a recipe's cached "
+                                                "encoder features (no LLM)")
+    rd.add_argument("recipe", help="the recipe the AVSR model will be trained with (e.g. quickstart_reading)")
+    rd.add_argument("overrides", nargs="*", help="the same key=value overrides as for avsr train")
+    rd.add_argument("--out", default="models/ctc-reader", help="output folder (default: %(default)s)")
+    rd.add_argument("--steps", type=_positive, default=None, help="default: ReaderConfig.steps")
+    rd.add_argument("--merges", type=_non_negative, default=None, help="BPE merges of the LLM tokenizer kept for "
+                                                                      "the targets (default: ReaderConfig.merges)")
+    rd.add_argument("--hidden", type=_non_negative, default=None, help="0: a linear head (default: ReaderConfig.hidden)")
+    rd.add_argument("--seed", type=_non_negative, default=0)
+    rd.add_argument("--quiet", action="store_true")
+    rd.set_defaults(func=cmd_pretrain_reader)
 
     tr = sub.add_parser("train", help="train an AVSR model from a YAML recipe and key=value overrides")
     tr.add_argument("recipe", nargs="?", help="a recipe shipped with avsr, by name (quickstart, quickstart_smop, "

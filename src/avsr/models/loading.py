@@ -32,7 +32,8 @@ CONFIG = "config.json"
 HOW_TO_MAKE = {"llm": "make one with `avsr pretrain-lm`, or save a Hugging Face causal LM with save_pretrained",
                "audio_encoder": "make one with `avsr prepare whisper-base`",
                "video_encoder": "make one with `avsr pretrain-encoder --modality video`, or name an AV-HuBERT "
-                                "fairseq .pt file (or its folder from `avsr prepare avhubert FILE.pt`)"}
+                                "fairseq .pt file (or its folder from `avsr prepare avhubert FILE.pt`)",
+               "ctc_reader": "make one with `avsr pretrain-reader`"}
 
 
 class CheckpointError(AvsrError):
@@ -45,9 +46,12 @@ class BackboneError(AvsrError):
 
 
 def backbones(cfg: AVSRConfig) -> dict[str, str | None]:
-    """{setting: path} of the backbones the config's tasks need."""
+    """{setting: path} of the backbones the config's tasks need (and the CTC reader's folder,
+    which holds its token ids, for projector ctc)."""
     needs = modalities_of(cfg.tasks)
-    return {"llm": cfg.llm, **{f"{m}_encoder": getattr(cfg, f"{m}_encoder") for m in ("audio", "video") if m in needs}}
+    reader = {"ctc_reader": cfg.ctc_reader} if cfg.projector == "ctc" else {}
+    return {"llm": cfg.llm, **{f"{m}_encoder": getattr(cfg, f"{m}_encoder") for m in ("audio", "video") if m in needs},
+            **reader}
 
 
 def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
@@ -93,24 +97,32 @@ def quiet_loading(quiet: bool = True) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def load_encoders(cfg: AVSRConfig) -> dict[str, torch.nn.Module]:
+    """{modality: frozen encoder} of the modalities the config's tasks read (folders checked by
+    the caller): what the model and the CTC reader's pre-training (which needs no LLM) load."""
+    paths = backbones(cfg)
+    encoders = {}
+    if "audio_encoder" in paths:
+        from avsr.models.audio_encoder import WhisperAudioEncoder
+
+        with _loading("audio_encoder", cfg.audio_encoder):  # a folder: transformers reads it locally
+            encoders["audio"] = WhisperAudioEncoder.from_pretrained(cfg.audio_encoder, pad_to_30s=cfg.pad_audio_to_30s)
+    if "video_encoder" in paths:
+        from avsr.models.video_encoder import load_video_encoder
+
+        with _loading("video_encoder", cfg.video_encoder):
+            encoders["video"] = load_video_encoder(cfg.video_encoder)
+    return encoders
+
+
 def build_model(cfg: AVSRConfig) -> AVSRModel:
     """Load the frozen backbones named in `cfg` (local folders, checked first) and wrap them
     into a fresh AVSR model."""
     check_backbones(cfg)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    paths = backbones(cfg)
-    audio = video = None
-    if "audio_encoder" in paths:
-        from avsr.models.audio_encoder import WhisperAudioEncoder
-
-        with _loading("audio_encoder", cfg.audio_encoder):  # a folder: transformers reads it locally
-            audio = WhisperAudioEncoder.from_pretrained(cfg.audio_encoder, pad_to_30s=cfg.pad_audio_to_30s)
-    if "video_encoder" in paths:
-        from avsr.models.video_encoder import load_video_encoder
-
-        with _loading("video_encoder", cfg.video_encoder):
-            video = load_video_encoder(cfg.video_encoder)
+    encoders = load_encoders(cfg)
+    audio, video = encoders.get("audio"), encoders.get("video")
     with _loading("llm", cfg.llm):
         llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=getattr(torch, cfg.llm_dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm, local_files_only=True)

@@ -203,6 +203,8 @@ def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
                     encoders={k: str(Path(v).resolve()) if v and Path(v).exists() else v
                               for k, v in (("audio", m.audio_encoder), ("video", m.video_encoder))
                               if k in modalities})
+    if d.acoustics().active:  # (absent otherwise: the features of earlier runs keep their fingerprint)
+        settings["acoustics"] = [d.reverb, list(d.speeds), d.band_limit]
     h.update(json.dumps(settings, sort_keys=True).encode())
     for path in (d.labels(d.train_split), d.noise_path()):
         if path is not None and Path(path).is_file():
@@ -232,7 +234,8 @@ def train_items(cfg: TrainConfig, encoders: dict[str, torch.nn.Module], progress
     d = cfg.data
     noise_path = d.noise_path()
     noise = read_audio(noise_path) if noise_path else None
-    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
+    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask,
+                            acoustics=d.acoustics())
     # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
     train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)

@@ -45,6 +45,7 @@ def test_peaked_posteriors_give_the_embeddings_of_the_argmax_tokens(tmp_path):
     pad = torch.tensor([[False] * 8, [False] * 3 + [True] * 5])
     out, aux = proj({"audio": (x, pad)})
     assert aux["pad"]["audio"].tolist() == [[False] * 4, [False, True, True, True]]
+    assert aux["reader/tokens"].tolist() == [4, 1] and bool((aux["reader/confidence"] > 0.99).all())
     torch.testing.assert_close(out["audio"][0], table[[5, 9, 17, 5]], atol=1e-4, rtol=0)
     torch.testing.assert_close(out["audio"][1, 0], table[9], atol=1e-4, rtol=0)
     assert out["audio"][1, 1:].abs().sum() == 0

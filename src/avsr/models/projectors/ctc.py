@@ -155,7 +155,7 @@ class CTCProjector(nn.Module):
 
     def read(self, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames x (B, T, D_in), pad (B, T) -> soft token embeddings (B, N, D_llm), their padding
-        (B, N), and the frame posteriors (B, T, 1 + V)."""
+        (B, N), and each token's confidence (B, N): its best token's share of the run's posteriors."""
         probs = self.head(x).float().softmax(-1)  # (B, T, 1 + V)
         run, out_pad = collapse(probs.argmax(-1), pad)  # (B, T), (B, N)
         n = out_pad.shape[1]
@@ -167,7 +167,8 @@ class CTCProjector(nn.Module):
         emb = tokens.to(self.table.dtype) @ self.table  # (B, N, D_llm)
         if self.residual is not None:
             emb = emb + self.residual(pool_runs(x, run, n)).to(emb.dtype)
-        return emb.masked_fill(out_pad[..., None], 0.0), out_pad, probs
+        confidence = tokens.detach().max(-1).values.masked_fill(out_pad, 0.0)  # (B, N)
+        return emb.masked_fill(out_pad[..., None], 0.0), out_pad, confidence
 
     def active_parameters(self) -> int:
         audio = sum(p.numel() for p in self.head.parameters())
@@ -175,10 +176,15 @@ class CTCProjector(nn.Module):
         return max([audio, *(sum(p.numel() for p in mlp.parameters()) for mlp in self.mlps.values())])
 
     def forward(self, inputs: Inputs) -> tuple[dict[str, torch.Tensor], dict]:
-        out, pads = {}, {}
+        """aux: the padding of the read tokens ("pad"), and per utterance how many tokens the reader
+        heard ("reader/tokens", (B,)) and their mean confidence ("reader/confidence", (B,); 0 when
+        it heard none): what tells silence or noise from speech before the LLM writes anything."""
+        out, pads, aux = {}, {}, {}
         for m, (x, pad) in inputs.items():
             if m in self.mlps:
                 out[m] = self.mlps[m](x).masked_fill(pad[..., None], 0.0)  # (B, T, D_llm)
             else:
-                out[m], pads[m], _ = self.read(x, pad)  # (B, N, D_llm), (B, N)
-        return out, {"pad": pads}
+                out[m], pads[m], confidence = self.read(x, pad)  # (B, N, D_llm), (B, N), (B, N)
+                counts = (~pads[m]).sum(1)  # (B,)
+                aux.update({"reader/tokens": counts, "reader/confidence": confidence.sum(1) / counts.clamp(min=1)})
+        return out, {"pad": pads, **aux}

@@ -294,7 +294,8 @@ def table(clips: list[dict], totals: dict, summary: dict, checkpoint: Path) -> s
     return "\n".join(head + rows)
 
 
-def whisper_transcribe(folder: Path, clips: list[dict], num_beams: int, max_seconds: float) -> dict:
+def whisper_transcribe(folder: Path, clips: list[dict], num_beams: int, max_seconds: float,
+                       max_new_tokens: int) -> dict:
     """The reference: Whisper's own decoder on the same segments (avsr.data.segments), in place."""
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -310,7 +311,8 @@ def whisper_transcribe(folder: Path, clips: list[dict], num_beams: int, max_seco
         pieces = [c["audio"][int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in spans]
         features = processor(pieces, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         with torch.no_grad():
-            ids = model.generate(features, language="en", task="transcribe", num_beams=num_beams, do_sample=False)
+            ids = model.generate(features, language="en", task="transcribe", num_beams=num_beams, do_sample=False,
+                                 max_new_tokens=max_new_tokens)
         c["spans"] = spans
         c["segment_hypotheses"] = [normalise(h) for h in processor.batch_decode(ids, skip_special_tokens=True)]
         c["hypothesis"] = " ".join(c["segment_hypotheses"])
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         summary = transcribe(transcriber, clips)
     else:
-        summary = whisper_transcribe(checkpoint, clips, args.beams, args.max_seconds)
+        summary = whisper_transcribe(checkpoint, clips, args.beams, args.max_seconds, max_new_tokens)
     summary.update(num_beams=args.beams, max_seconds=args.max_seconds, max_new_tokens=max_new_tokens)
     totals = {**word_errors([c["reference"] for c in clips], [c["hypothesis"] for c in clips]).to_dict(),
               "seconds": round(sum(c["seconds"] for c in clips), 3), "segments": sum(len(c["spans"]) for c in clips)}

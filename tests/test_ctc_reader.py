@@ -1,4 +1,4 @@
-"""The CTC reader projector (models/projectors/ctc.py) and its pre-training (backbones/ctc_reader.py)."""
+"""The CTC reader projector (models/projectors/ctc.py) and its pre-training (training/ctc_reader.py)."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_batch, run_cli, take, tiny_model, tiny_train_args
 
-from avsr.models.projectors.ctc import CTCProjector, ReaderHead, collapse, pool_runs, save_reader
+from avsr.models.projectors.ctc import CTCProjector, ReaderHead, collapse, greedy_ids, pool_runs, save_reader
 
 
 def write_reader(folder, d_in=64, token_ids=(5, 9, 17, 30), hidden=0, rate=4, compression="avg-pooling", seed=0):
@@ -23,6 +23,7 @@ def test_collapse_drops_blanks_and_merges_repeats():
     # row 0: runs "3 3" | "3" (after a blank: a new token) | "2 2"; row 1: one run, then padding
     assert run.tolist() == [[-1, 0, 0, -1, 1, 2, 2, -1], [0, 0, 0, -1, -1, -1, -1, -1]]
     assert out_pad.tolist() == [[False, False, False], [False, True, True]]
+    assert greedy_ids(torch.nn.functional.one_hot(best, 4).float(), pad) == [[3, 3, 2], [1]]
     x = torch.arange(16, dtype=torch.float).reshape(2, 8, 1)
     pooled = pool_runs(x, run, 3)  # (B, N, 1): mean of each run's frames, empty slots zero
     assert pooled[..., 0].tolist() == [[1.5, 4.0, 5.5], [9.0, 0.0, 0.0]]
@@ -111,7 +112,7 @@ def test_pieces_with_every_merge_are_the_tokenizers_own(tmp_path):
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 
-    from avsr.backbones.ctc_reader import Pieces
+    from avsr.training.ctc_reader import Pieces
 
     texts = ["the cat sat on the mat", "a dog is not a cat", "don't tell the dog"] * 20
     raw = Tokenizer(models.BPE())

@@ -207,10 +207,10 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_reader(args: argparse.Namespace) -> int:
-    """The CTC reader of projector ctc, on the training items of a recipe (avsr.backbones.ctc_reader)."""
+    """The CTC reader of projector ctc, on the training items of a recipe (avsr.training.ctc_reader)."""
     from dataclasses import replace
 
-    from avsr.backbones.ctc_reader import ReaderConfig, pretrain_reader
+    from avsr.training.ctc_reader import ReaderConfig, pretrain_reader
     from avsr.models.loading import quiet_loading
     from avsr.training.config import check_inputs, load_config
 

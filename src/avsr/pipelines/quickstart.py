@@ -57,8 +57,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     from avsr.evaluation.score import evaluate
     from avsr.models.loading import load_checkpoint
     from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
-    from avsr.backbones.ctc_reader import FOLDER as READER_FOLDER
-    from avsr.backbones.ctc_reader import ReaderConfig, pretrain_reader
+    from avsr.training.ctc_reader import ReaderConfig, is_complete as reader_complete, pretrain_reader
     from avsr.backbones.lip_ctc import VideoPretrainConfig, is_complete, pretrain_video_encoder
     from avsr.backbones.smollm2 import prepare_smollm2
     from avsr.backbones.whisper_ct2 import convert_whisper_base
@@ -106,7 +105,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
                                        labels_csv(root, synth.corpus, "val"), video, VideoPretrainConfig(seed=seed))
     if cfg.model.projector == "ctc":
         with _stage("pretrain CTC reader (encoder features)", timings):
-            if not READER_FOLDER.is_complete(cfg.model.ctc_reader):
+            if not reader_complete(cfg.model.ctc_reader):
                 pretrain_reader(cfg, cfg.model.ctc_reader, ReaderConfig(seed=seed), progress=progress)
     with _stage(f"train AVSR model ({' + '.join(t.upper() for t in cfg.model.tasks)})", timings):
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept

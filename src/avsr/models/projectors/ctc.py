@@ -4,14 +4,14 @@ the LLM's own input embeddings of the tokens a CTC head hears.
 Why: a frozen LLM with a freshly initialised MLP projector writes fluent text that ignores its
 audio tokens for thousands of steps (docs/quickstart-smollm2.md: 300 CPU steps, one sentence for
 every input). A CTC head over the LLM's token ids, trained first on the cached encoder frames
-without the LLM (`avsr.backbones.ctc_reader`, thousands of cheap steps), turns each frame into
+without the LLM (`avsr.training.ctc_reader`, thousands of cheap steps), turns each frame into
 posteriors over those ids; posteriors @ the LLM's embedding table are soft embeddings of the
 transcript's own tokens, which the LLM reads at once. Frames are collapsed as in greedy CTC
 decoding (blank frames dropped, a run of frames with the same best token becomes one token), so
 the LLM sees about one token per spoken token instead of 12.5-25 per second.
 
 The head (a `ReaderHead`) lives in its own folder (config.json + model.safetensors, written by
-`avsr.backbones.ctc_reader`): its token ids, the encoder rate and compression it was trained at,
+`avsr.training.ctc_reader`): its token ids, the encoder rate and compression it was trained at,
 and its weights. `CTCProjector` loads it for the audio stream; the other modalities get the
 Llama-AVSR MLP, and the audio path may add a residual MLP of the collapsed frames' features
 (initialised to zero: training starts from the pure CTC path).
@@ -102,6 +102,15 @@ def collapse(best: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch
     n = max(int(counts.max()) if counts.numel() else 0, 1)
     out_pad = torch.arange(n, device=best.device)[None, :] >= counts[:, None]  # (B, N)
     return run, out_pad
+
+
+def greedy_ids(logits: torch.Tensor, pad: torch.Tensor) -> list[list[int]]:
+    """Greedy CTC decoding of logits (B, T, 1 + V), pad (B, T): per row the head indices (1..V)
+    of its collapsed runs, in order."""
+    best = logits.argmax(-1)  # (B, T)
+    run, _ = collapse(best, pad)
+    starts = (run >= 0) & torch.cat([torch.ones_like(run[:, :1], dtype=torch.bool), run[:, 1:] != run[:, :-1]], 1)
+    return [row[keep].tolist() for row, keep in zip(best, starts)]
 
 
 def pool_runs(x: torch.Tensor, run: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`avsr pretrain-reader`: the CTC head of the ctc projector (models/projectors/ctc.py), trained on
+"""`avsr pretrain-reader`, a training stage before the AVSR training: the CTC head of the ctc projector (models/projectors/ctc.py), trained on
 the cached frozen encoder frames without the LLM: thousands of cheap steps where one LLM step
 costs seconds on a CPU.
 
@@ -28,8 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avsr.backbones.folder import BackboneFolder
-from avsr.backbones.lip_ctc import greedy_ctc_decode
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset
 from avsr.data.transforms import EvalTransform
@@ -38,13 +36,28 @@ from avsr.models.avsr_model import frozen_features
 from avsr.models.compression import compress
 from avsr.models.loading import check_backbones, load_encoders
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.projectors.ctc import READER_CONFIG, READER_FORMAT, ReaderHead, save_reader
+from avsr.io import atomic_folder
+from avsr.models.projectors.ctc import ReaderError, ReaderHead, greedy_ids, read_reader_config, save_reader
 from avsr.optimization import train_steps, warmup_cosine_adamw
 from avsr.text import character_error_rate, normalise, word_errors
 from avsr.training.config import TrainConfig
 from avsr.training.train import train_items
 
-FOLDER = BackboneFolder(READER_CONFIG, "a CTC reader folder", identity={"format": READER_FORMAT}, error=AvsrError)
+
+
+def is_complete(folder: str | Path) -> bool:
+    """A finished reader folder (its config.json, written last, is there and of our format)."""
+    try:
+        read_reader_config(folder)
+    except ReaderError:
+        return False
+    return True
+
+
+def check_replaceable(folder: Path) -> None:
+    """An existing folder is replaced only when it is a reader folder of ours (or empty)."""
+    if folder.exists() and not is_complete(folder) and (not folder.is_dir() or any(folder.iterdir())):
+        raise AvsrError(f"{folder} exists and is not a CTC reader folder; remove it or choose another folder")
 
 
 class Pieces:
@@ -120,7 +133,7 @@ def read_split(head: ReaderHead, encoder: torch.nn.Module, dataset: TransformedD
         feats, lengths = frozen_features(encoder, batch, "audio")  # (B, T, D), (B,)
         x, pad = compress(feats, lengths_to_padding_mask(lengths, feats.shape[1]), rate, mode)
         logits = head(x)  # (B, T', 1 + V)
-        for text, ids in zip(batch["text"], greedy_ctc_decode(logits, (~pad).sum(1))):
+        for text, ids in zip(batch["text"], greedy_ids(logits, pad)):
             refs.append(normalise(text))
             hyps.append(pieces.decode([int(head.token_ids[i - 1]) for i in ids]))
     return refs, hyps
@@ -134,7 +147,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
 
     cfg = cfg or ReaderConfig()
     out = Path(out)
-    FOLDER.check_replaceable(out)
+    check_replaceable(out)
     m, d = train_cfg.model, train_cfg.data
     if len(m.audio_rates) != 1:
         raise AvsrError(f"model.audio_rates: the CTC reader reads one audio rate, got {list(m.audio_rates)}")
@@ -194,7 +207,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
                   val_utterances=len(refs), val_examples=[{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])],
                   total_seconds=round(time.perf_counter() - started, 1))
     log(f"CTC reader alone: val WER {report['val_wer']:.3f}  CER {report['val_cer']:.3f}  ({len(refs)} utterances)")
-    with FOLDER.writing(out) as tmp:
+    with atomic_folder(out) as tmp:
         save_reader(head.eval(), tmp, {"rate": rate, "compression": mode, "merges": cfg.merges,
                                        "llm": str(m.llm), "audio_encoder": str(m.audio_encoder),
                                        "settings": asdict(cfg), "report": report})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +149,75 @@ def cuda_missing() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def may_mount() -> bool:
+    """Tests run as root here, so chmod does not make a folder read-only, and no disk is full: the
+    read-only and full-disk cases mount real file systems, where this process may mount."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", folder], capture_output=True,
+                          timeout=30).returncode:
+            return False
+        subprocess.run(["umount", folder], capture_output=True, timeout=30)
+    return True
+
+
+def mounted(ctx: Ctx, folder: Path, *args: str) -> Path:
+    """`mount ARGS folder` for this case; unmounted when the case ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", *args, folder], check=True, capture_output=True, timeout=30)
+    ctx.request.addfinalizer(lambda: subprocess.run(["umount", "-l", folder], capture_output=True, timeout=30))
+    return folder
+
+
+def full_disk(ctx: Ctx) -> Path:
+    """<case>/full: a tmpfs of one 4 KiB page, filled, so every write there fails with ENOSPC."""
+    full = mounted(ctx, ctx.tmp / "full", "-t", "tmpfs", "-o", "size=4k", "tmpfs")
+    (full / "filler").write_bytes(bytes(4096))
+    return full
+
+
+def read_only(ctx: Ctx, folder: Path) -> Path:
+    """`folder` bound read-only onto itself: every write there fails with EROFS, for root too."""
+    return mounted(ctx, folder, "--bind", "-o", "ro", folder)
+
+
+def roi_clip(path: Path) -> Path:
+    """A 96x96 mouth-crop video at `path` (preprocess skips face detection for it), made under a
+    short name and renamed (so `path` may be as long as the file system allows)."""
+    import numpy as np
+
+    from avsr.data.media import write_video
+
+    short = path.parent / "clip.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(short, np.random.default_rng(0).integers(0, 255, (10, 96, 96), dtype=np.uint8))
+    return short.rename(path)
+
+
+def marked(folder: Path, command: str, **files: str) -> Path:
+    """A folder that `avsr <command>` made, holding `files` (name_ext=content) it wrote."""
+    names = {name.replace("_", "."): text for name, text in files.items()}
+    write(folder / ".avsr-run", f'{{"written_by": "avsr {command}", "entries": {list(names)!r}}}'.replace("'", '"'))
+    for name, text in names.items():
+        write(folder / name, text)
+    return folder
+
+
+def transcribe(c: Ctx, *extra) -> list:
+    """`avsr transcribe <case>/a.wav` with the shared checkpoint (a.wav made by the case)."""
+    return ["transcribe", c.tmp / "a.wav", "--checkpoint", c.checkpoint, "--quiet", *extra]
+
+
+def a_wav(c: Ctx, *more) -> None:
+    wav(c.tmp / "a.wav", [0.1] * 16000)
+
+
+LONG = "a" * 240  # a name the file system holds, but not with avsr's temporary sibling names
+TOO_LONG = "a" * 300  # a name no file system here holds
+MAY_MOUNT = may_mount()
 
 
 CASES: list[Case] = [
@@ -424,6 +495,135 @@ CASES: list[Case] = [
          "model.lora_rank: 4 -> 8", prepare=lambda c: shutil.copytree(c.run, c.tmp / "run"), uses=("run",)),
     Case("train-resume-fewer-steps", lambda c: ["train", "--quiet", *c.train_args(steps=1)],
          "optim.max_steps: 2 -> 1", prepare=lambda c: shutil.copytree(c.run, c.tmp / "run"), uses=("run",)),
+    # --- what avsr writes: never an input, a checkpoint or what it did not write (avsr.io) ---
+    Case("transcribe-out-is-the-input", lambda c: transcribe(c, "--out", c.tmp / "a.wav"),
+         lambda c: f"it is {c.tmp / 'a.wav'}, an input of this command", prepare=a_wav, uses=("run",)),
+    Case("transcribe-out-in-the-checkpoint", lambda c: transcribe(c, "--out", c.checkpoint / "config.json"),
+         lambda c: f"inside {c.checkpoint}, an input of this command", prepare=a_wav, uses=("run",)),
+    Case("transcribe-out-in-another-checkpoint", lambda c: transcribe(c, "--out", c.tmp / "ckpt" / "t.txt"),
+         lambda c: f"inside the checkpoint {c.tmp / 'ckpt'}", prepare=lambda c: (a_wav(c), copied_checkpoint(c)),
+         uses=("run",)),
+    *(Case(f"transcribe-{name}-user-file", lambda c, f=flags: transcribe(c, "--out", c.tmp / "t.txt", *f),
+           lambda c: f"refusing to replace {c.tmp / 't.txt'}: avsr transcribe did not write it",
+           prepare=lambda c: (a_wav(c), write(c.tmp / "t.txt", "my notes")), uses=("run",))
+      for name, flags in (("out", ()), ("overwrite", ("--overwrite",)))),
+    Case("transcribe-out-exists", lambda c: transcribe(c, "--out", c.tmp / "tx" / "t.txt"),
+         lambda c: f"{c.tmp / 'tx' / 't.txt'} exists (an earlier output of avsr transcribe); pass --overwrite",
+         prepare=lambda c: (a_wav(c), marked(c.tmp / "tx", "transcribe", t_txt="bin blue")), uses=("run",)),
+    Case("transcribe-out-name-too-long", lambda c: transcribe(c, "--out", c.tmp / f"{LONG}.txt"),
+         lambda c: f"name too long for the file system: {c.tmp / LONG}.txt", prepare=a_wav, uses=("run",)),
+    Case("transcribe-input-name-too-long",
+         lambda c: ["transcribe", c.tmp / f"{TOO_LONG}.wav", "--checkpoint", c.checkpoint, "--quiet"],
+         lambda c: f"{c.tmp / TOO_LONG}.wav: File name too long", uses=("run",)),
+    Case("preprocess-out-is-the-inputs-folder", lambda c: ["preprocess", c.tmp / "rec" / "talk.mp4", "--out",
+                                                           c.tmp / "rec", "--quiet"],
+         lambda c: f"refusing to write into {c.tmp / 'rec'}: it holds files and was not written by avsr",
+         prepare=lambda c: (roi_clip(c.tmp / "rec" / "talk.mp4"), write(c.tmp / "rec" / "talk.wav", "my audio"))),
+    Case("preprocess-overwrite-the-input", lambda c: ["preprocess", c.tmp / "crops" / "talk.mp4", "--out",
+                                                      c.tmp / "crops", "--overwrite", "--quiet"],
+         lambda c: f"it is {c.tmp / 'crops' / 'talk.mp4'}, an input of this command",
+         prepare=lambda c: (marked(c.tmp / "crops", "preprocess", talk_wav="RIFF"),
+                            roi_clip(c.tmp / "crops" / "talk.mp4"))),
+    Case("preprocess-out-exists", lambda c: ["preprocess", c.tmp / "talk.mp4", "--out", c.tmp / "crops", "--quiet"],
+         lambda c: f"{c.tmp / 'crops' / 'talk.mp4'} exists (an earlier output of avsr preprocess); pass --overwrite",
+         prepare=lambda c: (roi_clip(c.tmp / "talk.mp4"), marked(c.tmp / "crops", "preprocess", talk_mp4="x"))),
+    Case("preprocess-out-name-too-long", lambda c: ["preprocess", c.tmp / f"{LONG}.mov", "--out", c.tmp / "o"],
+         lambda c: f"name too long for the file system: {c.tmp / 'o' / LONG}.mp4",
+         prepare=lambda c: roi_clip(c.tmp / f"{LONG}.mov")),
+    Case("preprocess-out-root", lambda c: ["preprocess", c.tmp / "talk.mp4", "--out", "/"],
+         "refusing to write / (/): it is the root", prepare=lambda c: roi_clip(c.tmp / "talk.mp4")),
+    Case("eval-out-quickstart-report", lambda c: evaluate(c, "--out", c.tmp / "q"),
+         lambda c: f"refusing to replace {c.tmp / 'q' / 'results.json'}: avsr eval did not write it (avsr "
+                   "quickstart wrote it)",
+         prepare=lambda c: marked(c.tmp / "q", "quickstart", report_md="# 100 utterances", results_json="{}"),
+         uses=("run",)),
+    Case("eval-overwrite-quickstart-report", lambda c: evaluate(c, "--out", c.tmp / "q", "--overwrite"),
+         lambda c: f"refusing to replace {c.tmp / 'q' / 'results.json'}: avsr eval did not write it (avsr "
+                   "quickstart wrote it)",
+         prepare=lambda c: marked(c.tmp / "q", "quickstart", report_md="# 100 utterances", results_json="{}"),
+         uses=("run",)),
+    Case("eval-out-user-folder", lambda c: evaluate(c, "--out", c.tmp / "mine", "--overwrite"),
+         lambda c: f"refusing to write into {c.tmp / 'mine'}: it holds files and was not written by avsr",
+         prepare=lambda c: write(c.tmp / "mine" / "report.md", "my report"), uses=("run",)),
+    Case("eval-out-exists", lambda c: evaluate(c, "--out", c.tmp / "ev"),
+         lambda c: f"{c.tmp / 'ev' / 'report.md'} exists (an earlier output of avsr eval); pass --overwrite",
+         prepare=lambda c: marked(c.tmp / "ev", "eval", report_md="# full"), uses=("run",)),
+    Case("eval-out-is-the-checkpoint", lambda c: evaluate(c, "--out", c.checkpoint),
+         lambda c: f"it is {c.checkpoint}, an input of this command", uses=("run",)),
+    Case("eval-out-cwd", lambda c: evaluate(c, "--out", "."), "it is the root, home or working folder",
+         uses=("run",)),
+    Case("eval-out-name-too-long", lambda c: evaluate(c, "--out", c.tmp / LONG),
+         lambda c: f"name too long for the file system: {c.tmp / LONG}", uses=("run",)),
+    Case("eval-checkpoint-name-too-long", lambda c: ["eval", c.tmp / TOO_LONG, "--quiet"],
+         lambda c: f"{c.tmp / TOO_LONG}/config.json: File name too long"),
+    Case("train-out-user-folder", lambda c: train_cli(c),
+         lambda c: f"refusing to write into {c.tmp / 'run'}: it holds files and was not written by avsr",
+         prepare=lambda c: write(c.tmp / "run" / "checkpoints" / "last" / "config.json", '{"mine": 1}'),
+         uses=("corpus",)),
+    *(Case(f"train-out-{name}", lambda c, o=out: train_cli(c, f"out={o()}"), "it is the root, home or working "
+           "folder", uses=("corpus",)) for name, out in (("root", lambda: "/"), ("home", Path.home),
+                                                         ("cwd", lambda: "."))),
+    Case("train-out-inside-the-corpus", lambda c: train_cli(c, f"out={c.corpus / 'synth' / 'run'}"),
+         lambda c: f"inside {c.corpus / 'synth'}, an input of this command", uses=("corpus",)),
+    Case("train-out-inside-a-checkpoint", lambda c: train_cli(c, f"out={c.checkpoint / 'run'}"),
+         lambda c: f"inside the checkpoint {c.checkpoint}", uses=("run",)),
+    Case("train-out-name-too-long", lambda c: train_cli(c, f"out={c.tmp / LONG}"),
+         lambda c: f"name too long for the file system: {c.tmp / LONG}", uses=("corpus",)),
+    *(Case(f"contact-sheet-{name}-user-file", lambda c, f=flags: ["contact-sheet", "--out", c.tmp / "mine.png", *f],
+           lambda c: f"refusing to replace {c.tmp / 'mine.png'}: avsr contact-sheet did not write it",
+           prepare=lambda c: write(c.tmp / "mine.png", b"\x89PNG my drawing"))
+      for name, flags in (("out", ()), ("overwrite", ("--overwrite",)))),
+    Case("contact-sheet-out-exists", lambda c: ["contact-sheet", "--out", c.tmp / "s" / "s.png"],
+         lambda c: f"{c.tmp / 's' / 's.png'} exists (an earlier output of avsr contact-sheet); pass --overwrite",
+         prepare=lambda c: marked(c.tmp / "s", "contact-sheet", s_png="\x89PNG")),
+    Case("contact-sheet-out-name-too-long", lambda c: ["contact-sheet", "--out", c.tmp / f"{LONG}.png"],
+         lambda c: f"name too long for the file system: {c.tmp / LONG}.png"),
+    Case("quickstart-out-root", lambda c: ["quickstart", "--out", "/"], "refusing to write / (/): it is the root"),
+    Case("quickstart-out-user-folder", lambda c: ["quickstart", "--out", c.tmp / "mine"],
+         lambda c: f"refusing to write into {c.tmp / 'mine'}: it holds files and was not written by avsr",
+         prepare=lambda c: write(c.tmp / "mine" / "thesis.tex", "my work")),
+    Case("synth-out-cwd", lambda c: synth(c, "--out", "."), "it is the root, home or working folder"),
+    Case("pretrain-lm-out-cwd", lambda c: backbone("pretrain-lm", c, "--out", "."),
+         "it is the root, home or working folder", prepare=train_labels),
+    Case("pretrain-encoder-out-checkpoint", lambda c: backbone("pretrain-encoder", c, "--out", c.checkpoint),
+         lambda c: f"it is the checkpoint {c.checkpoint}", prepare=train_labels, uses=("run",)),
+    Case("prepare-whisper-out-home", lambda c: ["prepare", "whisper-base", "--out", Path.home()],
+         "it is the root, home or working folder"),
+    # --- file-system errors: a real full tmpfs and real read-only bind mounts (where this process may mount) ---
+    *([Case("transcribe-disk-full", lambda c: transcribe(c, "--out", c.tmp / "full" / "t.txt"),
+            lambda c: f"cannot write {c.tmp / 'full' / 't.txt'}: No space left on device",
+            prepare=lambda c: (a_wav(c), full_disk(c)), uses=("run",)),
+       Case("preprocess-disk-full", lambda c: ["preprocess", c.tmp / "talk.mp4", "--out", c.tmp / "full" / "crops"],
+            lambda c: f"cannot write {c.tmp / 'full' / 'crops'}/",
+            prepare=lambda c: (roi_clip(c.tmp / "talk.mp4"), full_disk(c))),
+       Case("contact-sheet-disk-full", lambda c: ["contact-sheet", "--out", c.tmp / "full" / "s.png"],
+            lambda c: f"cannot write {c.tmp / 'full' / 's.png'}: No space left on device", prepare=full_disk),
+       Case("eval-disk-full", lambda c: evaluate(c, "--out", c.tmp / "full" / "ev"),
+            lambda c: f"cannot write {c.tmp / 'full' / 'ev'}/", prepare=full_disk, uses=("run",)),
+       Case("train-disk-full", lambda c: train_cli(c, f"out={c.tmp / 'full' / 'run'}"),
+            lambda c: f"cannot write {c.tmp / 'full' / 'run'}/", prepare=full_disk, uses=("corpus",)),
+       Case("synth-faces-read-only-corpus", lambda c: ["synth-faces", "--root", c.tmp / "c", "--limit", "1"],
+            lambda c: f"cannot write to output folder {c.tmp / 'c' / 'synth' / 'faces' / 'test'}: Read-only file "
+                      "system", prepare=lambda c: read_only(c, made_corpus(c))),
+       Case("transcribe-read-only-out", lambda c: transcribe(c, "--out", c.tmp / "ro" / "t.txt"),
+            lambda c: f"cannot write to output folder {c.tmp / 'ro'}: Read-only file system",
+            prepare=lambda c: (a_wav(c), write(c.tmp / "ro" / "keep.txt", "x"), read_only(c, c.tmp / "ro")),
+            uses=("run",)),
+       Case("preprocess-read-only-out", lambda c: ["preprocess", c.tmp / "talk.mp4", "--out", c.tmp / "ro" / "o"],
+            lambda c: f"cannot write to output folder {c.tmp / 'ro' / 'o'}: Read-only file system",
+            prepare=lambda c: (roi_clip(c.tmp / "talk.mp4"), write(c.tmp / "ro" / "keep.txt", "x"),
+                               read_only(c, c.tmp / "ro"))),
+       Case("contact-sheet-read-only-out", lambda c: ["contact-sheet", "--out", c.tmp / "ro" / "s.png"],
+            lambda c: f"cannot write to output folder {c.tmp / 'ro'}: Read-only file system",
+            prepare=lambda c: (write(c.tmp / "ro" / "keep.txt", "x"), read_only(c, c.tmp / "ro"))),
+       Case("eval-read-only-out", lambda c: evaluate(c, "--out", c.tmp / "ro" / "ev"),
+            lambda c: f"cannot write to output folder {c.tmp / 'ro' / 'ev'}: Read-only file system",
+            prepare=lambda c: (write(c.tmp / "ro" / "keep.txt", "x"), read_only(c, c.tmp / "ro")), uses=("run",)),
+       Case("train-read-only-out", lambda c: train_cli(c, f"out={c.tmp / 'ro' / 'run'}"),
+            lambda c: f"cannot write to output folder {c.tmp / 'ro' / 'run'}: Read-only file system",
+            prepare=lambda c: (write(c.tmp / "ro" / "keep.txt", "x"), read_only(c, c.tmp / "ro")),
+            uses=("corpus",)),
+       ] if MAY_MOUNT else []),
 ]
 
 

@@ -186,6 +186,9 @@ def test_cli_formats_and_api(checkpoint, test_items, tmp_path):
     assert code == 0 and out == "", err
     files = json.loads(target.read_text())["files"]
     assert [f["task"] for f in files] == ["avsr", "asr"] and files[0]["rates"] == "a4v2"
+    code, out, err = run_cli("transcribe", mp4, mp4.with_suffix(".wav"), "--checkpoint", checkpoint, "--beams",
+                             BEAMS, "--max-new-tokens", TOKENS, "--quiet")  # text of several files: each named
+    assert code == 0 and out == "".join(f"{f['source']}\t{f['text']}\n" for f in files), err
 
 
 def bad_inputs(tmp: Path, good: Path, corpus_root: Path, backbones: dict, run: Path) -> list[tuple[list, str]]:

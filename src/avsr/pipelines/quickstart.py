@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from avsr.io import claim_folder, remove_written, write_text_atomic
+from avsr.io import check_output_folder, claim_folder, remove_written, write_text_atomic
 from avsr.models.tasks import TASKS
 from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
@@ -63,8 +63,10 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
 
     if profile not in PROFILES or sentences not in SENTENCES:
         raise ValueError(f"unknown profile {profile!r} or sentences {sentences!r}")
+    # avsr.io's rule: its own earlier stages are continued; anything else there is never replaced
+    check_output_folder(out, "quickstart", ENTRIES, inputs=(synth.text_file,), replace=True)
     if overwrite and Path(out).exists():  # start from scratch: every stage is redone
-        remove_written(out)
+        remove_written(out, (synth.text_file,))
     out = claim_folder(out, "quickstart", ENTRIES)
     timings: dict = {}
     root = Path(synth.out)

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avsr.data.media import SAMPLES_PER_FRAME, SAMPLE_RATE, VIDEO_FPS, write_audio, write_video
+from avsr.io import check_output_folder, claim_folder, fs_errors_named
 from avsr.preprocess.decode import PreprocessError, probe, read_audio, video_frames
 from avsr.preprocess.detect import Detector, MediaPipeFaceMesh
 from avsr.preprocess.roi import ROI, crop, fill_and_smooth, largest, roi_transforms
@@ -137,15 +138,24 @@ def preprocess_file(path: str | Path, detector: Detector | None = None, progress
                         mouth_centres=centres, transforms=transforms, warnings=warnings, timings=timings)
 
 
-def write_pair(result: Preprocessed, out_dir: str | Path) -> tuple[Path, Path]:
+def write_pair(result: Preprocessed, out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write `<stem>.mp4` (the ROIs) and `<stem>.wav` (the audio; silence of the same length when
-    the recording has none, so the pair loads like any corpus item) into out_dir, atomically."""
+    the recording has none, so the pair loads like any corpus item) into out_dir, atomically.
+    avsr.io's rule first: never over the source, nor over files avsr preprocess did not write
+    there (and over its own only with `overwrite`)."""
     if result.video is None:
         raise PreprocessError(f"no mouth video for {result.source}: {'; '.join(result.warnings) or 'no face'}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     mp4, wav = out / f"{result.source.stem}.mp4", out / f"{result.source.stem}.wav"
+    check_output_folder(out, "preprocess", (mp4.name, wav.name), inputs=(result.source,), replace=overwrite)
     audio = result.audio if result.audio is not None else np.zeros(len(result.video) * SAMPLES_PER_FRAME, np.float32)
-    write_video(mp4, result.video)
-    write_audio(wav, audio)
+    claim_folder(out, "preprocess", (mp4.name, wav.name))
+    with fs_errors_named(mp4):
+        write_video(mp4, result.video)
+    try:
+        with fs_errors_named(wav):
+            write_audio(wav, audio)
+    except BaseException:
+        mp4.unlink()  # no half pair: the video alone would pass for a preprocessed recording
+        raise
     return mp4, wav

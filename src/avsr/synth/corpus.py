@@ -39,7 +39,7 @@ from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, write_aud
 from avsr.data.noise import pink_noise, white_noise
 from avsr.errors import AvsrError
 from avsr.paths import NOISE_KINDS, SPLITS, labels_csv, noise_wav
-from avsr.io import UnsafeRemoval, claim_folder, refuse_guarded, write_text_atomic
+from avsr.io import UnsafeRemoval, check_target, claim_folder, refuse_guarded, write_text_atomic
 from avsr.synth.espeak import Voice, engine
 from avsr.synth.lips import Appearance, head_motion, render_mouth
 from avsr.synth.text import grid_sentence, read_text_file
@@ -334,6 +334,7 @@ def _prepare_output(cfg: SynthConfig, identity: dict, overwrite: bool) -> Path:
                              "refusing to mix them: choose another --out or --corpus, or pass --overwrite")
     except OSError as err:
         raise SynthError(f"cannot use the output folder {err.filename or root}: {err.strerror or err}") from None
+    check_target(root, error=SynthError)  # avsr.io's rule: not the root, home or working folder, no checkpoint
     claim_folder(root, "synth", entries=("labels", "noise", cfg.corpus))
     try:
         for folder in (corpus_dir, root / "labels", root / "noise"):

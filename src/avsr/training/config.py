@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from avsr.errors import AvsrError
+from avsr.io import write_text_atomic
 from avsr.paths import manifest, noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
@@ -246,7 +247,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Atomically: a full disk leaves no half config.yaml (that resuming would then compare)."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_run_checkpoint(folder: str | Path):

@@ -27,10 +27,10 @@ from avsr.data.dataset import AVDataset
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from avsr.errors import Interrupted
-from avsr.io import claim_folder, remove_written, write_text_atomic
+from avsr.io import check_output_folder, claim_folder, remove_written, write_text_atomic
 from avsr.models.avsr_model import AVSRModel
 from avsr.models.tasks import modalities_of
-from avsr.models.loading import build_model, save_checkpoint
+from avsr.models.loading import backbones, build_model, save_checkpoint
 from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
 from avsr.optimization import warmup_cosine, warmup_cosine_adamw  # noqa: F401 (warmup_cosine: public here too)
@@ -407,9 +407,13 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
     deletes the earlier run first), and a finished run is not trained again. Ctrl-C saves
     the last completed step and raises `Interrupted`. `callbacks`: extra Lightning callbacks."""
     out = Path(cfg.out)
+    d = cfg.data  # what the run reads: never inside (nor replaced with) its run folder (avsr.io's rule)
+    inputs = (d.labels(d.train_split), d.labels(d.val_split), d.noise_path(), Path(d.root) / d.corpus,
+              *backbones(cfg.model).values())
+    check_output_folder(out, "train", RUN_ENTRIES, inputs=inputs, replace=True)  # its own entries: resumed
     check_feature_cache(cfg)  # before a run folder is claimed
     if fresh and out.exists():
-        remove_written(out)
+        remove_written(out, inputs)
     finished = check_resume(cfg)
     if finished is not None:
         print(f"[avsr train] {out} already finished its {cfg.optim.max_steps} steps: {finished}", flush=True)

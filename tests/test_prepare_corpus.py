@@ -176,33 +176,52 @@ class RayCluster:
         active = result.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
         return active.count("node_")
 
-    def workers(self) -> list[tuple[int, str]]:
-        """(pid, title) of this cluster's processes (its process groups only)."""
-        groups = {p.pid for p in self.procs}
-        found = []
+    def processes(self) -> list[tuple[int, str]]:
+        """(pid, title) of this cluster's processes: the `ray start` processes and their descendants
+        (raylet starts its workers in sessions of their own)."""
+        parents, titles = {}, {}
         for entry in Path("/proc").iterdir():
             try:
-                if entry.name.isdigit() and os.getpgid(int(entry.name)) in groups:
-                    found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
-            except (OSError, ProcessLookupError):
+                if entry.name.isdigit():
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                    titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
                 continue
-        return found
+        mine, grew = {p.pid for p in self.procs}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in mine} - mine
+            grew = bool(more)
+            mine |= more
+        mine |= {pid for pid in parents if _group(pid) in {p.pid for p in self.procs}}
+        return [(pid, titles.get(pid, "")) for pid in sorted(mine) if pid in titles]
 
     def stop(self) -> None:
+        left = [pid for pid, _ in self.processes()]
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
         for proc in self.procs:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
+        for pid in left:  # what is left of them (raylet, workers), by id
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (raylet, workers)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for proc in self.procs:
             proc.wait()
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +256,7 @@ def test_a_ray_worker_killed_mid_run_and_the_corpus_still_completes_with_the_sam
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: markers(out), 180, "a first finished file")
-        busy = wait_for(lambda: [pid for pid, title in ray_cluster.workers() if title.startswith("ray::_on_node")],
+        busy = wait_for(lambda: [pid for pid, title in ray_cluster.processes() if title.startswith("ray::_on_node")],
                         60, "a Ray worker running a group")
         os.kill(busy[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=400)

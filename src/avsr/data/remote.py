@@ -77,12 +77,19 @@ def open_stream(location: str | Path, timeout: float = DEFAULT_TIMEOUT) -> Itera
     try:
         stream = fsspec.open(text, "rb", **_http_options(text, timeout)).open()
     except Exception as err:  # fsspec's backends raise their own types (aiohttp, botocore, ...)
-        raise RemoteError(f"cannot read {text}: {_reason(err)}") from None
+        raise RemoteError(f"cannot read {text}: {_reason(err, timeout)}") from None
     with stream:
         yield stream
 
 
-def _reason(err: BaseException) -> str:
+def _reason(err: BaseException, timeout: float) -> str:
+    """One line saying why: the innermost cause (fsspec reports every failure as FileNotFoundError)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__ or type(err).__name__ == "CancelledError":
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, FileNotFoundError):
+        return "not found"
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
 
@@ -115,7 +122,7 @@ def read_bytes(location: str | Path, timeout: float = DEFAULT_TIMEOUT) -> bytes:
         try:
             return stream.read()
         except Exception as err:
-            raise RemoteError(f"cannot read {location}: {_reason(err)}") from None
+            raise RemoteError(f"cannot read {location}: {_reason(err, timeout)}") from None
 
 
 def size(location: str | Path, timeout: float = DEFAULT_TIMEOUT) -> int | None:
@@ -135,5 +142,5 @@ def size(location: str | Path, timeout: float = DEFAULT_TIMEOUT) -> int | None:
                                                   if k != "block_size"})
         return int(fs.size(path))
     except Exception as err:
-        raise RemoteError(f"cannot read {text}: {_reason(err)}") from None
+        raise RemoteError(f"cannot read {text}: {_reason(err, timeout)}") from None
 

@@ -70,6 +70,12 @@ def _tar_bytes(sizes: list[int]) -> int:
     return sum(512 + -(-n // 512) * 512 for n in sizes)
 
 
+def _tar_file_bytes(members: int) -> int:
+    """The size of a tar file whose members take `members` bytes: the end-of-archive blocks, then
+    padded to whole records (tarfile's 10240 bytes)."""
+    return -(-(members + 2 * 512) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def _meta(row: Utterance, index: int) -> bytes:
     return json.dumps({"id": row.id, "index": index, "frames": row.n_frames, "text": row.text}, sort_keys=True).encode()
 
@@ -99,7 +105,7 @@ def write_shards(manifest: str | Path, out: str | Path, shard_size: int, fmt: st
         row = rows[i]
         sample = _tar_bytes([len(_meta(row, i)), row.video.stat().st_size, len(row.text.encode()),
                              row.audio.stat().st_size])
-        if current and current_bytes + sample > shard_size:
+        if current and _tar_file_bytes(current_bytes + sample) > shard_size:
             shards.append(current)
             current, current_bytes = [], 0
         current.append(i)

@@ -189,7 +189,7 @@ def test_an_interrupted_run_from_shards_resumes_at_the_step_with_the_straight_ru
 
     root = Path(tiny_corpus[0].out)
     per_epoch = len(ShardStream(shards / "train" / "index.json", 300, same, seed=42, buffer=4))
-    settings = [f"optim.max_steps={per_epoch + 2}", "optim.warmup_steps=1", "data.max_frames=300", "val_every=0",
+    settings = [f"optim.max_steps={per_epoch + 3}", "optim.warmup_steps=1", "data.max_frames=300", "val_every=0",
                 "checkpoint_every=100", "data.feature_cache_copies=0", "accelerator=cpu", "data.shuffle_buffer=4",
                 f"data.root={shards}", "data.format=shards", f"data.noise={root / 'noise' / 'synth_babble.wav'}"]
     straight = train(load_config(None, [*settings, f"out={tmp_path / 'straight'}"]), model=tiny_model(seed=4),

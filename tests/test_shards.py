@@ -10,11 +10,13 @@ import functools
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,22 @@ def test_two_torchrun_nodes_see_disjoint_utterances_that_together_are_the_epoch(
     assert not first[0] & first[1] and len(first[0] | first[1]) == index.utterances  # disjoint, the whole epoch
     for r in ranks:  # every rank ends with the same weights (DDP)
         assert all(torch.equal(r["end"][k], ranks[0]["end"][k]) for k in r["end"])
+
+
+def test_a_shard_cut_short_while_streaming_and_a_server_that_does_not_answer_are_named(shards, tmp_path):
+    from avsr.data.manifests import DataError
+
+    cut = tmp_path / "cut"
+    shutil.copytree(shards, cut)
+    tar = sorted((cut / "train").glob("*.tar"))[2]
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # the size check cannot see it through a pipe
+    stream = ShardStream(f"pipe:cat {cut}/train/index.json", 150, same, shuffle=False)
+    with pytest.raises(DataError, match=f"shard pipe:cat {cut}/train/{tar.name} is cut short or damaged"):
+        list(stream)
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        started = time.monotonic()
+        with pytest.raises(DataError, match="no answer within 1 s"):
+            ShardStream(f"http://127.0.0.1:{silent.getsockname()[1]}/train/index.json", 150, same, timeout=1)
+        assert time.monotonic() - started < 30

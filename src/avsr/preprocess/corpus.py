@@ -19,6 +19,7 @@ workers or the interruptions, the same source gives the same bytes.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,9 +177,12 @@ def prepare_corpus(src: str | Path, layout: str, out: str | Path, corpus: str | 
                         f"({'VoxCeleb2 has none; ' if layout == 'vox2' else ''}pass --whisper FOLDER to transcribe "
                         "them with a local Whisper model)")
     address = engines.ray_address(ray_address) if engine == "ray" else None
+    try:  # writable now, before any work (the run marker is written with the results)
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise AvsrError(f"cannot write to output folder {out}: {err.strerror or err}") from None
     splits = sorted({s.split for s in sources})
-    claim_folder(out, "prepare-corpus", (corpus, "labels", REPORT, *(f"{s}.{ext}" for s in splits
-                                                                      for ext in ("tsv", "wrd", "jsonl"))))
     mine = sources[shard[0]::shard[1]] if shard else sources
     groups = [(mine[k:k + group_size], out.resolve(), corpus, whisper) for k in range(0, len(mine), group_size)]
     start = time.perf_counter()
@@ -205,6 +209,8 @@ def prepare_corpus(src: str | Path, layout: str, out: str | Path, corpus: str | 
     report["run"] = {"engine": engine, "workers": workers if engine == "local" else None, "seconds": round(seconds, 2),
                      "processed": len(new), "skipped": sum(r["status"] == "skipped" for r in records),
                      "frames_processed": sum(r["frames"] for r in new)}
+    claim_folder(out, "prepare-corpus", (corpus, "labels", REPORT, *(f"{s}.{ext}" for s in splits
+                                                                      for ext in ("tsv", "wrd", "jsonl"))))
     if shard:
         return report
     for name in splits:

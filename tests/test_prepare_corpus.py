@@ -298,3 +298,45 @@ def test_the_readme_commands_prepare_shard_train_and_evaluate(baseline, tiny_bac
     code, _, err = run_cli("eval", run / "checkpoints" / "last", "--snrs", "clean", "--quiet",
                            "--out", tmp_path / "eval2")
     assert code == 2 and "--root and --format" in err and "\n" not in err.strip()
+
+
+@pytest.fixture(scope="module")
+def whisper_base(tmp_path_factory) -> Path:
+    from avsr.backbones.whisper_ct2 import convert_whisper_base
+
+    return convert_whisper_base(tmp_path_factory.mktemp("whisper") / "whisper-base")
+
+
+def test_voxceleb2_layout_without_transcripts_is_transcribed_by_a_local_whisper(lrs3_tree, whisper_base, tmp_path):
+    """VoxCeleb2 has no transcripts: --whisper makes them from each utterance's preprocessed audio.
+    The clips: a drawn face (its frames held over the speech) saying ordinary English sentences,
+    which Whisper base gets right from espeak-ng (tests/test_whisper_convert.py)."""
+    import numpy as np
+
+    from avsr.preprocess.decode import video_frames
+    from avsr.synth.corpus import speak
+    from avsr.synth.face import write_face_video
+    from avsr.text import word_errors
+    from test_whisper_convert import SENTENCES
+
+    face = [rgb for _, rgb in video_frames(sorted((lrs3_tree / "test").glob("*/*.mp4"))[0])]
+    vox = tmp_path / "vox2"
+    spoken = {}
+    for k, (sentence, voice, seed) in enumerate(SENTENCES):
+        audio, _ = speak(sentence, voice, np.random.default_rng(seed))
+        frames = [face[i % len(face)] for i in range(audio.size // 640)]
+        clip = vox / "test" / "mp4" / f"id0000{k}" / "yt-video" / "00001.mp4"
+        clip.parent.mkdir(parents=True)
+        write_face_video(clip, np.stack(frames), audio)
+        spoken[f"test/id0000{k}/yt-video/00001.mp4"] = sentence
+    out = tmp_path / "dst"
+    code, stdout, err = run_cli("prepare-corpus", vox, "--layout", "vox2", "--out", out, "--whisper", whisper_base,
+                                "--quiet")
+    assert code == 0, err
+    report = json.loads((out / "prepare-report.json").read_text())
+    assert report["done"] == 3 and report["transcribed_by_whisper"] == 3 and report["corpus"] == "vox2"
+    rows = {json.loads(line)["id"]: json.loads(line)["text"] for line in (out / "test.jsonl").read_text().splitlines()}
+    assert rows.keys() == spoken.keys()
+    errors = word_errors(list(spoken.values()), [rows[k] for k in spoken])
+    print(f"Whisper base transcripts: WER {errors.wer:.2f} ({rows})")
+    assert errors.wer <= 0.10  # measured 0 by the converter's test; a broken pass gives ~1.0

@@ -18,7 +18,9 @@ WHISPER_SECONDS = 30  # Whisper hears at most this much; a longer clip's transcr
 def check_whisper(folder: str | Path) -> Path:
     """Before any work: the folder holds a saved Whisper model with its processor."""
     folder = Path(folder)
-    missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        missing.append("processor_config.json or preprocessor_config.json")
     if missing:
         raise AvsrError(f"--whisper {folder}: not a Whisper model folder (no {', '.join(missing)}); make one "
                         "with `avsr prepare whisper-base --out FOLDER`, or save a transformers Whisper model there")

@@ -291,7 +291,7 @@ CASES: list[Case] = [
           ("val-every-negative", "val_every=-1", "config: val_every must be a non-negative integer, got -1"),
           ("log-every-zero", "log_every=0", "config: log_every must be a positive integer, got 0"),
           ("max-val-utterances-zero", "data.max_val_utterances=0", "config: data.max_val_utterances must be"),
-          ("format-unknown", "data.format=xml", "config: data.format must be one of auto, csv, fairseq, jsonl, "
+          ("format-unknown", "data.format=xml", "config: data.format must be one of auto, csv, fairseq, jsonl, shards, "
                                                 "got 'xml'"),
           ("on-bad-file-unknown", "data.on_bad_file=ignore", "config: data.on_bad_file must be one of skip, stop, "
                                                              "got 'ignore'"),

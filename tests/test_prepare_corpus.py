@@ -126,7 +126,8 @@ def test_ctrl_c_then_a_rerun_skips_finished_files_and_gives_the_same_bytes(lrs3_
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stdout + stderr
-    assert stderr.strip().splitlines()[-1] == "avsr prepare-corpus: interrupted" and "Traceback" not in stderr
+    # one line from avsr; the pool's resource tracker may add a warning about the terminated workers' semaphores
+    assert "avsr prepare-corpus: interrupted" in stderr.splitlines() and "Traceback" not in stderr, stderr
     finished = len(markers(out))
     assert 4 <= finished < 20 and not (out / "prepare-report.json").exists()
     rerun = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)

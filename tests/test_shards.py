@@ -85,6 +85,12 @@ def test_shards_hold_the_webdataset_samples_longest_first_and_the_same_bytes_eve
     with pytest.raises(AvsrError, match="exists"):
         write_shards(root / "labels" / "synth_train.csv", tmp_path / "train", SHARD_SIZE)
     assert write_shards(root / "labels" / "synth_train.csv", tmp_path / "train", 10**9, overwrite=True).shards[0].count == 12
+    mine = tmp_path / "mine" / "train"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(AvsrError, match="not written by avsr"):  # --overwrite replaces only what avsr wrote
+        write_shards(root / "labels" / "synth_train.csv", mine, SHARD_SIZE, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
     assert parse_size("512MB") == 512 * 10**6 and parse_size("1GiB") == 2**30 and parse_size("4096") == 4096
 
 

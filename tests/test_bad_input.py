@@ -87,6 +87,29 @@ def train_labels(ctx: Ctx) -> Path:
     return write(ctx.tmp / "labels" / "synth_train.csv", "synth,train/s000/00000.mp4,10,bin blue at f two now\n")
 
 
+def lrs3_prepare(ctx: Ctx, *extra: str) -> list:
+    return ["prepare-corpus", ctx.tmp / "lrs3", "--layout", "lrs3", "--out", ctx.tmp / "out", "--quiet", *extra]
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (it was free a moment ago)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cut_shard(ctx: Ctx) -> None:
+    """The shared corpus's train and val splits as shards in the case's folder, one train shard cut in half."""
+    for split in ("train", "val"):
+        code, _, err = run_cli("shard", ctx.corpus / "labels" / f"synth_{split}.csv", "--out", ctx.tmp / "shards" / split,
+                               "--shard-size", "300KB")
+        assert code == 0, err
+    tar = sorted((ctx.tmp / "shards" / "train").glob("*.tar"))[1]
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+
+
 def backbone(command: str, ctx: Ctx, *extra: str) -> list:
     return [command, "--root", ctx.tmp, "--out", ctx.tmp / "model", *extra]
 
@@ -339,7 +362,7 @@ CASES: list[Case] = [
           ("val-every-negative", "val_every=-1", "config: val_every must be a non-negative integer, got -1"),
           ("log-every-zero", "log_every=0", "config: log_every must be a positive integer, got 0"),
           ("max-val-utterances-zero", "data.max_val_utterances=0", "config: data.max_val_utterances must be"),
-          ("format-unknown", "data.format=xml", "config: data.format must be one of auto, csv, fairseq, jsonl, "
+          ("format-unknown", "data.format=xml", "config: data.format must be one of auto, csv, fairseq, jsonl, shards, "
                                                 "got 'xml'"),
           ("on-bad-file-unknown", "data.on_bad_file=ignore", "config: data.on_bad_file must be one of skip, stop, "
                                                              "got 'ignore'"),
@@ -476,6 +499,38 @@ CASES: list[Case] = [
          prepare=lambda c: write(c.tmp / "junk.mp4", b"not a video at all")),
     Case("synth-faces-no-corpus", lambda c: ["synth-faces", "--root", c.tmp / "nothing"],
          lambda c: f"no finished avsr synth corpus in {c.tmp / 'nothing' / 'synth'}"),
+    # --- prepare-corpus, shard, training from shards ---
+    Case("prepare-corpus-missing-transcripts", lambda c: lrs3_prepare(c), "missing transcripts: none of the 1 videos",
+         prepare=lambda c: write(c.tmp / "lrs3" / "test" / "spk" / "00001.mp4", b"video")),
+    Case("prepare-corpus-unreadable-videos", lambda c: lrs3_prepare(c), "none of the 1 videos could be prepared",
+         prepare=lambda c: (write(c.tmp / "lrs3" / "test" / "spk" / "00001.mp4", b"not a video at all"),
+                            write(c.tmp / "lrs3" / "test" / "spk" / "00001.txt", "Text:  HELLO\n"))),
+    Case("prepare-corpus-no-videos", lambda c: lrs3_prepare(c), "no videos in",
+         prepare=lambda c: (c.tmp / "lrs3").mkdir()),
+    Case("prepare-corpus-ray-no-address", lambda c: lrs3_prepare(c, "--engine", "ray"), "--ray-address",
+         prepare=lambda c: write(c.tmp / "lrs3" / "test" / "spk" / "00001.txt", "Text:  HELLO\n")
+         and write(c.tmp / "lrs3" / "test" / "spk" / "00001.mp4", b"video")),
+    Case("prepare-corpus-ray-nothing-there", lambda c: lrs3_prepare(c, "--engine", "ray", "--ray-address",
+                                                                   f"127.0.0.2:{closed_port()}"),
+         "no Ray cluster answers there", prepare=lambda c: (write(c.tmp / "lrs3" / "test" / "s" / "1.txt", "Text: A\n"),
+                                                            write(c.tmp / "lrs3" / "test" / "s" / "1.mp4", b"v"))),
+    Case("prepare-corpus-shard-out-of-range", lambda c: lrs3_prepare(c, "--shard", "2/2"), "expected i/n"),
+    Case("prepare-corpus-whisper-not-a-model", lambda c: ["prepare-corpus", c.tmp / "vox", "--layout", "vox2", "--out",
+                                                          c.tmp / "out", "--whisper", c.tmp / "empty"],
+         "not a Whisper model folder", prepare=lambda c: ((c.tmp / "empty").mkdir(), (c.tmp / "vox").mkdir())),
+    Case("shard-manifest-missing", lambda c: ["shard", c.tmp / "labels" / "none.csv", "--out", c.tmp / "s" / "train"],
+         "label file not found"),
+    Case("shard-media-missing", lambda c: ["shard", train_labels(c), "--out", c.tmp / "s" / "train"],
+         "video file not found"),
+    Case("shard-size-unreadable", lambda c: ["shard", train_labels(c), "--out", c.tmp / "s" / "train", "--shard-size",
+                                             "big"], "--shard-size 'big'"),
+    Case("train-shards-cut-in-half", lambda c: train_cli(c, "data.format=shards", f"data.root={c.tmp / 'shards'}"),
+         "cut short", prepare=lambda c: cut_shard(c), uses=("corpus",)),
+    Case("train-shards-url-no-answer", lambda c: train_cli(c, "data.format=shards",
+                                                           f"data.root=http://127.0.0.1:{closed_port()}/shards"),
+         "Connect call failed", uses=("corpus",)),
+    Case("train-shards-pipe-fails", lambda c: train_cli(c, "data.format=shards", "data.root=pipe:cat /nonexistent/{}"),
+         "pipe:cat /nonexistent/train/index.json failed with exit status 1", uses=("corpus",)),
     # --- overwrite and interruptions ---
     Case("quickstart-overwrite-user-folder", lambda c: ["quickstart", "--out", c.tmp / "mine", "--overwrite"],
          "not written by avsr", prepare=lambda c: write(c.tmp / "mine" / "thesis.tex", "my work")),

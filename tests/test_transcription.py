@@ -37,7 +37,7 @@ def test_items(tiny_corpus):
 
     root = Path(tiny_corpus[0].out)
     data = labelled_split(root, root / "labels" / "synth_test.csv", limit=3)
-    return data, [row.video_path(root) for row in data.rows]
+    return data, [row.video for row in data.rows]
 
 
 def recording(video=None, audio=None, total_frames=None, source="clip.mp4") -> Preprocessed:

@@ -123,10 +123,45 @@ def cmd_synth_faces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_corpus(args: argparse.Namespace) -> int:
+    """A raw corpus tree -> mouth ROIs + wav per utterance, manifests in every row format, a report
+    (avsr.preprocess.corpus); the tree and the engine are checked before any file is processed."""
+    from avsr.preprocess.corpus import REPORT, parse_shard, prepare_corpus
+
+    report = prepare_corpus(args.src, args.layout, args.out, corpus=args.corpus, engine=args.engine,
+                            workers=args.workers, ray_address=args.ray_address, shard=parse_shard(args.shard),
+                            whisper=args.whisper, split=args.split, group_size=args.group_size,
+                            progress=not args.quiet)
+    run = report["run"]
+    rate = run["frames_processed"] / run["seconds"] if run["seconds"] else 0.0
+    print(f"{report['done']}/{report['files']} files ready ({run['processed']} processed now, {run['skipped']} "
+          f"done before), {len(report['failed'])} failed; {report['frames']} frames, {report['hours']} h, face "
+          f"found in {report['face_detection_rate']:.1%} of frames; {run['seconds']:.1f} s, {rate:.1f} frames/s "
+          f"({run['engine']} engine)")
+    for failure in report["failed"]:
+        print(f"  failed: {failure['file']}: {failure['reason']}")
+    if args.shard:
+        print(f"part {args.shard} done; run once more without --shard to write the manifests and {REPORT}")
+    else:
+        print(f"manifests (csv, fairseq, jsonl) and {Path(args.out) / REPORT}")
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    """A split's manifest -> WebDataset tar shards + index (avsr.data.shards)."""
+    from avsr.data.shards import parse_size, write_shards
+
+    index = write_shards(args.manifest, args.out, parse_size(args.shard_size), fmt=args.format, root=args.root,
+                         overwrite=args.overwrite)
+    frames = sum(s.frames for s in index.shards)
+    print(f"{index.utterances} utterances ({frames} frames) in {len(index.shards)} shards: {index.location}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from avsr.data.dataset import validate_corpus
 
-    report = validate_corpus(args.root, args.labels)
+    report = validate_corpus(args.root, args.labels, args.format)
     for problem in report["problems"]:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"{report['ok']}/{report['rows']} items readable and consistent; "
@@ -293,7 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, tuple(args.snrs), root=args.root, corpus=args.corpus, split=args.split, tasks=args.tasks,
         noise=args.noise, out=args.out, num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit,
         rates=args.rates, grid=args.rate_grid, budget_tokens=args.budget_tokens, max_rtf=args.max_rtf,
-        calibration=args.calibration, quiet=args.quiet, overwrite=args.overwrite)
+        calibration=args.calibration, quiet=args.quiet, overwrite=args.overwrite, fmt=args.format)
     if args.rate_grid:
         print(grid_table(result))
         print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
@@ -360,7 +395,10 @@ def add_pretrain_args(p: argparse.ArgumentParser, out: str, settings: str) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from avsr.data.manifests import ROW_FORMATS
     from avsr.models.tasks import TASKS
+    from avsr.preprocess.corpus import GROUP_SIZE, LAYOUTS
+    from avsr.preprocess.engines import ENGINES
     from avsr.synth.corpus import SynthConfig, default_workers
     from avsr.synth.corpus import __doc__ as CORPUS_DOC
 
@@ -403,9 +441,55 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("--limit", type=_positive, help="only the first N items")
     faces.set_defaults(func=cmd_synth_faces)
 
-    check = sub.add_parser("check", help="read every item of a label CSV and check it")
+    corpus_prep = sub.add_parser(
+        "prepare-corpus", help="a raw corpus tree (LRS3, VoxCeleb2, a folder) -> mouth ROIs + wav, manifests, report",
+        description="Walk a raw corpus, preprocess every video as avsr preprocess does (96x96 mouth ROIs at 25 fps, "
+                    "16 kHz mono), write the manifests of every split as label CSV, fairseq .tsv/.wrd and JSONL, and "
+                    "a report (files done, failed with the reason, frames, hours, face-detection rate). A finished "
+                    "file is skipped by a rerun; a broken one is listed and never stops the corpus; the output "
+                    "bytes do not depend on the engine or the number of workers. See docs/preprocess.md.")
+    corpus_prep.add_argument("src", metavar="SRC", help="the raw corpus folder")
+    corpus_prep.add_argument("--layout", required=True, choices=LAYOUTS,
+                             help="lrs3: <split>/<speaker>/<id>.mp4 + .txt (Text: line); vox2: <split>/[mp4/]<speaker>/"
+                                  "<video>/<clip>.mp4 (no transcripts: --whisper); folder: videos with a sidecar .txt")
+    corpus_prep.add_argument("--out", required=True, metavar="DST", help="output corpus root")
+    corpus_prep.add_argument("--corpus", help="corpus name: the media folder and the label CSVs' prefix "
+                                              "(default: the layout's name)")
+    corpus_prep.add_argument("--split", default="train", help="the split of a folder layout (default: %(default)s)")
+    corpus_prep.add_argument("--whisper", metavar="FOLDER", help="a local Whisper model folder (avsr prepare "
+                                                                 "whisper-base) to transcribe videos without a .txt")
+    corpus_prep.add_argument("--engine", choices=ENGINES, default="local",
+                             help="local: a process pool of --workers; ray: the tasks of a Ray cluster (avsr[ray]), "
+                                  "on storage shared by its nodes (default: %(default)s)")
+    corpus_prep.add_argument("--workers", type=_positive, default=1, help="local engine processes (default: 1)")
+    corpus_prep.add_argument("--ray-address", metavar="HOST:PORT",
+                             help="the Ray cluster to join (default: $RAY_ADDRESS); start one with ray start --head")
+    corpus_prep.add_argument("--shard", metavar="I/N", help="only part I of N (0 <= I < N) of the files, for one job "
+                                                           "of a scheduler's job array; no engine needed")
+    corpus_prep.add_argument("--group-size", type=_positive, default=GROUP_SIZE,
+                             help="files per task (default: %(default)s)")
+    corpus_prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    corpus_prep.set_defaults(func=cmd_prepare_corpus)
+
+    shard = sub.add_parser("shard", help="a split's manifest -> WebDataset tar shards + index (data.format shards)",
+                           description="Write the utterances a manifest lists (their mp4, wav, text and id) into tar "
+                                       "shards of about --shard-size, longest first, with an index (per shard: count, "
+                                       "frames). Train from them with data.format=shards data.root=<the folder above "
+                                       "--out>, from a folder, a URL or pipe:COMMAND. See docs/data-formats.md.")
+    shard.add_argument("manifest", metavar="MANIFEST", help="a split's manifest (.csv, .tsv, .jsonl)")
+    shard.add_argument("--out", required=True, help="the split's shard folder, e.g. shards/train (its name is the split)")
+    shard.add_argument("--shard-size", default="512MB", help="bytes per shard, e.g. 512MB, 1GiB (default: %(default)s)")
+    shard.add_argument("--format", choices=("auto", *ROW_FORMATS), default="auto", help="the manifest's format "
+                                                                                        "(default: from its name)")
+    shard.add_argument("--root", help="a label CSV's corpus root (default: the folder above its labels/ folder)")
+    shard.add_argument("--overwrite", action="store_true", help="replace a shard folder avsr wrote")
+    shard.set_defaults(func=cmd_shard)
+
+    check = sub.add_parser("check", help="read every item of a manifest and check it")
     check.add_argument("--root", required=True, help="corpus root (holds <dataset>/ and labels/)")
-    check.add_argument("--labels", required=True, help="label CSV")
+    check.add_argument("--labels", required=True, help="the manifest (label CSV, .tsv, .jsonl)")
+    check.add_argument("--format", choices=("auto", *ROW_FORMATS), default="auto",
+                       help="the manifest's format (default: from its name)")
     check.set_defaults(func=cmd_check)
 
     sheet = sub.add_parser("contact-sheet", help="PNG of the synthetic lips: visemes x speakers, one utterance")
@@ -464,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", help="corpus root (default: the one the checkpoint was trained on)")
     ev.add_argument("--corpus")
     ev.add_argument("--split", default="test")
+    ev.add_argument("--format", choices=("auto", *ROW_FORMATS),
+                    help="the manifest format (default: the one the checkpoint was trained from)")
     ev.add_argument("--tasks", nargs="+", choices=TASKS)
     ev.add_argument("--snrs", nargs="+", type=_snr, default=[None, 5.0, 0.0, -5.0],
                     help="'clean' or dB values (default: clean 5 0 -5)")

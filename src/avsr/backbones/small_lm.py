@@ -369,13 +369,13 @@ def pretrain_lm_from_labels(label_csvs: Sequence[str | os.PathLike], out_dir: st
     on (the LM would otherwise memorise the sentences it is later scored on); `*_val.csv` ones
     give the held-out perplexity in the report. Every other CSV counts as training text.
     """
-    from avsr.data.dataset import read_labels
+    from avsr.data.dataset import read_manifest
 
     train_texts: list[str] = []
     val_texts: list[str] = []
     for path in map(Path, label_csvs):
         split = path.stem.rsplit("_", 1)[-1] if "_" in path.stem else ""
-        rows = read_labels(path)
+        rows = read_manifest(path)
         if split == "val":
             val_texts += [r.text for r in rows]
         elif split not in _HELD_OUT_SPLITS:

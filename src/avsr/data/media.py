@@ -101,13 +101,21 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
     return np.clip(expanded // 219, 0, 255).astype(np.uint8)
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """Decode a video to (T, H, W) uint8 grayscale: the luma plane, in full range (see above)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"video file not found: {path}")
+def _source(source: str | Path | bytes, name: str | Path | None, what: str) -> tuple[str | io.BytesIO, str | Path]:
+    """(what to open, the name for messages): a file that must exist, or a file's bytes (from a shard)."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source), name or f"<{what} bytes>"
+    if not Path(source).is_file():
+        raise MediaError(f"{what} file not found: {source}")
+    return str(source), Path(source)
+
+
+def read_video(source: str | Path | bytes, name: str | Path | None = None) -> np.ndarray:
+    """Decode a video (a file, or its bytes named `name`) to (T, H, W) uint8 grayscale: the luma
+    plane, in full range (see above)."""
+    opened, path = _source(source, name, "video")
     try:
-        with av.open(str(path)) as container:
+        with av.open(opened) as container:
             if not container.streams.video:
                 raise MediaError(f"no video stream in {path}")
             frames = [_luma(f) for f in container.decode(video=0)]
@@ -132,13 +140,12 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_R
         tmp.unlink(missing_ok=True)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read a mono WAV as float32 in [-1, 1]; the sample rate must be `sample_rate`."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"audio file not found: {path}")
+def read_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, name: str | Path | None = None) -> np.ndarray:
+    """Read a mono WAV (a file, or its bytes named `name`) as float32 in [-1, 1]; the sample rate
+    must be `sample_rate`."""
+    opened, path = _source(source, name, "audio")
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio, rate = sf.read(opened, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise MediaError(f"cannot read audio {path}: {err}") from None
     if rate != sample_rate:

@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 
 from avsr.errors import AvsrError
+from avsr.data.manifests import FORMAT_CHOICES, split_manifest
 from avsr.io import write_text_atomic
-from avsr.paths import manifest, noise_wav
+from avsr.paths import noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
 from avsr.models.tasks import TASKS
@@ -82,8 +83,15 @@ class DataConfig:
     feature_cache_dir: str | None = setting(None, OPTIONAL_NAME)
     workers: int = setting(0, COUNT)
     # the manifest format of every split (docs/data-formats.md): auto = the one found at its path
-    # (csv <root>/labels/<corpus>_<split>.csv, fairseq <root>/<split>.tsv + .wrd, jsonl <root>/<split>.jsonl)
-    format: str = setting("auto", one_of("auto", "csv", "fairseq", "jsonl"))
+    # (csv <root>/labels/<corpus>_<split>.csv, fairseq <root>/<split>.tsv + .wrd, jsonl <root>/<split>.jsonl,
+    # shards <root>/<split>/index.json, where root may be a URL or pipe:COMMAND)
+    format: str = setting("auto", one_of(*FORMAT_CHOICES))
+    # false: the batches in their packed order every epoch (longest first), no shuffle buffer
+    shuffle: bool = setting(True, FLAG)
+    # shards: utterances in the shuffle buffer, each window of this many sorted and packed together
+    shuffle_buffer: int = setting(1000, POSITIVE_INT)
+    # shards from a URL: seconds to wait for a server to connect or answer before the run stops
+    url_timeout: float = setting(60.0, POSITIVE)
     # media missing, empty or undecodable: "skip" drops the utterance with a warning naming it,
     # "stop" ends the run with an error naming it
     on_bad_file: str = setting("skip", one_of("skip", "stop"))
@@ -94,9 +102,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_settings(self)
 
-    def labels(self, split: str) -> Path:
-        """The split's manifest file (avsr.paths.manifest) in data.format."""
-        return manifest(self.root, self.corpus, split, self.format)
+    def labels(self, split: str) -> str | Path:
+        """The split's manifest (avsr.data.manifests.split_manifest) in data.format: a path, or for
+        shards under a URL root the index's URL."""
+        return split_manifest(self.root, self.corpus, split, self.format)
 
     def noise_path(self) -> Path | None:
         if self.noise:
@@ -168,8 +177,9 @@ def check_inputs(cfg: TrainConfig) -> None:
     the label and noise files. Checked before a run folder is made or a model is loaded."""
     import torch
 
-    from avsr.data.dataset import read_labels
+    from avsr.data.manifests import detect_format, read_manifest
     from avsr.data.noise import read_noise
+    from avsr.data.shards import check_shards
     from avsr.models.loading import check_backbones
 
     check_backbones(cfg.model)
@@ -183,7 +193,11 @@ def check_inputs(cfg: TrainConfig) -> None:
                           "choose accelerator=cpu or auto")
     d = cfg.data
     for split in dict.fromkeys((d.train_split, d.val_split)):
-        read_labels(d.labels(split))
+        path = d.labels(split)
+        if detect_format(path) == "shards":  # the index, and every shard's size against it
+            check_shards(path, d.url_timeout)
+        else:
+            read_manifest(path, d.format, d.root)
     if d.noise_path() is not None:
         read_noise(d.noise_path())
 

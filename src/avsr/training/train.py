@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from avsr.data.batching import FrameBudgetBatchSampler, SkipUnreadable, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset
+from avsr.data.manifests import detect_format
+from avsr.data.shards import ShardStream
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from avsr.errors import Interrupted
@@ -62,7 +64,9 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.set_epoch(state["epoch"])
-        self.trained_batches = self.batch_sampler.resume_at = state["trained_batches"]
+        # the batch sampler (files) or the shard stream (shards, no sampler) skips what was trained
+        resumable = self.batch_sampler if self.batch_sampler is not None else self.dataset
+        self.trained_batches = resumable.resume_at = state["trained_batches"]
 
 
 class AVSRLightning(L.LightningModule):
@@ -217,11 +221,15 @@ def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
 
 def check_feature_cache(cfg: TrainConfig) -> None:
     """Cached encoder features are computed once by the frozen encoders: with LoRA inside the
-    video encoder (model.video_lora_rank) they would never see the adapters, so refuse them."""
+    video encoder (model.video_lora_rank) they would never see the adapters, so refuse them; and
+    they are read by utterance index, which a streamed shard set does not give."""
     if cfg.data.feature_cache_copies > 0 and cfg.model.video_lora_rank > 0:
         raise ConfigError(f"config: data.feature_cache_copies must be 0 when model.video_lora_rank is set "
                           f"(got {cfg.data.feature_cache_copies} and {cfg.model.video_lora_rank}): the video "
                           "encoder trains LoRA adapters, so its features cannot be computed once and cached")
+    if cfg.data.feature_cache_copies > 0 and detect_format(cfg.data.labels(cfg.data.train_split)) == "shards":
+        raise ConfigError("config: data.feature_cache_copies must be 0 with data.format shards (the feature "
+                          "cache reads utterances by index; shards are streamed)")
 
 
 def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
@@ -231,6 +239,8 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     noise_path = d.noise_path()
     noise = read_audio(noise_path) if noise_path else None
     augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
+    if detect_format(d.labels(d.train_split)) == "shards":
+        return _shard_loaders(cfg, TrainTransform(augment, noise=noise), EvalTransform(augment), world_size, rank)
     # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
     train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)
@@ -242,7 +252,7 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
         store = Path(d.feature_cache_dir) / f"features-{key[:16]}.pt" if d.feature_cache_dir else None
         train = FeatureCache(encoders, train, d.feature_cache_copies, progress=progress, store=store, fingerprint=key)
         train_collate = collate_features
-    sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=True, seed=cfg.seed,
+    sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=d.shuffle, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
     val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     val_set.rows = val_set.rows[: d.max_val_utterances]
@@ -254,6 +264,21 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     return (ResumableLoader(train, batch_sampler=sampler, collate_fn=SkipUnreadable(train_collate, train),
                             num_workers=d.workers),
             DataLoader(val, batch_sampler=val_sampler, collate_fn=SkipUnreadable(collate, val), num_workers=d.workers))
+
+
+def _shard_loaders(cfg: TrainConfig, train_transform, eval_transform, world_size: int,
+                   rank: int) -> tuple[DataLoader, DataLoader]:
+    """data.format shards: each split streamed from its shard set (avsr.data.shards); the stream
+    packs and collates its batches itself, in the DataLoader's workers."""
+    d = cfg.data
+    common = dict(num_replicas=world_size, rank=rank, workers=d.workers, on_bad_file=d.on_bad_file,
+                  timeout=d.url_timeout)
+    train = ShardStream(d.labels(d.train_split), d.max_frames, train_transform, cfg.seed, shuffle=d.shuffle,
+                        buffer=d.shuffle_buffer, max_seconds=d.max_utterance_seconds, **common)
+    val = ShardStream(d.labels(d.val_split), d.max_frames, eval_transform, cfg.seed, shuffle=False,
+                      max_seconds=d.max_utterance_seconds, limit=d.max_val_utterances, **common)
+    return (ResumableLoader(train, batch_size=None, num_workers=d.workers),
+            DataLoader(val, batch_size=None, num_workers=d.workers))
 
 
 def make_logger(cfg: TrainConfig):
@@ -448,6 +473,8 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
         # FSDP: LoRA adapters share their decoder layer's unit with its frozen weights (by design)
         warnings.filterwarnings("ignore", message=r".*has both parameters with requires_grad=True and False")
+        # shards: the stream deals its shards to the workers itself, and its length is exact
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
         try:
             trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
                         ckpt_path=str(last) if last.is_file() else None)

@@ -232,8 +232,12 @@ def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
     import json
 
     from avsr.models.dry_run import format_report, report
+    from avsr.settings import SettingError
 
-    result = report(cfg.model)
+    try:
+        result = report(cfg.model)
+    except SettingError as err:  # a LoRA setting the backbones' layers refuse (avsr_model.check_lora_fit)
+        raise AvsrError(f"config: model.{err}") from None
     training = {"objective": cfg.objective, "lr": cfg.optim.lr, "max_steps": cfg.optim.max_steps,
                 "max_frames": cfg.data.max_frames, "seed": cfg.seed, "precision": cfg.precision,
                 "devices": cfg.devices, "strategy": cfg.strategy}
@@ -245,8 +249,10 @@ def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
 
 
 def _snr(value: str) -> float | None:
-    """'clean' (or 'none', 'inf') -> None, else a finite number of dB."""
+    """'clean' (or 'none', 'inf') -> None, else a number of dB within SNR_RANGE."""
     import math
+
+    from avsr.data.noise import SNR_RANGE
 
     if value.lower() in ("clean", "none", "inf"):
         return None
@@ -256,7 +262,36 @@ def _snr(value: str) -> float | None:
         snr = math.nan
     if not math.isfinite(snr):
         raise argparse.ArgumentTypeError(f"an SNR is 'clean' or a number of dB, got {value!r}")
+    if not SNR_RANGE[0] <= snr <= SNR_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{value} dB is outside {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB (beyond "
+                                         "either end the mix sounds the same: noise only, or clean)")
     return snr
+
+
+def _device(value: str) -> str:
+    """A torch device that exists here: cpu, cuda[:N] (with a CUDA GPU N) or mps. Checked when the
+    arguments are read, not after the model has loaded."""
+    if value == "cpu":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a torch device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible here"
+            raise argparse.ArgumentTypeError(f"{value}: {why} (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{value}: there are {count} CUDA GPU(s) here, numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{value}: no Apple GPU (MPS) is available here; use --device cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{value}: avsr runs on cpu, cuda or mps")
+    return value
 
 
 def _positive_number(value: str) -> float:
@@ -494,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the trained rate pair with the most LLM input tokens per second within this")
     tx.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
     tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
-    tx.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    tx.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps, one "
+                                                                  "that exists here (default: %(default)s)")
     tx.add_argument("--format", choices=["text", "json", "srt"], default="text",
                     help="text: one line per file; json: segments, scores, timings; srt: subtitles of one file")
     tx.add_argument("--out", help="write here (atomically) instead of standard output")

@@ -63,6 +63,12 @@ def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
         if not (Path(path) / "config.json").is_file():  # every backbone folder we read has one
             raise BackboneError(f"{where}model.{key}: {path} holds no config.json, so it is not a saved model "
                                 f"folder ({HOW_TO_MAKE[key]})")
+    from avsr.models.dry_run import check_on_meta
+
+    try:  # the backbones' config.json files and the LoRA settings against them, before any weights load
+        check_on_meta(cfg)
+    except (AvsrError, SettingError) as err:
+        raise BackboneError(f"{where}{'model.' if isinstance(err, SettingError) else ''}{err}") from None
 
 
 @contextlib.contextmanager
@@ -112,7 +118,10 @@ def build_model(cfg: AVSRConfig) -> AVSRModel:
     with _loading("llm", cfg.llm):
         llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=getattr(torch, cfg.llm_dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm, local_files_only=True)
-    return AVSRModel(cfg, audio, video, llm, tokenizer)
+    try:
+        return AVSRModel(cfg, audio, video, llm, tokenizer)
+    except SettingError as err:  # a LoRA setting the loaded layers refuse (when check_on_meta could not tell)
+        raise BackboneError(f"model.{err}") from None
 
 
 def save_checkpoint(model: AVSRModel, folder: str | os.PathLike, extra: dict | None = None) -> Path:

@@ -253,10 +253,13 @@ def resolve(kind: str, path: str | None):
         raise PresetError(f"model.{kind}: not set (name a local model folder or a preset: {known})")
     folder = Path(path)
     if folder.is_dir() and (folder / "config.json").is_file():
+        from huggingface_hub.errors import StrictDataclassError  # transformers' typed configs
+
         try:
             return _from_folder(kind, folder)
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            raise PresetError(f"model.{kind}: cannot read the configuration in {folder}: {err}") from None
+        except (OSError, ValueError, TypeError, KeyError, AvsrError, StrictDataclassError) as err:
+            raise PresetError(f"model.{kind}: cannot read the configuration in {folder}: "
+                              f"{' '.join(str(err).split())}") from None
     preset = _index(kind).get(_key(Path(str(path).rstrip("/\\")).name))
     if preset is None:
         raise PresetError(f"model.{kind}: {path!r} is neither a local model folder with a config.json nor a "

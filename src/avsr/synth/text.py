@@ -21,6 +21,14 @@ GRID_GRAMMAR: tuple[tuple[str, ...], ...] = (
 )
 
 
+# One line is one utterance: at most 40 words and 300 characters, about 18 s at the slowest
+# speaking rate a speaker is given (135 words per minute; training drops utterances over 16 s by
+# default). A longer line is refused before any synthesis: it is a paragraph, not a sentence,
+# and a 3,000-word one would be synthesised, rendered and kept in memory as one clip of 20 minutes.
+MAX_LINE_WORDS, MAX_LINE_CHARACTERS = 40, 300
+MAX_FILE_BYTES = 64 * 2**20  # far more sentences than a corpus can use (avsr.synth.corpus.MAX_UTTERANCES)
+
+
 class TextError(AvsrError):
     """A text file or sentence that cannot become a transcript."""
 
@@ -39,6 +47,11 @@ def check_sentence(sentence: str, where: str) -> str:
     text = normalise(sentence)
     if not text:
         raise TextError(f"{where}: no words in {sentence.strip()!r}")
+    words = len(text.split())
+    if words > MAX_LINE_WORDS or len(text) > MAX_LINE_CHARACTERS:
+        raise TextError(f"{where}: {words} words, {len(text)} characters: a line is one utterance of at most "
+                        f"{MAX_LINE_WORDS} words and {MAX_LINE_CHARACTERS} characters (about 18 s of speech); "
+                        "split it into sentences, one per line")
     return text
 
 
@@ -49,6 +62,9 @@ def read_text_file(path: str | Path) -> list[str]:
         raise TextError(f"text file not found: {path}" if not path.exists() else
                         f"{path}: not a regular file (a folder, pipe or device); --text takes a text file")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise TextError(f"{path}: {path.stat().st_size / 2**20:.0f} MiB; a sentence file of at most "
+                            f"{MAX_FILE_BYTES // 2**20} MiB is read (more than a corpus can use)")
         data = path.read_bytes()
         raw = data.decode("utf-8")
     except OSError as err:

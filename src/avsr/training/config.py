@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from avsr.data.noise import SNR_RANGE
 from avsr.errors import AvsrError
 from avsr.paths import manifest, noise_wav
 from avsr.paths import recipe as find_recipe
@@ -59,8 +60,8 @@ DEVICES = Rule(_devices, "a number of devices, -1 (all), auto, or a list of devi
 STRATEGY = Rule(_strategy, "auto, ddp..., fsdp... or another Lightning strategy name")
 BETAS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
              "two numbers in [0, 1)")
-SNRS = list_of(Rule(lambda v: v is None or is_number(v), ""), "a list of SNRs in dB (numbers; null for clean)",
-               empty=True)
+SNRS = list_of(Rule(lambda v: v is None or is_number(v) and SNR_RANGE[0] <= v <= SNR_RANGE[1], ""),
+               f"a list of SNRs in dB from {SNR_RANGE[0]:g} to {SNR_RANGE[1]:g} (null for clean)", empty=True)
 SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295")
 TASK_WEIGHTS = Rule(lambda v: isinstance(v, dict) and all(k in TASKS and NON_NEGATIVE.test(w) for k, w in v.items()),
                     f"a mapping from tasks ({', '.join(TASKS)}) to non-negative weights")
@@ -267,9 +268,20 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: recipes include each other in a loop")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read recipe {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); a recipe is a "
+                          "YAML text file") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:  # one line: the place and the problem
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML "
+                          f"({getattr(err, 'problem', None) or ' '.join(str(err).split())})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of settings")
     base = loaded.pop("base", None)

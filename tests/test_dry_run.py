@@ -103,7 +103,7 @@ def test_presets_resolve_by_folder_name_or_local_config(tmp_path):
 
 # Sizes printed on the model cards (billions), from the presets' architecture facts.
 CARD = {"Llama-3.2-1B": 1.24, "Llama-3.2-3B": 3.21, "Llama-3.1-8B": 8.03, "Qwen2.5-0.5B": 0.49,
-        "Qwen2.5-1.5B": 1.54, "Qwen2.5-3B": 3.09, "Qwen2.5-7B": 7.61}
+        "Qwen2.5-1.5B": 1.54, "Qwen2.5-3B": 3.09, "Qwen2.5-7B": 7.61, "SmolLM2-135M": 0.135}
 
 
 def test_llm_presets_build_the_published_sizes():

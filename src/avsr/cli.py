@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--sentences", choices=["grid", "fortunes"],
                        help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "
                             "from the Debian fortunes package); default grid for tiny, fortunes for smollm2")
-    quick.add_argument("--beams", type=int, default=4)
+    quick.add_argument("--beams", type=_positive, default=4, help="beam size of the evaluation (default: %(default)s)")
     quick.add_argument("overrides", nargs="*", help="training overrides, e.g. optim.max_steps=300")
     quick.set_defaults(func=cmd_quickstart)
     return parser

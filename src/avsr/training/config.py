@@ -16,6 +16,7 @@ import yaml
 
 from avsr.data.noise import SNR_RANGE
 from avsr.errors import AvsrError
+from avsr.io import read_utf8
 from avsr.paths import manifest, noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
@@ -272,15 +273,7 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"recipe not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: recipes include each other in a loop")
-    try:
-        data = path.read_bytes()
-        text = data.decode("utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read recipe {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); a recipe is a "
-                          "YAML text file") from None
+    text = read_utf8(path, "a recipe is a YAML text file", ConfigError)
     try:
         loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:  # one line: the place and the problem

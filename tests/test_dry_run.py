@@ -154,6 +154,19 @@ def test_lora_reduction_convention_on_a_tiny_llama():
         tiny_llama_model(lora_convention="reduction", lora_rank=48)
 
 
+def test_lora_settings_the_llm_cannot_take_are_refused_before_any_adapter_is_made():
+    """The bottleneck fits the narrowest adapted layer (v_proj: 64 -> 32), in both conventions,
+    and every target names a linear layer; a rank of 1e9 would have asked for 512 GB."""
+    assert tiny_llama_model(lora_rank=32).cfg.lora_rank == 32
+    with pytest.raises(SettingError, match=r"lora_rank must give a LoRA bottleneck of at most 32, .* \(v_proj: "
+                                           r"64 -> 32\); got 1000000000$"):
+        tiny_llama_model(lora_rank=10**9)
+    with pytest.raises(SettingError, match="got 1, a bottleneck of 64$"):
+        tiny_llama_model(lora_convention="reduction", lora_rank=1)
+    with pytest.raises(SettingError, match="lora_targets names no linear layer of the LLM: nope_proj .*q_proj"):
+        tiny_llama_model(lora_targets=("q_proj", "nope_proj"))
+
+
 def video_lora(model: AVSRModel) -> dict[str, torch.nn.Parameter]:
     return {k: p for k, p in model.named_parameters() if k.startswith("encoders.video.") and ".lora_" in k}
 

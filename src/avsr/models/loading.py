@@ -73,12 +73,16 @@ def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
 
 @contextlib.contextmanager
 def _loading(key: str, path: str) -> Iterator[None]:
-    """A folder that exists but holds no loadable model: name the setting and the folder."""
+    """A folder that exists but holds no loadable model: name the setting and the folder (and the
+    config.json key transformers' typed configs name)."""
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         yield
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackboneError(f"model.{key}: cannot load a model from {path}: {first_line}") from None
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError, StrictDataclassError) as err:
+        message = " ".join(str(err).split()) if isinstance(err, StrictDataclassError) else (
+            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise BackboneError(f"model.{key}: cannot load a model from {path}: {message}") from None
 
 
 @contextlib.contextmanager

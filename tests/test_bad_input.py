@@ -129,6 +129,17 @@ def wav(path: Path, samples: list[float]) -> Path:
     return path
 
 
+def broken_backbone(ctx: Ctx, kind: str, change: Callable[[dict], object]) -> Path:
+    """The shared tiny backbone `kind` (llm, audio, video) copied to <case>/<kind>, its config.json changed."""
+    import json
+
+    folder = shutil.copytree(ctx.backbones[kind], ctx.tmp / kind)
+    saved = json.loads((folder / "config.json").read_text())
+    change(saved)
+    (folder / "config.json").write_text(json.dumps(saved))
+    return folder
+
+
 def copied_checkpoint(ctx: Ctx, damage: Callable[[Path], object] = lambda ckpt: None) -> Path:
     """The shared checkpoint copied to <case>/ckpt, then damaged there (never the original)."""
     shutil.copytree(ctx.checkpoint, ctx.tmp / "ckpt")
@@ -679,6 +690,75 @@ CASES: list[Case] = [
             prepare=lambda c: (write(c.tmp / "ro" / "keep.txt", "x"), read_only(c, c.tmp / "ro")),
             uses=("corpus",)),
        ] if MAY_MOUNT else []),
+    # --- refused before long work: values only the backbones' architectures, the machine or a limit tell ---
+    *(Case(f"transcribe-device-{name}", lambda c, d=device: ["transcribe", c.tmp / "a.wav", "--checkpoint",
+                                                             c.tmp / "ckpt", "--device", d], needle,
+           prepare=lambda c: wav(c.tmp / "a.wav", [0.1] * 16000))  # the device is refused before the checkpoint
+      for name, device, needle in (
+          ("banana", "banana", "argument --device: 'banana' is not a torch device (cpu, cuda, cuda:N or mps)"),
+          ("meta", "meta", "argument --device: meta: avsr runs on cpu, cuda or mps"),
+          ("cuda-64", "cuda:64", "argument --device: cuda:64: "),  # no CUDA here, or fewer GPUs
+          *([("cuda-without-cuda", "cuda", "argument --device: cuda: ")] if cuda_missing() else []))),
+    *(Case(f"eval-{name}", lambda c, a=args: evaluate(c, *a), needle, uses=("run",))
+      for name, args, needle in (
+          ("snrs-too-high", ("--snrs", "clean", "1000"), "argument --snrs: 1000 dB is outside -50..100 dB"),
+          ("snrs-too-low", ("--snrs", "-1000"), "argument --snrs: -1000 dB is outside -50..100 dB"))),
+    *(Case(f"train-{name}", lambda c, o=override: train_cli(c, *([o] if isinstance(o, str) else o)), needle,
+           uses=("corpus",))
+      for name, override, needle in (
+          ("lora-rank-huge", "model.lora_rank=1000000000",  # it asked for 512 GB
+           "model.lora_rank must give a LoRA bottleneck of at most 32, the width of the narrowest layer it adapts "
+           "in the LLM"),
+          ("lora-reduction-too-wide", ("model.lora_convention=reduction", "model.lora_rank=1"),
+           "model.lora_rank must give a LoRA bottleneck of at most 32"),
+          ("lora-targets-unknown", "model.lora_targets=[nope_proj]",
+           "model.lora_targets names no linear layer of the LLM"),
+          ("video-lora-rank-huge", "model.video_lora_rank=100000",
+           "model.video_lora_rank must give a LoRA bottleneck of at most 64"),
+          ("snrs-out-of-range", "data.snrs=[1000]", "config: data.snrs must be a list of SNRs in dB from -50 to 100"),
+      )),
+    *(Case(f"train-{kind}-config-wrong-type", lambda c, k=kind, s=setting: train_cli(c, f"model.{s}={c.tmp / k}"),
+           lambda c, k=kind, s=setting, n=needle: f"model.{s}: cannot read the configuration in {c.tmp / k}: {n}",
+           prepare=lambda c, k=kind, ch=change: broken_backbone(c, k, ch), uses=("corpus",))
+      for kind, setting, change, needle in (
+          ("llm", "llm", lambda s: s.update(hidden_size="128"), "Validation error for field 'hidden_size'"),
+          ("audio", "audio_encoder", lambda s: s.update(d_model="64"), "Validation error for field 'd_model'"),
+          ("video", "video_encoder", lambda s: s["encoder"].update(embed_dim="64"),
+           "video encoder: embed_dim must be an integer, got '64'"))),
+    Case("checkpoint-llm-config-wrong-type", eval_copy,
+         lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: model.llm: cannot read the configuration in {c.tmp / 'llm'}",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["model"].update(
+             llm=str(broken_backbone(c, "llm", lambda cfg: cfg.update(hidden_size="128")))))), uses=("run",)),
+    Case("checkpoint-lora-targets-unknown", eval_copy,
+         lambda c: f"{c.tmp / 'ckpt' / 'config.json'}: model.lora_targets names no linear layer of the LLM",
+         prepare=lambda c: copied_checkpoint(c, edit_config(lambda s: s["model"].update(lora_targets=["nope_proj"]))),
+         uses=("run",)),
+    Case("train-recipe-binary", lambda c: ["train", c.tmp / "r.yaml"],
+         lambda c: f"{c.tmp / 'r.yaml'}:1: not UTF-8 text (invalid start byte at byte 0)",
+         prepare=lambda c: write(c.tmp / "r.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")),
+    Case("train-recipe-not-yaml", lambda c: ["train", c.tmp / "r.yaml"],
+         lambda c: f"{c.tmp / 'r.yaml'}:3: not valid YAML (expected ',' or ']'",
+         prepare=lambda c: write(c.tmp / "r.yaml", "model:\n  tasks: [asr\n")),
+    *(Case(f"synth-voices-{voice}", lambda ctx, v=voice: synth(ctx, "--voices", v),
+           f"--voices {voice}: not an English voice whose phonemes the lip renderer knows; choose from en,en-us,")
+      for voice in ("de", "fr", "klingon")),
+    Case("synth-train-huge", lambda ctx: synth(ctx, "--train", "1000000000"),
+         "1000000002 utterances requested (--train 1000000000, --val 1, --test 1): a corpus holds at most 200,000"),
+    Case("synth-text-long-line", lambda ctx: synth(ctx, "--text", ctx.tmp / "t.txt"),
+         "t.txt:2: 3000 words, 14999 characters: a line is one utterance of at most 40 words and 300 characters",
+         prepare=lambda ctx: write(ctx.tmp / "t.txt", "bin blue at f two now\n" + " ".join(["word"] * 3000) + "\n")),
+    *(Case(f"quickstart-{name}", lambda c, a=args: ["quickstart", "--out", c.tmp / "q", *a], needle)
+      for name, args, needle in (
+          ("lr-negative", ("optim.lr=-1",), "config: optim.lr must be a positive number, got -1.0"),
+          ("key-misspelt", ("optim.lrr=1",), "config: unknown setting(s) ['optim.lrr']"),
+          ("lora-rank-huge", ("model.lora_rank=1000000000",),
+           "config: model.lora_rank must give a LoRA bottleneck of at most 64"),
+          ("lora-targets-unknown", ("model.lora_targets=[nope_proj]",),
+           "config: model.lora_targets names no linear layer of the LLM"),
+          ("train-huge", ("--train", "1000000000"), "a corpus holds at most 200,000"),
+          ("voices-klingon", ("--voices", "klingon"), "--voices klingon: not an English voice"),
+          ("beams-zero", ("--beams", "0"), "argument --beams: 0 is less than 1"),
+      )),
 ]
 
 

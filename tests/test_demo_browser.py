@@ -116,6 +116,28 @@ def test_an_examples_folder_without_videos_is_refused(checkpoint, tmp_path):
     assert code == 2 and "no video files" in err, err
 
 
+def test_a_rejected_upload_is_one_log_line_and_its_reason_on_the_page(checkpoint, tmp_path, capfd):
+    """Through the served page's API (gradio's own client, on 127.0.0.1): the caller gets the
+    reason, the server's stderr one line per rejected input and no traceback."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    with started(checkpoint, free_port()) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="cannot read junk.mp4 as audio or video"):
+            client.predict(handle_file(junk), "4,2", api_name="/transcribe")
+        with pytest.raises(AppError, match="upload a video or pick an example first"):
+            client.predict(None, "4,2", api_name="/transcribe")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    rejected = [line for line in err.splitlines() if line.startswith("avsr demo: rejected")]
+    assert len(rejected) == 2, err
+    assert rejected[0].startswith("avsr demo: rejected junk.mp4: cannot read junk.mp4 as audio or video"), err
+    assert rejected[1] == "avsr demo: rejected (no video): upload a video or pick an example first"
+
+
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
     reason=f"the browser tests need Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}; "

@@ -36,10 +36,12 @@ def test_missing_espeak_library(tmp_path):
     assert not (tmp_path / "c" / "synth").exists()
 
 
-@pytest.mark.parametrize("voices,variants,needle", [("en-zz,en-us", "m1,m2", "'en-zz+m"), ("en-us,en", "m1,m99", "'m99'")])
-def test_unknown_voice_or_variant(tmp_path, voices, variants, needle):
+@pytest.mark.parametrize("voices,variants,needles", [
+    ("en-zz,en-us", "m1,m2", ("--voices en-zz: not an English voice", "choose from en,en-us,")),
+    ("en-us,en", "m1,m99", ("unknown espeak-ng voice", "'m99'"))])
+def test_unknown_voice_or_variant(tmp_path, voices, variants, needles):
     r = avsr(*small(tmp_path / "c", "--voices", voices, "--variants", variants))
-    assert_clean_failure(r, "unknown espeak-ng voice", needle)
+    assert_clean_failure(r, *needles)
 
 
 @pytest.mark.parametrize("content,needle", [

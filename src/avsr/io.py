@@ -343,3 +343,17 @@ def sha256_file(path: str | os.PathLike) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_utf8(path: str | os.PathLike, hint: str, error: type[AvsrError] = AvsrError) -> str:
+    """A text file's content, or `error` naming the file, and the line of the first byte that is
+    not UTF-8 (a binary file, another encoding), with `hint`: what the file should be."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        return data.decode("utf-8")
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); {hint}") from None

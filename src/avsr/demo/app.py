@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,14 @@ class Demo:
     def rate_label(self, value: str) -> str:
         pair = self.rate_choices[value]
         return ", ".join(f"{m} ÷{r}" for m, r in zip(("audio", "video"), pair) if r is not None)
+
+    def rejected(self, video: str | Path | None, err: AvsrError) -> str:
+        """Why an upload is refused, as the page shows it (the file by its name: an upload's path
+        is a gradio temporary one), logged as one line: a user's bad file is not a server error."""
+        name = Path(video).name if video else "(no video)"
+        reason = str(err).replace(str(video), name) if video else str(err)
+        print(f"avsr demo: rejected {name}: {reason}", file=sys.stderr, flush=True)
+        return reason
 
     def run(self, video: str | Path, rates: str | None = None) -> Shown:
         """Preprocess the file once, as Transcriber does, then transcribe it with every trained
@@ -146,12 +155,12 @@ def build_page(demo: Demo, gr, examples: list[Example], title: str):
                             outputs.append(gr.Markdown(elem_id=f"{task}-note"))
 
         def transcribe(path, rate):
-            if not path:
-                raise gr.Error("Upload a video or pick an example first.")
             try:
+                if not path:
+                    raise AvsrError("upload a video or pick an example first")
                 shown = demo.run(path, rate)
-            except AvsrError as err:
-                raise gr.Error(str(err)) from None
+            except AvsrError as err:  # shown on the page, one log line; gradio would print a traceback
+                raise gr.Error(demo.rejected(path, err), print_exception=False) from None
             return [shown.roi, shown.about,
                     *(part for task in TASKS for part in (shown.tasks[task].text, shown.tasks[task].note))]
 

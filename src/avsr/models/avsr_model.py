@@ -124,11 +124,14 @@ class AVSRModel(nn.Module):
         adapters = dict.fromkeys(n for t in cfg.tasks for pair in self.pairs(t)
                                  for n in adapter_names(cfg.lora_scheme, t, pair))
         rank, alpha = lora_size(cfg.lora_convention, d_llm, cfg.lora_rank, cfg.lora_alpha, "lora_rank")
+        check_lora_fit(self.llm, tuple(cfg.lora_targets), rank, cfg.lora_rank, "lora_rank",
+                       f"LLM ({cfg.llm})" if cfg.llm else "LLM")
         add_lora(self.llm, tuple(cfg.lora_targets), tuple(adapters), rank, alpha, cfg.lora_dropout)
         if cfg.video_lora_rank:  # trainable adapters inside the otherwise frozen video encoder
             video = self.encoders["video"]
             rank, alpha = lora_size(cfg.lora_convention, video.output_dim, cfg.video_lora_rank, cfg.video_lora_alpha,
                                     "video_lora_rank")
+            check_lora_fit(video, VIDEO_LORA_TARGETS, rank, cfg.video_lora_rank, "video_lora_rank", "video encoder")
             add_lora(video, VIDEO_LORA_TARGETS, (VIDEO_ADAPTER,), rank, alpha, cfg.lora_dropout)
         self.tokenizer = tokenizer
         self._add_special_tokens(d_llm)
@@ -453,6 +456,25 @@ def lora_size(convention: str, width: int, rank: int, alpha: float, key: str = "
                                 f"{width} of the layers it adapts, got {rank}")
     r = width // rank
     return r, alpha / rank * r
+
+
+def check_lora_fit(module: nn.Module, targets: tuple[str, ...], rank: int, value: int, key: str, what: str) -> None:
+    """Before `add_lora` wraps `module`'s linear layers named `targets` with bottleneck `rank`:
+    every name must be one of its linear layers, and the bottleneck no wider than any of them (a
+    wider one adds memory and nothing else: lora_rank 1e9 asked for 512 GB). `value` is the
+    setting `key` as given (a reduction factor or the rank); `what` names the module."""
+    linear = [(name.rsplit(".", 1)[-1], m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if t not in {n for n, _ in linear}]
+    if missing:
+        raise SettingError("lora_targets", f"names no linear layer of the {what}: {', '.join(missing)} (its linear "
+                                           f"layers: {', '.join(sorted({n for n, _ in linear}))})")
+    name, layer = min(((n, m) for n, m in linear if n in targets), key=lambda x: min(x[1].in_features,
+                                                                                    x[1].out_features))
+    width = min(layer.in_features, layer.out_features)
+    if rank > width:
+        made = f"; got {value}" + (f", a bottleneck of {rank}" if rank != value else "")
+        raise SettingError(key, f"must give a LoRA bottleneck of at most {width}, the width of the narrowest layer it "
+                                f"adapts in the {what} ({name}: {layer.in_features} -> {layer.out_features}){made}")
 
 
 def labelled_losses(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,

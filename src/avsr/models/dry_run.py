@@ -19,12 +19,13 @@ encoder LoRA and projector path of the modality that costs most.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from avsr.models.avsr_model import AVSRConfig, AVSRModel
 from avsr.models.lora import LoRALinear
-from avsr.models.presets import resolve
+from avsr.models.presets import PresetError, resolve
 from avsr.models.tasks import MODALITIES, PROMPTS, adapter_names, modalities_of
 
 UNKNOWN = "[UNK]"
@@ -64,15 +65,16 @@ def backbone_presets(cfg: AVSRConfig) -> dict:
     return found
 
 
-def build_on_meta(cfg: AVSRConfig) -> tuple[AVSRModel, dict]:
-    """The configuration's AVSRModel with full-size backbones on the meta device, and the presets."""
+def build_on_meta(cfg: AVSRConfig, presets: dict | None = None) -> tuple[AVSRModel, dict]:
+    """The configuration's AVSRModel with full-size backbones on the meta device, and the presets
+    (`presets`: {setting: preset} to use instead of those the settings name)."""
     from transformers import AutoModelForCausalLM
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from avsr.models.audio_encoder import WhisperAudioEncoder
     from avsr.models.video_encoder import VideoEncoder
 
-    presets = backbone_presets(cfg)
+    presets = presets or backbone_presets(cfg)
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(presets["llm"].config())
         audio = video = None
@@ -83,6 +85,22 @@ def build_on_meta(cfg: AVSRConfig) -> tuple[AVSRModel, dict]:
             video = VideoEncoder(presets["video_encoder"].config())
         model = AVSRModel(cfg, audio, video, llm, stand_in_tokenizer(presets["llm"].tokens))
     return model, presets
+
+
+def check_on_meta(cfg: AVSRConfig, presets: dict | None = None) -> None:
+    """Refuse, before any weights load, what only the backbones' architectures tell: the model is
+    built on the meta device from their config.json files (or `presets`: the architectures a
+    pipeline is about to make), so a config.json value of the wrong type (PresetError), a LoRA
+    target the LLM lacks or a bottleneck wider than its layers (SettingError) is named in a moment.
+    A fairseq .pt video encoder that no preset names keeps its architecture inside its weights:
+    such a configuration is checked when it loads."""
+    video = cfg.video_encoder if "video" in modalities_of(cfg.tasks) else None
+    if presets is None and video and Path(video).is_file():
+        try:
+            resolve("video_encoder", video)
+        except PresetError:
+            return
+    build_on_meta(cfg, presets)
 
 
 # ------------------------------------------------------------------------------ counting

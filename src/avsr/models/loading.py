@@ -25,7 +25,7 @@ from avsr.errors import AvsrError
 from avsr.io import atomic_folder
 from avsr.models.avsr_model import AVSRConfig, AVSRModel
 from avsr.models.tasks import modalities_of
-from avsr.settings import ConfigError, from_mapping
+from avsr.settings import ConfigError, SettingError, from_mapping
 
 WEIGHTS = "trainable.safetensors"
 CONFIG = "config.json"
@@ -65,16 +65,26 @@ def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
         if not (Path(path) / "config.json").is_file():  # every backbone folder we read has one
             raise BackboneError(f"{where}model.{key}: {path} holds no config.json, so it is not a saved model "
                                 f"folder ({HOW_TO_MAKE[key]})")
+    from avsr.models.dry_run import check_on_meta
+
+    try:  # the backbones' config.json files and the LoRA settings against them, before any weights load
+        check_on_meta(cfg)
+    except (AvsrError, SettingError) as err:
+        raise BackboneError(f"{where}{'model.' if isinstance(err, SettingError) else ''}{err}") from None
 
 
 @contextlib.contextmanager
 def _loading(key: str, path: str) -> Iterator[None]:
-    """A folder that exists but holds no loadable model: name the setting and the folder."""
+    """A folder that exists but holds no loadable model: name the setting and the folder (and the
+    config.json key transformers' typed configs name)."""
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         yield
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackboneError(f"model.{key}: cannot load a model from {path}: {first_line}") from None
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError, StrictDataclassError) as err:
+        message = " ".join(str(err).split()) if isinstance(err, StrictDataclassError) else (
+            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise BackboneError(f"model.{key}: cannot load a model from {path}: {message}") from None
 
 
 @contextlib.contextmanager
@@ -114,7 +124,10 @@ def build_model(cfg: AVSRConfig) -> AVSRModel:
     with _loading("llm", cfg.llm):
         llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=getattr(torch, cfg.llm_dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm, local_files_only=True)
-    return AVSRModel(cfg, audio, video, llm, tokenizer)
+    try:
+        return AVSRModel(cfg, audio, video, llm, tokenizer)
+    except SettingError as err:  # a LoRA setting the loaded layers refuse (when check_on_meta could not tell)
+        raise BackboneError(f"model.{err}") from None
 
 
 def _recorded_paths(values: dict[str, str | None], folder: Path) -> dict[str, dict[str, str]]:

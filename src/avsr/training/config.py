@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
+from avsr.data.noise import SNR_RANGE
 from avsr.errors import AvsrError
 from avsr.data.manifests import FORMAT_CHOICES, split_manifest
-from avsr.io import write_text_atomic
+from avsr.io import read_utf8, write_text_atomic
 from avsr.paths import noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
@@ -56,8 +57,8 @@ DEVICES = Rule(_devices, "a number of devices, -1 (all), auto, or a list of devi
 STRATEGY = Rule(_strategy, "auto, ddp..., fsdp... or another Lightning strategy name")
 BETAS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
              "two numbers in [0, 1)")
-SNRS = list_of(Rule(lambda v: v is None or is_number(v), ""), "a list of SNRs in dB (numbers; null for clean)",
-               empty=True)
+SNRS = list_of(Rule(lambda v: v is None or is_number(v) and SNR_RANGE[0] <= v <= SNR_RANGE[1], ""),
+               f"a list of SNRs in dB from {SNR_RANGE[0]:g} to {SNR_RANGE[1]:g} (null for clean)", empty=True)
 SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295")
 TASK_WEIGHTS = Rule(lambda v: isinstance(v, dict) and all(k in TASKS and NON_NEGATIVE.test(w) for k, w in v.items()),
                     f"a mapping from tasks ({', '.join(TASKS)}) to non-negative weights")
@@ -175,22 +176,13 @@ def config_from_dict(tree: dict, where: str = "config", prefix: str = "") -> Tra
 def check_inputs(cfg: TrainConfig) -> None:
     """What a valid config names outside itself: backbone folders, the logger's package, a GPU,
     the label and noise files. Checked before a run folder is made or a model is loaded."""
-    import torch
-
     from avsr.data.manifests import detect_format, read_manifest
     from avsr.data.noise import read_noise
     from avsr.data.shards import check_shards
     from avsr.models.loading import check_backbones
 
     check_backbones(cfg.model)
-    package = LOGGERS[cfg.logger]
-    if package and importlib.util.find_spec(package) is None and not (
-            package == "tensorboard" and importlib.util.find_spec("tensorboardX")):
-        raise ConfigError(f"config: logger {cfg.logger} needs the {package} package (pip install {package}), "
-                          "or choose logger=csv")
-    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config: accelerator {cfg.accelerator}, but no CUDA GPU is available here; "
-                          "choose accelerator=cpu or auto")
+    check_environment(cfg)
     d = cfg.data
     for split in dict.fromkeys((d.train_split, d.val_split)):
         path = d.labels(split)
@@ -200,6 +192,20 @@ def check_inputs(cfg: TrainConfig) -> None:
             read_manifest(path, d.format, d.root)
     if d.noise_path() is not None:
         read_noise(d.noise_path())
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What this machine must offer the config: the logger's package, a GPU when one is asked for."""
+    import torch
+
+    package = LOGGERS[cfg.logger]
+    if package and importlib.util.find_spec(package) is None and not (
+            package == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        raise ConfigError(f"config: logger {cfg.logger} needs the {package} package (pip install {package}), "
+                          "or choose logger=csv")
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config: accelerator {cfg.accelerator}, but no CUDA GPU is available here; "
+                          "choose accelerator=cpu or auto")
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -232,10 +238,13 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"recipe not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: recipes include each other in a loop")
+    text = read_utf8(path, "a recipe is a YAML text file", ConfigError)
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:  # one line: the place and the problem
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML "
+                          f"({getattr(err, 'problem', None) or ' '.join(str(err).split())})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of settings")
     base = loaded.pop("base", None)

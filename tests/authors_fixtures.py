@@ -22,7 +22,25 @@ from torch import nn
 from conftest import TEXTS
 
 AV_SPECIALS = ["<audio>", "</audio>", "<video>", "</video>"]
-ENC_WIDTH = 768  # Whisper / AV-HuBERT width with a known head count (12), as the import reads heads from it
+
+@dataclass(frozen=True)
+class Sizes:
+    """Backbone sizes. Encoder widths have a known head count: the import reads heads from them."""
+    width: int = 768  # Whisper and AV-HuBERT
+    heads: int = 12
+    whisper_layers: int = 1
+    whisper_ffn: int = 64
+    avhubert: dict = field(default_factory=lambda: dict(layers=2, ffn_dim=64, frontend_channels=8,
+                                                        resnet_channels=(8, 8, 16, 16), resnet_blocks=(1, 1, 1, 1),
+                                                        conv_pos=8, conv_pos_groups=4))
+    projector_hidden: int = 32
+    lora_reduction: int = 16  # --reduction_lora / --rank; --alpha is a eighth of it (scale 0.125)
+    llm: str | None = None  # a preset of avsr.models.presets (None: a tiny Llama on the small LM's tokenizer)
+
+
+TINY = Sizes()
+# benchmarks/imported_speed.py: Whisper-medium.en, AV-HuBERT Large, Llama 3.2-1B (its tokenizer stood in for)
+FULL = Sizes(1024, 16, 24, 4096, dict(layers=24, ffn_dim=4096), 2048, 32, "Llama-3.2-1B")
 LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1)
 PROMPT_OF = {"audio": "Transcribe speech to text.", "video": "Transcribe video to text.",
              "audiovisual": "Transcribe speech and video to text."}  # [O] train_OmniAVSR.py defaults
@@ -75,21 +93,40 @@ FILE_NAMES = {"llama-avsr-asr": "ASR_Whisper-M_Llama3.1-8B_lrs3vox_down3_seed42.
               "omni-st": "LRS3_OmniAVSR_Matry_weights_1-15-1_avg-pooling_Whisper-M_Llama3.2-1B_LoRA_task-specific_"
                          "sharedLoRA_pool-audio4-16_video2-5_LN_seed7.pth",
               "smop": "LRS3_SMoP_audiovisual_avg-pooling_AVH-Large_Whisper-M_Llama1B_pool-4-2_seed7.pth"}
-LORA_RANK, LORA_ALPHA = 16, 2  # --reduction_lora / --alpha: inner size 64 / 16 = 4, scale 0.125
 AVH_RANK, AVH_SCALE = 16, 2  # [L] modeling_AVSRLLM.py L108-L109
 
 
-def base_llm_folder(folder: Path, tied: bool = True) -> Path:
-    """The `--llm` folder: a tiny Llama-3-style config and tokenizer (no weights)."""
+def base_llm_folder(folder: Path, tied: bool = True, preset: str | None = None) -> Path:
+    """The `--llm` folder: a Llama-3-style config and tokenizer (no weights): tiny, or a preset's
+    config with a stand-in word-level tokenizer of its vocabulary size (BOS / EOS at Llama 3's ids)."""
     from transformers import LlamaConfig
 
-    from avsr.backbones.small_lm import train_tokenizer
+    if preset is None:
+        from avsr.backbones.small_lm import train_tokenizer
 
-    tokenizer = train_tokenizer(TEXTS, 320)
-    LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                tie_word_embeddings=tied, initializer_range=0.2, **LLM).save_pretrained(folder)
+        tokenizer = train_tokenizer(TEXTS, 320)
+        LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    tie_word_embeddings=tied, initializer_range=0.2, **LLM).save_pretrained(folder)
+    else:
+        from avsr.models.presets import LLMS
+
+        config = LLMS[preset].config()
+        tokenizer = word_tokenizer(config.vocab_size, config.bos_token_id, config.eos_token_id)
+        config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def word_tokenizer(size: int, bos: int, eos: int):
+    """`size` words ("w0" ...) with BOS and EOS at the given ids: a stand-in of a large vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(size)]
+    words[bos], words[eos] = "<|begin_of_text|>", "<|end_of_text|>"
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="w0", bos_token=words[bos], eos_token=words[eos])
 
 
 def authors_tokenizer(llm_dir: Path):
@@ -149,7 +186,7 @@ class Fixture:
     tokenizer: object
     llm: nn.Module
     llm_lora: dict = field(default_factory=dict)  # layer -> adapter ("plain", task or "shared") -> {Q: (down, up), V: ...}
-    lora_scale: float = LORA_ALPHA / LORA_RANK
+    lora_scale: float = 0.125  # --alpha / --rank of every release
     whisper: nn.Module | None = None
     avhubert: nn.Module | None = None
     avh_lora: dict = field(default_factory=dict)  # layer -> {Q: (down, up), V: (down, up)}
@@ -159,8 +196,18 @@ class Fixture:
     cache: dict = field(default_factory=dict)  # the reference's Whisper outputs, per clip
 
 
-def build(name: str, folder: Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Fixture:
-    """Write the fixture `name` of SPECS into `folder` (the file and the `--llm` folder)."""
+def build(name: str, folder: Path, seed: int = 0, dtype: torch.dtype = torch.float32, sizes: Sizes = TINY) -> Fixture:
+    """Write the fixture `name` of SPECS into `folder` (the file and the `--llm` folder); the modules
+    are built in `dtype` (full size in bfloat16, as the authors train: half the memory)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return _build(name, folder, seed, dtype, sizes)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _build(name: str, folder: Path, seed: int, dtype: torch.dtype, sizes: Sizes) -> Fixture:
     from transformers import AutoConfig, LlamaForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -168,30 +215,33 @@ def build(name: str, folder: Path, seed: int = 0, dtype: torch.dtype = torch.flo
 
     spec = SPECS[name]
     folder.mkdir(parents=True, exist_ok=True)
-    llm_dir = base_llm_folder(folder / "base-llm", spec.tied)
+    llm_dir = base_llm_folder(folder / "base-llm", spec.tied, sizes.llm)
+    width, ffn = sizes.width, sizes.whisper_ffn
     tok = authors_tokenizer(llm_dir)
     torch.manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     fx = Fixture(name, spec, folder / FILE_NAMES[name], llm_dir, tok, None)
 
     if "audio" in spec.modalities:  # [L] modeling_AVSRLLM.py L57: WhisperModel.from_pretrained(...).encoder
-        fx.whisper = randomise(WhisperEncoder(WhisperConfig(d_model=ENC_WIDTH, encoder_layers=1,
-                                                             encoder_attention_heads=12, encoder_ffn_dim=64,
+        fx.whisper = randomise(WhisperEncoder(WhisperConfig(d_model=width, encoder_layers=sizes.whisper_layers,
+                                                             encoder_attention_heads=sizes.heads, encoder_ffn_dim=ffn,
                                                              num_mel_bins=80)), seed + 1).eval()
         state.update({f"audio_encoder.{k}": v for k, v in fx.whisper.state_dict().items()})
     if "video" in spec.modalities:  # fairseq AVHubertModel (our port has its names), + its extra tensors
-        cfg = VideoEncoderConfig.tiny(embed_dim=ENC_WIDTH, heads=12, layers=2, ffn_dim=64, frontend_channels=8,
-                                      resnet_channels=(8, 8, 16, 16), resnet_blocks=(1, 1, 1, 1))
+        cfg = VideoEncoderConfig.tiny(embed_dim=width, heads=sizes.heads, frontend_channels=64,
+                                      resnet_channels=(64, 128, 256, 512), resnet_blocks=(2, 2, 2, 2),
+                                      conv_pos=128, conv_pos_groups=16)
+        cfg = VideoEncoderConfig(**{**cfg.__dict__, **sizes.avhubert})
         fx.avhubert = randomise(VideoEncoder(cfg), seed + 2).eval()
         avh = dict(fx.avhubert.state_dict())
-        extra = {"feature_extractor_audio.proj.weight": torch.randn(ENC_WIDTH, 104),
-                 "feature_extractor_audio.proj.bias": torch.randn(ENC_WIDTH), "mask_emb": torch.randn(ENC_WIDTH),
-                 "label_embs_concat": torch.randn(10, 32), "final_proj.weight": torch.randn(32, ENC_WIDTH),
+        extra = {"feature_extractor_audio.proj.weight": torch.randn(width, 104),
+                 "feature_extractor_audio.proj.bias": torch.randn(width), "mask_emb": torch.randn(width),
+                 "label_embs_concat": torch.randn(10, 32), "final_proj.weight": torch.randn(32, width),
                  "final_proj.bias": torch.randn(32)}
         avh.update(extra)
         if spec.video_lora:  # [L] modeling_AVSRLLM.py L104-L119: rank 16 (reduction), scaling 2, on q and v
             for i in range(cfg.layers):
-                pairs = {m: randomise(nn.ModuleList(lora_pair(ENC_WIDTH, ENC_WIDTH, AVH_RANK)), seed + 10 + i)
+                pairs = {m: randomise(nn.ModuleList(lora_pair(width, width, AVH_RANK)), seed + 10 + i)
                          for m in "QV"}
                 fx.avh_lora[i] = {m: tuple(p) for m, p in pairs.items()}
                 for m, (down, up) in fx.avh_lora[i].items():
@@ -201,21 +251,21 @@ def build(name: str, folder: Path, seed: int = 0, dtype: torch.dtype = torch.flo
 
     config = AutoConfig.from_pretrained(str(llm_dir))
     hidden = config.hidden_size
-    width = {"audio": ENC_WIDTH, "video": ENC_WIDTH}
     rates = {"audio": spec.audio_rates, "video": spec.video_rates}
     if spec.layout == "smop":  # [S] scripts/modeling_LlamaSMoP.py L28-L36, L205
         moe = nn.Module()
-        moe.gate = nn.Linear(ENC_WIDTH, spec.experts, bias=False)
-        moe.experts = nn.ModuleList([mlp(ENC_WIDTH, 32, hidden, True) for _ in range(spec.experts)])
+        moe.gate = nn.Linear(width, spec.experts, bias=False)
+        moe.experts = nn.ModuleList([mlp(width, sizes.projector_hidden, hidden, True) for _ in range(spec.experts)])
         fx.moe = randomise(moe, seed + 3)
         state.update({f"audiovisual_proj.{k}": v for k, v in fx.moe.state_dict().items()})
     else:
         for m in spec.modalities:
-            d_in = [width[m] * (r if spec.compression == "stack" else 1) for r in rates[m]]
+            d_in = [width * (r if spec.compression == "stack" else 1) for r in rates[m]]
             if spec.layout == "omni-avsr":  # a ModuleList, one projector per rate ([O] modeling_OmniAVSR.py L94-L104)
-                proj = nn.ModuleList([mlp(d, 32, hidden, spec.layer_norm, bias_bug=not spec.layer_norm) for d in d_in])
+                proj = nn.ModuleList([mlp(d, sizes.projector_hidden, hidden, spec.layer_norm, bias_bug=not spec.layer_norm)
+                                      for d in d_in])
             else:
-                proj = mlp(d_in[0], 32, hidden, spec.layer_norm)
+                proj = mlp(d_in[0], sizes.projector_hidden, hidden, spec.layer_norm)
             fx.projectors[m] = randomise(proj, seed + 4 + len(fx.projectors))
             state.update({f"{m}_proj.{k}": v for k, v in fx.projectors[m].state_dict().items()})
 
@@ -229,8 +279,8 @@ def build(name: str, folder: Path, seed: int = 0, dtype: torch.dtype = torch.flo
     for i in range(config.num_hidden_layers):
         fx.llm_lora[i] = {}
         for a in adapters:  # [O] Omni_AVSR/Llama_LoRA.py L124-L192
-            q = randomise(nn.ModuleList(lora_pair(hidden, hidden, LORA_RANK)), seed + 100 + 10 * i + len(fx.llm_lora[i]))
-            v = randomise(nn.ModuleList(lora_pair(hidden, kv, LORA_RANK)), seed + 500 + 10 * i + len(fx.llm_lora[i]))
+            q = randomise(nn.ModuleList(lora_pair(hidden, hidden, sizes.lora_reduction)), seed + 100 + 10 * i + len(fx.llm_lora[i]))
+            v = randomise(nn.ModuleList(lora_pair(hidden, kv, sizes.lora_reduction)), seed + 500 + 10 * i + len(fx.llm_lora[i]))
             fx.llm_lora[i][a] = {"Q": tuple(q), "V": tuple(v)}
             for m, (down, up) in fx.llm_lora[i][a].items():
                 suffix = {"plain": "", "shared": "_shared"}.get(a, "")

@@ -10,7 +10,9 @@ Steps: a file in the authors' layout is written at full size in bfloat16 (tests/
 Llama 3.2-1B's vocabulary with a stand-in tokenizer: no real weights or tokenizer exist offline),
 `avsr import`ed, and a 60 s clip of 96x96 mouth crops with its audio (random pixels, noise bursts
 separated by pauses) is transcribed by `avsr.transcription.Transcriber`, each setting in its own
-process on the torch threads given (default 2), so each peak memory is its own. A random LLM never
+process on the torch threads given (default 2), so each peak memory is its own (the float32 load
+comes first in every setting, so it sets the peak). The machine's 1-minute load average before and
+after each setting is recorded: other work slows the measurement down. A random LLM never
 writes EOS: every segment decodes `--max-new-tokens` (the authors' 32). Prints a table, writes the
 JSON (--out), and ends with the line `imported 1B AVSR real-time factor: <x>` (the best setting:
 transcription wall time, preprocessing included, over the clip's duration).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -73,6 +76,7 @@ def one(setting: str, checkpoint: str, clip: str, threads: int, max_new_tokens: 
     from avsr.transcription import Transcriber
 
     torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]  # other work on the machine slows this one down: say how much
     transcriber = Transcriber(checkpoint, max_new_tokens=max_new_tokens)
     start = time.perf_counter()
     model = transcriber.model
@@ -87,7 +91,8 @@ def one(setting: str, checkpoint: str, clip: str, threads: int, max_new_tokens: 
     return {"setting": setting, "load_s": round(load_s, 1), "wall_s": round(wall, 1),
             "duration_s": transcript.duration_s, "rtf": round(wall / transcript.duration_s, 3),
             "decode_rtf": round(transcript.real_time_factors["decode"], 3), "segments": len(transcript.segments),
-            "num_beams": transcriber.num_beams, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            "num_beams": transcriber.num_beams, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                                                     / 2 ** 20, 2)}
 
 

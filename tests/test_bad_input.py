@@ -44,6 +44,11 @@ class Ctx:
     def checkpoint(self) -> Path:
         return self.run / "checkpoints" / "last"
 
+    @property
+    def authors(self) -> Path:
+        """A folder with an authors'-layout file (Llama-AVSR ASR) and its --llm folder (base-llm)."""
+        return self.request.getfixturevalue("authors_asr").path.parent
+
     def train_args(self, *extra: str, steps: int = 2) -> list[str]:
         return tiny_train_args(self.corpus, self.backbones, self.tmp / "run", steps, *extra)
 
@@ -80,6 +85,57 @@ def made_corpus(ctx: Ctx, *extra: str) -> Path:
     code, _, err = run_cli(*synth(ctx, *extra))
     assert code == 0, err
     return ctx.tmp / "c"
+
+
+@pytest.fixture(scope="session")
+def authors_asr(tmp_path_factory):
+    """A tiny file in the layout of the authors' Llama-AVSR ASR release (tests/authors_fixtures.py)."""
+    from authors_fixtures import build
+
+    return build("llama-avsr-asr", tmp_path_factory.mktemp("authors"))
+
+
+def authors_file(ctx: Ctx) -> Path:
+    return next(ctx.authors.glob("*.pth"))
+
+
+def import_cli(ctx: Ctx, file=None, llm=None) -> list:
+    return ["import", file or authors_file(ctx), "--llm", llm or ctx.authors / "base-llm", "--out", ctx.tmp / "ckpt"]
+
+
+def other_llm(ctx: Ctx, **change) -> Path:
+    """The fixture's --llm folder with config values changed (or a token added: vocabulary)."""
+    import json
+
+    folder = ctx.tmp / "llm"
+    shutil.copytree(ctx.authors / "base-llm", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update({k: v for k, v in change.items() if k != "add_token"})
+    (folder / "config.json").write_text(json.dumps(config))
+    if change.get("add_token"):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        tok.add_tokens(["zzzz"])
+        tok.save_pretrained(folder)
+    return folder
+
+
+def truncated(ctx: Ctx) -> Path:
+    data = authors_file(ctx).read_bytes()
+    return write(ctx.tmp / "cut.pth", data[: len(data) // 2])
+
+
+def code_pickle(ctx: Ctx) -> Path:
+    """A file whose pickle would run `exec` on load."""
+    import torch
+
+    class RunsCode:
+        def __reduce__(self):
+            return (exec, ("open('ran.txt', 'w')",))
+
+    torch.save({"llm.model.embed_tokens.weight": torch.zeros(2, 2), "payload": RunsCode()}, ctx.tmp / "evil.pth")
+    return ctx.tmp / "evil.pth"
 
 
 def train_labels(ctx: Ctx) -> Path:
@@ -321,6 +377,30 @@ CASES: list[Case] = [
     Case("prepare-avhubert-not-a-checkpoint", lambda ctx: ["prepare", "avhubert", ctx.tmp / "x.pt", "--out",
                                                            ctx.tmp / "m"], "x.pt",
          prepare=lambda ctx: write(ctx.tmp / "x.pt", "not a torch file")),
+    # --- import (the authors' released checkpoints) ---
+    Case("import-missing-file", lambda c: import_cli(c, file=c.tmp / "none.pth"),
+         lambda c: f"{c.tmp / 'none.pth'}: no such file", uses=("authors",)),
+    Case("import-truncated-file", lambda c: import_cli(c, file=c.tmp / "cut.pth"), "truncated or damaged",
+         prepare=truncated, uses=("authors",)),
+    Case("import-unknown-layout", lambda c: import_cli(c, file=c.tmp / "other.pth"), "unknown layout",
+         prepare=lambda c: __import__("torch").save({"encoder.weight": __import__("torch").zeros(2)},
+                                                    c.tmp / "other.pth"), uses=("authors",)),
+    Case("import-code-in-pickle", lambda c: import_cli(c, file=c.tmp / "evil.pth"), "refused: its pickle references "
+         "builtins.exec", prepare=code_pickle, uses=("authors",)),
+    Case("import-llm-hidden-size", lambda c: import_cli(c, llm=c.tmp / "llm"), "hidden size 32",
+         prepare=lambda c: other_llm(c, hidden_size=32), uses=("authors",)),
+    Case("import-llm-layers", lambda c: import_cli(c, llm=c.tmp / "llm"), "3 layers",
+         prepare=lambda c: other_llm(c, num_hidden_layers=3), uses=("authors",)),
+    Case("import-llm-vocabulary", lambda c: import_cli(c, llm=c.tmp / "llm"), "not the tokenizer the model was trained",
+         prepare=lambda c: other_llm(c, add_token=True), uses=("authors",)),
+    Case("import-llm-no-tokenizer", lambda c: import_cli(c, llm=c.tmp / "llm"), "no usable tokenizer",
+         prepare=lambda c: write(c.tmp / "llm" / "config.json", (c.authors / "base-llm" / "config.json").read_text()),
+         uses=("authors",)),
+    Case("import-out-not-empty", import_cli, "avsr import did not write it",
+         prepare=lambda c: write(c.tmp / "ckpt" / "notes.txt", "mine"), uses=("authors",)),
+    Case("import-rates-contradict-widths", lambda c: import_cli(c, file=c.tmp / "ASR_Adown5.pth"),
+         "stack [3] frames, but the rates (file name) are [5]",
+         prepare=lambda c: write(c.tmp / "ASR_Adown5.pth", authors_file(c).read_bytes()), uses=("authors",)),
     Case("quickstart-text-and-sentences", lambda ctx: ["quickstart", "--out", ctx.tmp / "q", "--text",
                                                        ctx.tmp / "t.txt", "--sentences", "fortunes"],
          "--sentences fortunes both choose the corpus text",

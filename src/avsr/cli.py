@@ -196,6 +196,24 @@ def cmd_prepare_avhubert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """An authors' released checkpoint -> an avsr checkpoint folder (avsr.backbones.released)."""
+    from avsr.backbones.released import import_checkpoint
+
+    out, report = import_checkpoint(args.file, args.llm, args.out, args.format, args.audio_rates, args.video_rates,
+                                    args.lora_scale, args.top_k)
+    skipped = report["tensors"]["not_needed"]
+    rates = ", ".join(f"{m} {' '.join(map(str, r))}" for m, r in report["rates"].items())
+    print(f"imported {report['file']} ({report['variant']}) -> {out}")
+    print(f"tasks: {', '.join(report['tasks'])}; rates: {rates}")
+    print(f"{len(report['used']) + len(skipped)} tensors: {len(report['used'])} used, {len(skipped)} not needed")
+    for key, why in skipped.items():
+        print(f"  {key}: {why}")
+    print(f"every tensor's place: {out}/import_report.json; the authors decoded with {report['num_beams']} beams "
+          f"(the checkpoint's default)")
+    return 0
+
+
 def cmd_prepare_smollm2(args: argparse.Namespace) -> int:
     from avsr.backbones.smollm2 import prepare_smollm2
 
@@ -395,8 +413,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                               device=args.device, quiet=args.quiet)
     transcripts = transcriber.transcribe(args.files, task=args.task, rates=args.rates,
                                          budget_tokens=args.budget_tokens, progress=not args.quiet)
-    text = render(transcripts, args.format, {"checkpoint": str(args.checkpoint), "num_beams": args.beams,
-                                             "max_new_tokens": transcriber.max_new_tokens, "load_s": transcriber.load_s})
+    text = render(transcripts, args.format, {**transcriber.about, "load_s": transcriber.load_s})
     if args.out:
         with claimed_file(args.out, "transcribe") as tmp:
             tmp.write_text(text, "utf-8")
@@ -560,6 +577,27 @@ def build_parser() -> argparse.ArgumentParser:
     avhubert.add_argument("--out", required=True, help="output folder")
     avhubert.set_defaults(func=cmd_prepare_avhubert)
 
+    imp = sub.add_parser("import", help="an authors' released Llama-AVSR / Omni-AVSR / Llama-SMoP checkpoint (.pth) "
+                                        "-> an avsr checkpoint folder, read without their code",
+                         description="Read FILE (a pickle: loaded weights-only, nothing in it runs), recognise its "
+                                     "layout from the keys and its sizes from the tensor shapes, check them against "
+                                     "--llm, and write an ordinary checkpoint folder with the frozen backbones the "
+                                     "file carries inside it. See docs/import.md.")
+    imp.add_argument("file", help="the released .pth file")
+    imp.add_argument("--llm", required=True, help="the base LLM's folder (config.json and tokenizer; its weights are "
+                                                  "not needed: the file has them), e.g. Llama-3.2-1B")
+    imp.add_argument("--out", required=True, help="the checkpoint folder to write")
+    imp.add_argument("--format", default="auto", choices=["auto", "llama-avsr", "omni-avsr", "smop"],
+                     help="the layout (default: recognised from the keys; a given one must match them)")
+    imp.add_argument("--audio-rates", type=_positive, nargs="+", metavar="K",
+                     help="audio compression rates when neither the tensors (average pooling) nor the file name "
+                          "(e.g. pool-audio4-16_video2-5) say them")
+    imp.add_argument("--video-rates", type=_positive, nargs="+", metavar="K", help="likewise for video")
+    imp.add_argument("--lora-scale", type=_positive_number, default=0.125,
+                     help="the LLM LoRA scale alpha / rank (not in the file; every release: %(default)s)")
+    imp.add_argument("--top-k", type=_positive, default=2, help="Llama-SMoP experts per token (release: %(default)s)")
+    imp.set_defaults(func=cmd_import)
+
     lm = sub.add_parser("pretrain-lm", help="train a tokenizer and a small Llama-architecture LM on corpus text")
     add_pretrain_args(lm, "models/small-lm", "SmallLMConfig")
     lm.set_defaults(func=cmd_pretrain_lm)
@@ -595,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--snrs", nargs="+", type=_snr, default=[None, 5.0, 0.0, -5.0],
                     help="'clean' or dB values (default: clean 5 0 -5)")
     ev.add_argument("--noise", help="noise wav (default: the corpus babble)")
-    ev.add_argument("--beams", type=_positive, default=4)
+    ev.add_argument("--beams", type=_positive, help="beam size (default: the checkpoint's, e.g. the authors' 15 for "
+                                                     "an imported model, else 4)")
     ev.add_argument("--max-new-tokens", type=_positive, default=32)
     ev.add_argument("--limit", type=_positive, help="only the first N utterances")
     ev.add_argument("--out", help="report folder (default: <run>/eval/<checkpoint name> for a checkpoint in "
@@ -629,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "checkpoints; default: the first trained pair)")
     tx_rates.add_argument("--budget-tokens", type=_positive_number, metavar="TOKENS_PER_SECOND",
                           help="the trained rate pair with the most LLM input tokens per second within this")
-    tx.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
+    tx.add_argument("--beams", type=_positive, help="beam size (1: greedy; default: the checkpoint's, e.g. the "
+                                                     "authors' 15 for an imported model, else 4)")
     tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
     tx.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps, one "
                                                                   "that exists here (default: %(default)s)")

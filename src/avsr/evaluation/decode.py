@@ -69,7 +69,7 @@ def decode_tasks(model: AVSRModel, dataset: AVDataset, tasks: dict[str, RatePair
     With `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate).
     `search` goes to AVSRModel.generate: "avsr" (our batched beam search) or "transformers"."""
     model.eval()
-    device = model.new_token_embed.device
+    device = model.device
     data = TransformedDataset(dataset, EvalTransform(AugmentConfig(), snr_db=snr, noise=noise, seed=seed), seed=seed)
     loader = DataLoader(data, batch_sampler=FrameBudgetBatchSampler(frame_lengths(dataset), max_frames, shuffle=False),
                         collate_fn=collate)

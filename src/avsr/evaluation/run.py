@@ -23,7 +23,7 @@ from avsr.training.config import read_run_checkpoint
 
 def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = None, corpus: str | None = None,
                         split: str = "test", tasks: tuple[str, ...] | None = None, noise: str | None = None,
-                        out: str | Path | None = None, num_beams: int = 4, max_new_tokens: int = 32,
+                        out: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int = 32,
                         limit: int | None = None, rates: tuple | None = None, grid: bool = False,
                         budget_tokens: float | None = None, max_rtf: float | None = None, calibration: int = 16,
                         quiet: bool = False, overwrite: bool = False, fmt: str | None = None) -> tuple[Path, dict]:
@@ -35,9 +35,10 @@ def evaluate_checkpoint(checkpoint: str | Path, snrs: tuple, root: str | None = 
     `calibration` validation utterances, else the first trained pair. An earlier report in `out`
     is replaced only with `overwrite` (in the default folder: always, it is this command's own).
     `fmt`: the manifest format (default: the one the checkpoint was trained from; a shard set is
-    read by training only)."""
+    read by training only). `num_beams` None: the checkpoint's saved decoding setting, else 4."""
     checkpoint = Path(checkpoint)
     opened, _ = read_run_checkpoint(checkpoint)  # read once; backbones found and checked
+    num_beams = num_beams or int(opened.decoding.get("num_beams", 4))  # an imported model's: the authors' 15
     trained = opened.config
     tasks = tuple(tasks or trained.tasks)
     if set(tasks) - set(trained.tasks):

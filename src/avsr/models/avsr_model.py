@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avsr.errors import AvsrError
 from avsr.models.beam_search import beam_search, unsupported_settings
 from avsr.models.compression import MODES as COMPRESSION_MODES
 from avsr.models.compression import compress
@@ -30,6 +31,7 @@ from avsr.settings import (COUNT, FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_N
 SPECIAL_TOKENS = ("<audio>", "</audio>", "<video>", "</video>")
 IGNORE = -100
 LORA_CONVENTIONS = ("rank", "reduction")
+MODALITY_TOKENS = ("own", "llm")
 VIDEO_ADAPTER = "video"  # the adapter name of the video-encoder LoRA
 VIDEO_LORA_TARGETS = ("q_proj", "v_proj")
 RATES = list_of(POSITIVE_INT, "a non-empty list of distinct positive integers", distinct=True)
@@ -79,7 +81,17 @@ class AVSRConfig:
     matryoshka_batched: bool = setting(True, FLAG)  # all rate pairs through the LLM as one batch (else one pass each)
     tasks: tuple[str, ...] = setting(TASKS, list_of(one_of(*TASKS), f"a non-empty list of distinct tasks from "
                                                                  f"{', '.join(TASKS)}", distinct=True))
+    # Input options that reproduce the Llama-AVSR family's code (imported checkpoints set them;
+    # avsr.models.audio_encoder, avsr.models.video_encoder): every clip's audio zero-padded to
+    # 30 s for Whisper and its output cut after; the waveform normalised per clip; the video cut
+    # to a multiple of its (one) rate before the encoder.
     pad_audio_to_30s: bool = setting(False, FLAG)
+    audio_znorm: bool = setting(False, FLAG)
+    video_trim: bool = setting(False, FLAG)
+    # Where the embeddings of <audio> </audio> <video> </video> (and <pad>) live: "own", a small
+    # trainable table of their own (the LLM's stays unresized); "llm", rows of the LLM's own
+    # resized vocabulary, frozen, as in the authors' models (an LLM folder from `avsr import`).
+    modality_tokens: str = setting("own", one_of(*MODALITY_TOKENS))
     llm_dtype: str = setting("float32", one_of("float32", "bfloat16", "float16", "float64"))
 
     def __post_init__(self) -> None:
@@ -96,6 +108,9 @@ class AVSRConfig:
         if self.video_lora_rank and "video" not in modalities_of(self.tasks):
             raise SettingError("video_lora_rank", f"needs a task that reads video (vsr or avsr); tasks are "
                                                   f"{', '.join(self.tasks)}")
+        if self.video_trim and len(self.video_rates) != 1:
+            raise SettingError("video_trim", f"cuts the video to a multiple of the one video rate; video_rates are "
+                                             f"{list(self.video_rates)}")
         if self.projector == "smop" and self.smop_top_k > self.smop_experts:
             raise SettingError("smop_top_k", f"must be at most smop_experts ({self.smop_experts}), "
                                              f"got {self.smop_top_k}")
@@ -142,9 +157,15 @@ class AVSRModel(nn.Module):
 
         The LLM's embedding table stays frozen and unresized: new tokens live in a small
         table of their own, looked up by id (robust to vocabularies padded beyond the
-        tokenizer's length).
+        tokenizer's length). With `modality_tokens` "llm" they are rows of the LLM's table.
         """
         tok = self.tokenizer
+        self.bos = tok.bos_token_id
+        self.eos = tok.eos_token_id
+        self.prompt_ids = {t: tok(PROMPTS[t], add_special_tokens=False)["input_ids"] for t in TASKS}
+        if self.cfg.modality_tokens == "llm":
+            self._llm_special_tokens()
+            return
         new = list(SPECIAL_TOKENS)
         if tok.pad_token is None:
             new.append("<pad>")
@@ -163,13 +184,29 @@ class AVSRModel(nn.Module):
         noise = torch.randn(len(ids), d_llm, generator=gen, device="cpu").to(base.device)
         init = base.mean(0, keepdim=True) + 0.02 * base.std() * noise
         self.new_token_embed = nn.Parameter(init.to(base.dtype))  # (n_new, D)
-        self.bos = tok.bos_token_id
-        self.eos = tok.eos_token_id
-        self.prompt_ids = {t: tok(PROMPTS[t], add_special_tokens=False)["input_ids"] for t in TASKS}
+
+    def _llm_special_tokens(self) -> None:
+        """The LLM's vocabulary already holds the special tokens (an imported, resized table)."""
+        tok, rows = self.tokenizer, self.llm.get_input_embeddings().num_embeddings
+        vocab = tok.get_vocab()
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing or tok.pad_token is None:
+            raise AvsrError(f"model.llm {self.cfg.llm}: modality_tokens llm, but the LLM's tokenizer has no {', '.join(missing or ['pad token'])}; "
+                             "it needs the LLM folder `avsr import` writes, whose vocabulary holds them")
+        self.special = {t: vocab[t] for t in SPECIAL_TOKENS}
+        if max(self.special.values()) >= rows:
+            raise AvsrError(f"model.llm {self.cfg.llm}: modality_tokens llm, but the tokenizer's special tokens reach id {max(self.special.values())}, "
+                             f"but the LLM's embedding table has {rows} rows")
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (...,) -> embeddings (..., D), new special tokens from their own table."""
         table = self.llm.get_input_embeddings()
+        if self.cfg.modality_tokens == "llm":
+            return table(ids)
         lookup = self.new_token_index
         slot = lookup[ids.clamp(max=lookup.numel() - 1)]
         slot = torch.where(ids < lookup.numel(), slot, -1)  # row of the new-token table; -1 = LLM token
@@ -177,7 +214,7 @@ class AVSRModel(nn.Module):
         return torch.where((slot >= 0)[..., None], self.new_token_embed[slot.clamp(min=0)].to(base.dtype), base)
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor(ids, dtype=torch.long, device=self.new_token_embed.device)
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ stages
     def stream(self, modality: str, rate: int) -> str:

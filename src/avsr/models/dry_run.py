@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from avsr.models.avsr_model import AVSRConfig, AVSRModel
+from avsr.models.avsr_model import SPECIAL_TOKENS, AVSRConfig, AVSRModel
 from avsr.models.lora import LoRALinear
 from avsr.models.presets import PresetError, resolve
 from avsr.models.tasks import MODALITIES, PROMPTS, adapter_names, modalities_of
@@ -31,7 +31,7 @@ from avsr.models.tasks import MODALITIES, PROMPTS, adapter_names, modalities_of
 UNKNOWN = "[UNK]"
 
 
-def stand_in_tokenizer(tokens: dict):
+def stand_in_tokenizer(tokens: dict, modality_tokens: bool = False):
     """A real, tiny in-memory tokenizer standing in for the LLM's.
 
     AVSRModel needs a tokenizer for its special tokens (<audio> ... </video>, and <pad> when the
@@ -41,18 +41,22 @@ def stand_in_tokenizer(tokens: dict):
     over the prompt words) with the real one's BOS / EOS / pad tokens present or absent as
     `tokens` (the preset's) says: the model then adds, and counts, exactly the new tokens it
     would add to the real tokenizer. Its ids are small and say nothing about the real ones.
+    With `modality_tokens` the vocabulary holds <audio> ... </video> and <pad> already, as the
+    LLM folder of an imported checkpoint does (`modality_tokens: llm`).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     split = pre_tokenizers.Whitespace()
-    specials = [t for t in (tokens.get("bos"), tokens.get("eos"), tokens.get("pad")) if t]
+    pad = tokens.get("pad") or ("<pad>" if modality_tokens else None)
+    specials = [t for t in (tokens.get("bos"), tokens.get("eos"), pad) if t]
+    specials += list(SPECIAL_TOKENS) if modality_tokens else []
     words = [w for prompt in PROMPTS.values() for w, _ in split.pre_tokenize_str(prompt)]
     vocab = {w: i for i, w in enumerate(dict.fromkeys([UNKNOWN, *specials, *words]))}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
     core.pre_tokenizer = split
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNKNOWN, bos_token=tokens.get("bos"),
-                                   eos_token=tokens.get("eos"), pad_token=tokens.get("pad"))
+                                   eos_token=tokens.get("eos"), pad_token=pad)
 
 
 def backbone_presets(cfg: AVSRConfig) -> dict:
@@ -83,7 +87,7 @@ def build_on_meta(cfg: AVSRConfig, presets: dict | None = None) -> tuple[AVSRMod
             audio = WhisperAudioEncoder(WhisperEncoder(whisper), whisper.num_mel_bins, cfg.pad_audio_to_30s)
         if "video_encoder" in presets:
             video = VideoEncoder(presets["video_encoder"].config())
-        model = AVSRModel(cfg, audio, video, llm, stand_in_tokenizer(presets["llm"].tokens))
+        model = AVSRModel(cfg, audio, video, llm, stand_in_tokenizer(presets["llm"].tokens, cfg.modality_tokens == "llm"))
     return model, presets
 
 

@@ -348,14 +348,15 @@ def trainable_weights(trainer: L.Trainer, module: AVSRLightning) -> dict[str, to
 
 
 def fsdp_wrap_classes(model: AVSRModel) -> set[type[torch.nn.Module]]:
-    """The layer classes FSDP shards as units: the LLM's decoder layers and the encoders'
-    transformer layers (Hugging Face models name theirs in `_no_split_modules`, e.g.
-    LlamaDecoderLayer, WhisperEncoderLayer; the AV-HuBERT port's is its EncoderLayer). What is
-    left (embeddings, projectors, the new-token table, convolutions) is the root unit."""
-    from avsr.models.video_encoder import EncoderLayer
+    """The layer classes FSDP shards as units: the LLM's decoder layers (Hugging Face models name
+    theirs in `_no_split_modules`, e.g. LlamaDecoderLayer) and the encoders' transformer layers
+    (the encoder table, avsr.models.encoders). What is left (embeddings, projectors, the
+    new-token table, convolutions) is the root unit."""
+    from avsr.models.encoders import ENCODERS
 
-    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names or isinstance(m, EncoderLayer)}
+    names = set(getattr(model.llm, "_no_split_modules", None) or ())
+    layers = tuple(ENCODERS[m].layer() for m in model.encoders)
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names or isinstance(m, layers)}
     if not any(isinstance(m, tuple(classes)) for m in model.llm.modules()):
         raise ConfigError(f"strategy fsdp: the LLM ({type(model.llm).__name__}) names no decoder layer class "
                           "in _no_split_modules, so FSDP would not shard it; choose strategy=ddp")

@@ -238,20 +238,32 @@ class Transcriber:
     """A checkpoint, checked at once and loaded on first use (`model`), that transcribes files
     or `Preprocessed` recordings. Decoding is deterministic beam search (`num_beams`; 1: greedy)."""
 
-    def __init__(self, checkpoint: str | os.PathLike, num_beams: int = 4, max_new_tokens: int | None = None,
+    def __init__(self, checkpoint: str | os.PathLike, num_beams: int | None = None, max_new_tokens: int | None = None,
                  device: str = "cpu", max_seconds: float = MAX_SECONDS, max_frames: int = 1000,
                  quiet: bool = True):
         max_new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-        if num_beams < 1 or max_new_tokens < 1 or max_frames < 1 or max_seconds <= 0:
+        if (num_beams is not None and num_beams < 1) or max_new_tokens < 1 or max_frames < 1 or max_seconds <= 0:
             raise AvsrError("num_beams, max_new_tokens, max_frames and max_seconds must be positive")
         self.checkpoint = Path(checkpoint)
         self.opened = check_checkpoint(self.checkpoint)
+        # None: the checkpoint's own beam width (an imported model: the authors' 15), else 4
+        num_beams = num_beams or int(self.opened.decoding.get("num_beams", 4))
         self.config = self.opened.config
         self.tasks = tuple(self.config.tasks)
         self.num_beams, self.max_new_tokens, self.device = num_beams, max_new_tokens, device
         self.max_seconds, self.max_frames, self.quiet = max_seconds, max_frames, quiet
         self.load_s: float | None = None
         self._model = None
+
+    @property
+    def about(self) -> dict:
+        """The checkpoint as the JSON output names it: an imported model's source file, layout,
+        tasks and rates (`avsr import`), beside the decoding settings."""
+        about = {"checkpoint": str(self.checkpoint), "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
+        if (imported := self.opened.imported) is not None:
+            about["imported"] = {k: imported.get(k) for k in ("file", "sha256", "layout", "variant", "tasks", "rates",
+                                                               "authors_decoding")}
+        return about
 
     @property
     def model(self):

@@ -15,7 +15,7 @@ a pickled Lightning checkpoint (`resume/last.ckpt`), which is refused, never loa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ class ResumeState:
     weights: dict[str, torch.Tensor]  # the trainable weights, full (gathered under FSDP)
     optimizer: dict  # torch's optimizer state_dict, parameters by position, full
     scheduler: dict  # the LR scheduler's state_dict
-    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # "cpu.<rank>", "cuda.<rank>": uint8 states
+    rng: dict[str, torch.Tensor]  # "cpu.<rank>", "cuda.<rank>": uint8 states
 
 
 def write_state(run: Path, state: ResumeState) -> Path:
@@ -60,8 +60,8 @@ def write_state(run: Path, state: ResumeState) -> Path:
             else:
                 values.setdefault(str(index), {})[name] = value
     header = {"format": FORMAT, "step": state.step, "epoch": state.epoch, "batches": state.batches,
-              "batches_total": state.batches_total, "world_size": state.world_size, "param_groups": state.optimizer["param_groups"],
-              "optimizer_values": values, "scheduler": state.scheduler}
+              "batches_total": state.batches_total, "world_size": state.world_size,
+              "param_groups": state.optimizer["param_groups"], "optimizer_values": values, "scheduler": state.scheduler}
     path = resume_file(run)
     with atomic_file(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
@@ -100,8 +100,8 @@ def read_state(run: Path) -> ResumeState | None:
             optimizer["state"].setdefault(int(index), {})[what] = value
         return ResumeState(step=int(header["step"]), epoch=int(header["epoch"]), batches=int(header["batches"]),
                            batches_total=int(header["batches_total"]), world_size=int(header["world_size"]),
-                           weights=by_kind["weights"],
-                           optimizer=optimizer, scheduler=header["scheduler"], rng=by_kind["rng"])
+                           weights=by_kind["weights"], optimizer=optimizer, scheduler=header["scheduler"],
+                           rng=by_kind["rng"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         why = " ".join(f"{type(err).__name__}: {err}".split())
         raise ResumeError(f"{path}: damaged or incomplete resume file ({why}); "

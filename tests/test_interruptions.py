@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 from avsr.errors import Interrupted
 from avsr.io import claim_folder
 from avsr.models.loading import read_checkpoint_config
+from avsr.pipelines.quickstart import ENTRIES as QUICKSTART_ENTRIES
 from avsr.training.config import ConfigError, load_config, save_config
+from avsr.training.run_lock import LOCK
 from avsr.training.train import RUN_ENTRIES, train
 from conftest import run_cli, tiny_model, tiny_train_args
 
@@ -244,6 +246,28 @@ def test_a_second_run_on_a_folder_in_use_is_refused_at_once_and_kill_9_frees_it(
     code, stdout, stderr = run_cli("train", "--quiet", *args)
     assert code == 0, stderr[-3000:]
     assert read_checkpoint_config(out / "checkpoints" / "last")["step"] == 3
+
+
+def test_a_quickstart_whose_training_runs_elsewhere_is_not_overwritten(tmp_path):
+    out = tmp_path / "qs"
+    claim_folder(out, "quickstart", QUICKSTART_ENTRIES)
+    claim_folder(out / "avsr", "train", RUN_ENTRIES)
+    (out / "report.md").write_text("an earlier report")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from avsr.training.run_lock import locked\n"
+                               "with locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(300)",
+                               str(out / "avsr")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # a training holds its run folder
+        # (a subprocess with a time limit: a quickstart that deleted the folder would go on for minutes)
+        done = subprocess.run([sys.executable, "-m", "avsr", "quickstart", "--out", str(out), "--overwrite", "--quiet"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert f"{out / 'avsr'} is in use by another avsr run (process {holder.pid} on " in lines[0], lines[0]
+    assert (out / "report.md").read_text() == "an earlier report" and (out / "avsr" / LOCK).is_file()
 
 
 @pytest.mark.parametrize("after", [0.6, 1.5])

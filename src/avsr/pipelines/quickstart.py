@@ -20,6 +20,7 @@ from avsr.io import claim_folder, remove_written, write_text_atomic
 from avsr.models.tasks import TASKS
 from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
+from avsr.training.run_lock import check_unlocked
 
 # Profiles: which LLM the AVSR model is built on, and the recipe (shipped in avsr/recipes) it is
 # trained with. "tiny": a 0.8M-parameter LM trained on the corpus text (minutes on a CPU);
@@ -64,6 +65,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     if profile not in PROFILES or sentences not in SENTENCES:
         raise ValueError(f"unknown profile {profile!r} or sentences {sentences!r}")
     if overwrite and Path(out).exists():  # start from scratch: every stage is redone
+        check_unlocked(Path(out) / "avsr")  # not while its training runs in another process
         remove_written(out)
     out = claim_folder(out, "quickstart", ENTRIES)
     timings: dict = {}

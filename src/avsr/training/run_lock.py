@@ -78,7 +78,10 @@ def locked(folder: str | os.PathLike) -> Iterator[None]:
     if not first_rank() or key in _HELD:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:  # e.g. the folder deleted meanwhile by another run's --fresh
+        raise RunFolderBusy(f"{folder}: cannot make its lock file {LOCK} ({err.strerror or err})") from None
     _try_lock(fd, Path(folder))
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join(["avsr" if i == 0 else a for i, a in enumerate(sys.argv)])}

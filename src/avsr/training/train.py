@@ -30,7 +30,7 @@ from avsr.data.dataset import AVDataset
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from avsr.errors import Interrupted
-from avsr.io import claim_folder, remove_written, write_text_atomic
+from avsr.io import check_removable, claim_folder, remove_written, write_text_atomic
 from avsr.models.avsr_model import AVSRModel
 from avsr.models.tasks import modalities_of
 from avsr.models.loading import build_model, save_checkpoint
@@ -528,8 +528,10 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
     out = Path(cfg.out)
     check_feature_cache(cfg)  # before a run folder is claimed
     check_unlocked(out)  # another process writing it: refused before anything else
-    if fresh and out.exists():
-        remove_written(out)
+    if fresh and out.exists() and first_rank():  # the launcher starts the other ranks once rank 0 has begun
+        check_removable(out)  # refused before anything is written in it
+        with locked(claim_folder(out, "train", RUN_ENTRIES)):  # (an older run's marker gains the lock file)
+            remove_written(out)  # no other run starts in it meanwhile
     finished = check_resume(cfg)
     if finished is not None:
         print(f"[avsr train] {out} already finished its {cfg.optim.max_steps} steps: {finished}", flush=True)

@@ -149,6 +149,12 @@ def cuda_missing() -> bool:
     return not torch.cuda.is_available()
 
 
+def unfinished(c: Ctx) -> None:
+    """The trained 2-step run copied to the case's run folder, as if stopped before its end."""
+    shutil.copytree(c.run, c.tmp / "run")
+    (c.tmp / "run" / "done.json").unlink()
+
+
 CASES: list[Case] = [
     # --- synth ---
     *(Case(f"synth-noise-seconds-{name}", lambda ctx, v=value: synth(ctx, "--noise-seconds", v), "--noise-seconds")
@@ -423,6 +429,14 @@ CASES: list[Case] = [
          "model.lora_rank: 4 -> 8", prepare=lambda c: shutil.copytree(c.run, c.tmp / "run"), uses=("run",)),
     Case("train-resume-fewer-steps", lambda c: ["train", "--quiet", *c.train_args(steps=1)],
          "optim.max_steps: 2 -> 1", prepare=lambda c: shutil.copytree(c.run, c.tmp / "run"), uses=("run",)),
+    Case("train-resume-damaged-state", lambda c: ["train", "--quiet", *c.train_args()],
+         lambda c: f"{c.tmp / 'run' / 'resume' / 'state.safetensors'}: damaged or incomplete resume file",
+         prepare=lambda c: (unfinished(c), write(c.tmp / "run" / "resume" / "state.safetensors", b"\x02\0\0\0\0\0\0\0{}")),
+         uses=("run",)),
+    Case("train-resume-older-pickle", lambda c: ["train", "--quiet", *c.train_args()],
+         lambda c: f"{c.tmp / 'run' / 'resume' / 'last.ckpt'}: a resume file of an older avsr",
+         prepare=lambda c: (unfinished(c), (c.tmp / "run" / "resume" / "state.safetensors").unlink(),
+                            write(c.tmp / "run" / "resume" / "last.ckpt", b"\x80\x04K\x01.")), uses=("run",)),
 ]
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from avsr.errors import Interrupted
-from avsr.io import claim_folder
+from avsr.io import RUN_MARKER, claim_folder
 from avsr.models.loading import read_checkpoint_config
 from avsr.pipelines.quickstart import ENTRIES as QUICKSTART_ENTRIES
 from avsr.training.config import ConfigError, load_config, save_config
@@ -79,6 +79,19 @@ def test_a_finished_run_is_not_trained_again_and_a_changed_one_is_refused(tiny_c
         with pytest.raises(ConfigError, match=key):
             run(config(tiny_corpus, tmp_path / "run", 3, override))
     assert all(torch.equal(before[k], v) for k, v in weights(checkpoint).items())
+
+
+def test_fresh_starts_over_in_the_run_folder_of_an_avsr_before_the_lock(tiny_corpus, tmp_path, capsys):
+    cfg = config(tiny_corpus, tmp_path / "run", steps=2)
+    run(cfg)
+    capsys.readouterr()
+    marker = tmp_path / "run" / RUN_MARKER  # as avsr wrote it before the lock: no lock file, not listed
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "entries": [e for e in RUN_ENTRIES if e != LOCK]}))
+    (tmp_path / "run" / LOCK).unlink()
+    train(cfg, model=tiny_model(seed=11), progress=False, fresh=True)  # deleted while locked, then trained
+    assert "already finished" not in capsys.readouterr().out
+    assert read_checkpoint_config(tmp_path / "run" / "checkpoints" / "last")["step"] == 2
+    assert LOCK in json.loads(marker.read_text())["entries"]
 
 
 def test_ctrl_c_through_the_cli_exits_130_with_one_line_and_a_checkpoint(tiny_corpus, tiny_backbones, tmp_path):

@@ -308,6 +308,10 @@ def a_wav(c: Ctx, *more) -> None:
 LONG = "a" * 240  # a name the file system holds, but not with avsr's temporary sibling names
 TOO_LONG = "a" * 300  # a name no file system here holds
 MAY_MOUNT = may_mount()
+def unfinished(c: Ctx) -> None:
+    """The trained 2-step run copied to the case's run folder, as if stopped before its end."""
+    shutil.copytree(c.run, c.tmp / "run")
+    (c.tmp / "run" / "done.json").unlink()
 
 
 CASES: list[Case] = [
@@ -839,6 +843,14 @@ CASES: list[Case] = [
           ("voices-klingon", ("--voices", "klingon"), "--voices klingon: not an English voice"),
           ("beams-zero", ("--beams", "0"), "argument --beams: 0 is less than 1"),
       )),
+    Case("train-resume-damaged-state", lambda c: ["train", "--quiet", *c.train_args()],
+         lambda c: f"{c.tmp / 'run' / 'resume' / 'state.safetensors'}: damaged or incomplete resume file",
+         prepare=lambda c: (unfinished(c), write(c.tmp / "run" / "resume" / "state.safetensors", b"\x02\0\0\0\0\0\0\0{}")),
+         uses=("run",)),
+    Case("train-resume-older-pickle", lambda c: ["train", "--quiet", *c.train_args()],
+         lambda c: f"{c.tmp / 'run' / 'resume' / 'last.ckpt'}: a resume file of an older avsr",
+         prepare=lambda c: (unfinished(c), (c.tmp / "run" / "resume" / "state.safetensors").unlink(),
+                            write(c.tmp / "run" / "resume" / "last.ckpt", b"\x80\x04K\x01.")), uses=("run",)),
 ]
 
 

@@ -22,6 +22,7 @@ from avsr.data.batching import FrameBudgetBatchSampler, collate
 from avsr.data.manifests import read_manifest
 from avsr.models.loading import WEIGHTS, Checkpoint, build_model
 from avsr.training.config import load_config
+from avsr.training.run_lock import LOCK
 from avsr.training.train import AVSRLightning, build_strategy, make_loaders, resolve_strategy, train
 from conftest import tiny_model, tiny_train_args
 
@@ -162,8 +163,11 @@ def test_two_process_ddp_training_through_the_cli(tiny_corpus, tiny_backbones, t
     """Two ranks train on different batches, end with identical weights, and match one process
     doing the same global step (both ranks' batches, their gradients averaged)."""
     overrides, out, record = two_rank_run(tiny_corpus, tiny_backbones, tmp_path)
-    result = launch(record, overrides, "strategy=ddp")
+    result = launch(record, overrides, "strategy=ddp", "--fresh")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # --fresh is rank 0's: rank 1, which the launcher starts once rank 0 has begun the run (and
+    # locked its folder), deletes nothing of it
+    assert (out / LOCK).is_file()
     assert "4 steps" in result.stdout and "2 processes" in result.stdout, result.stdout[-2000:]
     saved = Checkpoint.open(out / "checkpoints" / "last", find_backbones=False).saved
     assert saved["step"] == 4 and saved["train"]["devices"] == 2

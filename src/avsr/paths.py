@@ -30,8 +30,8 @@ def final_checkpoint(run: str | os.PathLike) -> Path:
 
 
 def resume_file(run: str | os.PathLike) -> Path:
-    """<run>/resume/last.ckpt: the Lightning state a resumed run continues from."""
-    return Path(run) / "resume" / "last.ckpt"
+    """<run>/resume/state.safetensors: the state a resumed run continues from (avsr.training.resume)."""
+    return Path(run) / "resume" / "state.safetensors"
 
 
 def recipe(name_or_path: str | os.PathLike) -> Path:

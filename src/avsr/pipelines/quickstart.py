@@ -21,6 +21,7 @@ from avsr.io import check_output_folder, claim_folder, remove_written, write_tex
 from avsr.models.tasks import TASKS
 from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
+from avsr.training.run_lock import check_unlocked
 
 # Profiles: which LLM the AVSR model is built on, and the recipe (shipped in avsr/recipes) it is
 # trained with. "tiny": a 0.8M-parameter LM trained on the corpus text (minutes on a CPU);
@@ -117,6 +118,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     # avsr.io's rule: its own earlier stages are continued; anything else there is never replaced
     check_output_folder(out, "quickstart", ENTRIES, inputs=(synth.text_file,), replace=True)
     if overwrite and Path(out).exists():  # start from scratch: every stage is redone
+        check_unlocked(Path(out) / "avsr")  # not while its training runs in another process
         remove_written(out, (synth.text_file,))
     out = claim_folder(out, "quickstart", ENTRIES)
     timings: dict = {}

@@ -104,6 +104,41 @@ def wav(path: Path, samples: list[float]) -> Path:
     return path
 
 
+def float_wav(path: Path, bad: float, seconds: float = 1.0) -> Path:
+    """A 32-bit float wav (it can hold NaN and infinity) of quiet noise with one `bad` sample."""
+    import numpy as np
+    import soundfile as sf
+
+    samples = (0.01 * np.random.default_rng(0).standard_normal(round(16000 * seconds))).astype(np.float32)
+    samples[len(samples) // 2] = bad
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    return path
+
+
+def corpus_with_bad_audio(ctx: Ctx, split: str) -> Path:
+    """The labels and `split` media of the shared corpus copied to <case>/root, the first row's
+    wav replaced by one of the same length holding a NaN; returns that wav."""
+    import soundfile as sf
+
+    from avsr.data.dataset import read_labels
+
+    root = ctx.tmp / "root"
+    shutil.copytree(ctx.corpus / "labels", root / "labels")
+    shutil.copytree(ctx.corpus / "synth" / split, root / "synth" / split)
+    first = root / "synth" / read_labels(root / "labels" / f"synth_{split}.csv")[0].rel_path
+    audio = first.with_suffix(".wav")
+    return float_wav(audio, float("nan"), sf.info(str(audio)).frames / 16000)
+
+
+def corpus_with_bad_audio_path(ctx: Ctx, split: str) -> Path:
+    """Where `corpus_with_bad_audio` put its bad wav."""
+    from avsr.data.dataset import read_labels
+
+    root = ctx.tmp / "root"
+    return (root / "synth" / read_labels(root / "labels" / f"synth_{split}.csv")[0].rel_path).with_suffix(".wav")
+
+
 def copied_checkpoint(ctx: Ctx, damage: Callable[[Path], object] = lambda ckpt: None) -> Path:
     """The shared checkpoint copied to <case>/ckpt, then damaged there (never the original)."""
     shutil.copytree(ctx.checkpoint, ctx.tmp / "ckpt")
@@ -300,6 +335,9 @@ CASES: list[Case] = [
     Case("train-noise-silent", lambda c: train_cli(c, f"data.noise={c.tmp / 'n.wav'}"),
          lambda c: f"noise file {c.tmp / 'n.wav'} is silent", prepare=lambda c: wav(c.tmp / "n.wav", [0.0] * 1600),
          uses=("corpus",)),
+    Case("train-noise-nan", lambda c: train_cli(c, f"data.noise={c.tmp / 'n.wav'}"),
+         lambda c: f"{c.tmp / 'n.wav'}: the audio holds NaN or infinite samples",
+         prepare=lambda c: float_wav(c.tmp / "n.wav", float("nan")), uses=("corpus",)),
     Case("train-noise-missing", lambda c: train_cli(c, f"data.noise={c.tmp / 'none.wav'}"),
          lambda c: f"audio file not found: {c.tmp / 'none.wav'}", uses=("corpus",)),
     Case("train-labels-empty-transcript", lambda c: train_cli(c, f"data.root={c.tmp / 'root'}"),
@@ -339,6 +377,13 @@ CASES: list[Case] = [
     Case("eval-noise-no-samples", lambda c: evaluate(c, "--snrs", "0", "--noise", c.tmp / "n.wav"),
          lambda c: f"noise file {c.tmp / 'n.wav'} has no samples", prepare=lambda c: wav(c.tmp / "n.wav", []),
          uses=("run",)),
+    *(Case(f"eval-noise-{name}", lambda c: evaluate(c, "--snrs", "0", "--noise", c.tmp / "n.wav"),
+           lambda c: f"{c.tmp / 'n.wav'}: the audio holds NaN or infinite samples",
+           prepare=lambda c, v=value: float_wav(c.tmp / "n.wav", v), uses=("run",))
+      for name, value in (("nan", float("nan")), ("inf", float("inf")))),
+    Case("eval-data-nan-audio", lambda c: evaluate(c, "--root", c.tmp / "root", "--snrs", "clean"),
+         lambda c: f"{corpus_with_bad_audio_path(c, 'test')}: the audio holds NaN or infinite samples",
+         prepare=lambda c: corpus_with_bad_audio(c, "test"), uses=("run",)),
     Case("eval-noise-missing", lambda c: evaluate(c, "--snrs", "clean", "5", "--noise", c.tmp / "none.wav"),
          lambda c: f"audio file not found: {c.tmp / 'none.wav'}", uses=("run",)),
     Case("eval-labels-empty-transcript", lambda c: evaluate(c, "--root", c.tmp / "root", "--snrs", "clean"),
@@ -398,6 +443,12 @@ CASES: list[Case] = [
     Case("transcribe-srt-two-files", lambda c: ["transcribe", c.tmp / "a.wav", c.tmp / "b.wav", "--checkpoint",
                                                 c.checkpoint, "--format", "srt"], "srt", uses=("run",),
          prepare=lambda c: (wav(c.tmp / "a.wav", [0.1] * 16000), wav(c.tmp / "b.wav", [0.1] * 16000))),
+    Case("transcribe-nan-audio", lambda c: ["transcribe", c.tmp / "nan.wav", "--checkpoint", c.checkpoint],
+         lambda c: f"{c.tmp / 'nan.wav'}: the audio holds NaN or infinite samples", uses=("run",),
+         prepare=lambda c: float_wav(c.tmp / "nan.wav", float("nan"))),
+    Case("transcribe-inf-audio", lambda c: ["transcribe", c.tmp / "inf.wav", "--checkpoint", c.checkpoint],
+         lambda c: f"{c.tmp / 'inf.wav'}: the audio holds NaN or infinite samples", uses=("run",),
+         prepare=lambda c: float_wav(c.tmp / "inf.wav", float("-inf"))),
     Case("preprocess-audio-only", lambda c: ["preprocess", c.tmp / "a.wav", "--out", c.tmp / "out"],
          lambda c: f"no video stream in {c.tmp / 'a.wav'}", prepare=lambda c: wav(c.tmp / "a.wav", [0.1] * 16000)),
     Case("preprocess-unreadable-file", lambda c: ["preprocess", c.tmp / "junk.mp4", "--out", c.tmp / "out"],

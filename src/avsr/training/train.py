@@ -31,6 +31,7 @@ from avsr.io import claim_folder, remove_written, write_text_atomic
 from avsr.models.avsr_model import AVSRModel
 from avsr.models.tasks import modalities_of
 from avsr.models.loading import build_model, save_checkpoint
+from avsr.training.data_record import training_data
 from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
 from avsr.optimization import warmup_cosine, warmup_cosine_adamw  # noqa: F401 (warmup_cosine: public here too)
@@ -164,7 +165,7 @@ class SaveTrainable(L.Callback):
         """Called on every rank: under FSDP the weights are gathered from all of them."""
         weights = trainable_weights(trainer, module)
         if trainer.is_global_zero:
-            extra = {"train": self.cfg.to_dict(), "step": trainer.global_step}
+            extra = {"train": self.cfg.to_dict(), "step": trainer.global_step, "training_data": training_data(self.cfg)}
             save_checkpoint(_Trainable(module.model, weights), self.folder / name, extra)
         self.saved_step = trainer.global_step
 

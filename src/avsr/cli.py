@@ -322,8 +322,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                               device=args.device, quiet=args.quiet)
     transcripts = transcriber.transcribe(args.files, task=args.task, rates=args.rates,
                                          budget_tokens=args.budget_tokens, progress=not args.quiet)
-    text = render(transcripts, args.format, {"checkpoint": str(args.checkpoint), "num_beams": args.beams,
-                                             "max_new_tokens": transcriber.max_new_tokens, "load_s": transcriber.load_s})
+    if transcriber.knowledge:  # what the model can write, said with the output (the JSON holds it too)
+        print(f"[avsr transcribe] note: {transcriber.knowledge}", file=sys.stderr, flush=True)
+    text = render(transcripts, args.format, transcriber.about())
     if args.out:
         write_text_atomic(args.out, text)
     else:
@@ -493,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     tx_rates.add_argument("--budget-tokens", type=_positive_number, metavar="TOKENS_PER_SECOND",
                           help="the trained rate pair with the most LLM input tokens per second within this")
     tx.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
-    tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
+    tx.add_argument("--max-new-tokens", type=_positive, help="at most this many per segment (default: no cap "
+                                                               "beyond the limit that follows its duration)")
     tx.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     tx.add_argument("--format", choices=["text", "json", "srt"], default="text",
                     help="text: one line per file; json: segments, scores, timings; srt: subtitles of one file")

@@ -7,25 +7,25 @@ every task the checkpoint has that the input can feed, and each decoded segment'
 (avsr.transcription.trust) is read. The groups:
 
 * in-domain: the val and test splits of the corpus the checkpoint was trained on (its first
-  --limit utterances each); a segment is "correct" when its WER is 0. The threshold is chosen on
-  val alone (the largest that flags at most 5 % of val's correct segments, over all tasks), then
-  applied to everything else.
+  --limit utterances each); a segment is "correct" when its WER is 0. A threshold is chosen on
+  val alone (the largest that flags at most 5 % of val's correct segments, over all tasks: the
+  rule trust.THRESHOLD was set by), and test's correct segments are compared with the rest.
 * real (out of domain for a model trained on the synthetic corpus): the real recordings of
   experiments/real_recordings.py (ASR), the real faces of experiments/real_faces.py (VSR, cut
   into 16 s segments), and AVSR on those recordings' audio under the first face's picture
   (real speech and a real face, not of the same person: the model has neither seen).
-* made-up: what holds no speech: the corpus babble alone, white and pink noise at -30 dBFS
-  (ASR, and AVSR under a test utterance's lips), a test utterance's lips played backwards and
-  frames of random pixels (VSR, and AVSR with babble).
+* made-up: --made-up inputs of each kind that hold no speech, as long as the first test
+  utterances: the corpus babble, white and pink noise at -30 dBFS (ASR); a test utterance's
+  lips played backwards, frames of random pixels (VSR); each such sound under each such
+  picture (AVSR); and silence (digital zeros, a still picture; all three tasks), which
+  avsr.transcription.evidence leaves empty before decoding.
 
-Silence, too-short clips and still pictures are left empty before decoding
-(avsr.transcription.evidence) and never reach the confidence: not counted here.
-
-Prints a table (per group and task: segments, mean confidence, share flagged) and the AUROC
-(the chance that a correct in-domain segment has a higher confidence than an out-of-domain or
-made-up one, ties counted half) of the confidence and, for comparison, of the plain score
-(length-normalised log-probability) alone. Writes --out (JSON): the threshold, the table, the
-AUROCs and every segment.
+Prints a table (per group and task: segments, left empty, mean confidence of the decoded ones,
+share flagged `low_confidence` or left empty), the repetition loops found (their score range
+against that of the correct test segments), and the AUROC (the chance that a correct in-domain
+test segment has a higher confidence than a decoded real or made-up one, ties counted half) of
+the confidence and, for comparison, of the plain score (length-normalised log-probability).
+Writes --out (JSON): the thresholds, the table, the loops, the AUROCs and every segment.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +97,20 @@ def real_inputs(cache: Path) -> list[dict]:
 
 
 def made_up_inputs(babble_path: Path, lips: list[np.ndarray]) -> list[dict]:
-    """No speech at all: babble, white and pink noise; lips backwards, random pixels."""
+    """Inputs that hold no speech, each as long as one of `lips` (test utterances' mouth crops):
+    babble, white and pink noise (ASR); the lips played backwards, random pixels (VSR); every
+    such sound under every such picture (AVSR: neither stream says anything); and silence
+    (digital zeros, a still picture), which is left empty before decoding."""
     from avsr.data.noise import pink_noise, read_noise, white_noise
 
     rng = np.random.default_rng(SEED)
     babble = read_noise(babble_path)
     inputs = []
+
+    def add(kind: str, source: str, task: str, video=None, audio=None) -> None:
+        inputs.append({"group": "made-up", "kind": kind, "input": recording(source, video, audio), "tasks": (task,)})
+
     for k, clip in enumerate(lips):
-        seconds = len(clip) / 25
         n = len(clip) * SAMPLES_PER_FRAME
         start = int(rng.integers(0, max(1, babble.size - n)))
         sounds = {"babble": babble[start:start + n],
@@ -113,20 +119,21 @@ def made_up_inputs(babble_path: Path, lips: list[np.ndarray]) -> list[dict]:
         pictures = {"lips backwards": clip[::-1].copy(),
                     "random pixels": rng.integers(0, 256, clip.shape, dtype=np.uint8)}
         for name, sound in sounds.items():
-            inputs.append({"group": "made-up", "kind": name, "input": recording(f"{name} {k} ({seconds:.1f} s)",
-                                                                                audio=sound), "tasks": ("asr",)})
-            inputs.append({"group": "made-up", "kind": name, "input": recording(f"{name} {k} + lips", clip, sound),
-                           "tasks": ("avsr",)})
+            add(name, f"{name} {k}", "asr", audio=sound)
+            for picture_name, picture in pictures.items():
+                add(f"{name} + {picture_name}", f"{name} + {picture_name} {k}", "avsr", picture, sound)
         for name, picture in pictures.items():
-            inputs.append({"group": "made-up", "kind": name, "input": recording(f"{name} {k}", picture),
-                           "tasks": ("vsr",)})
-            inputs.append({"group": "made-up", "kind": name, "input": recording(f"{name} {k} + babble", picture,
-                                                                                sounds["babble"]), "tasks": ("avsr",)})
+            add(name, f"{name} {k}", "vsr", video=picture)
+        still, zeros = np.repeat(clip[:1], len(clip), axis=0), np.zeros(n, np.float32)
+        add("silence", f"silence {k}", "asr", audio=zeros)
+        add("silence", f"still picture {k}", "vsr", video=still)
+        add("silence", f"silence + still picture {k}", "avsr", still, zeros)
     return inputs
 
 
 def transcribe_all(transcriber, inputs: list[dict]) -> list[dict]:
-    """One row per decoded segment: group, task, source, text, score, confidence, flags, correct."""
+    """One row per segment: group, kind, task, source, span, text, score, confidence, flags,
+    whether it was left empty (not decoded) and, in domain, whether it is correct (WER 0)."""
     from avsr.text import word_errors
 
     rows = []
@@ -137,11 +144,10 @@ def transcribe_all(transcriber, inputs: list[dict]) -> list[dict]:
             continue
         for x, t in zip(mine, transcriber.transcribe([x["input"] for x in mine], task=task, progress=False)):
             for s in t.segments:
-                if s.score is None:  # left empty: nothing to transcribe
-                    continue
                 row = {"group": x["group"], "kind": x.get("kind", x["group"]), "task": task, "source": t.source,
-                       "start": s.start, "end": s.end, "text": s.text, "score": round(s.score, 4),
-                       "confidence": s.confidence, "flags": s.flags}
+                       "start": s.start, "end": s.end, "text": s.text, "left_empty": s.score is None,
+                       "score": None if s.score is None else round(s.score, 4), "confidence": s.confidence,
+                       "flags": s.flags}
                 if "reference" in x:
                     row["correct"] = word_errors([x["reference"]], [s.text]).wer == 0
                 rows.append(row)
@@ -156,37 +162,63 @@ def auroc(negatives: list[float], positives: list[float]) -> float | None:
     return float(np.mean((neg > pos) + 0.5 * (neg == pos)))
 
 
-def summarise(rows: list[dict]) -> dict:
-    correct_val = [r["confidence"] for r in rows if r["group"] == "in-domain val" and r.get("correct")]
-    threshold = float(np.quantile(correct_val, FLAGGED_CORRECT, method="lower")) if correct_val else None
+def name_of(row: dict) -> str:
+    """The row's group, in domain split by correct / wrong."""
+    return row["group"] if "correct" not in row else f"{row['group']} {'correct' if row['correct'] else 'wrong'}"
+
+
+def share(rows: list[dict], test) -> float | None:
+    return round(float(np.mean([bool(test(r)) for r in rows])), 3) if rows else None
+
+
+def summarise(rows: list[dict], threshold: float) -> dict:
+    """The threshold chosen on val, a table per group and task, the loops, and the AUROCs."""
+    decoded = [r for r in rows if not r["left_empty"]]
+    correct_val = [r["confidence"] for r in decoded if name_of(r) == "in-domain val correct"]
+    chosen = float(np.quantile(correct_val, FLAGGED_CORRECT, method="lower")) if correct_val else None
     by = defaultdict(list)
     for r in rows:
-        name = r["group"] if "correct" not in r else f"{r['group']} {'correct' if r['correct'] else 'wrong'}"
-        by[(name, r["task"])].append(r)
-        by[(name, "all")].append(r)
-    table = {f"{name} | {task}": {"segments": len(rs), "mean_confidence": round(float(np.mean(
-        [r["confidence"] for r in rs])), 3), "flagged_by_the_flag": round(float(np.mean(
-            ["low_confidence" in r["flags"] for r in rs])), 3), "flagged_at_the_chosen": None if threshold is None
-        else round(float(np.mean([r["confidence"] < threshold for r in rs])), 3)}
+        by[(name_of(r), r["task"])].append(r)
+        by[(name_of(r), "all")].append(r)
+    table = {f"{name} | {task}": {
+        "segments": len(rs), "left_empty": sum(r["left_empty"] for r in rs),
+        "mean_confidence": (round(float(np.mean([r["confidence"] for r in rs if not r["left_empty"]])), 3)
+                            if any(not r["left_empty"] for r in rs) else None),
+        "flagged": share(rs, lambda r: r["left_empty"] or "low_confidence" in r["flags"]),
+        "flagged_at_the_chosen": None if chosen is None else share(
+            rs, lambda r: r["left_empty"] or r["confidence"] < chosen)}
         for (name, task), rs in sorted(by.items())}
-    test_correct = [r for r in rows if r["group"] == "in-domain test" and r.get("correct")]
+    loops = [r for r in decoded if "loop" in r["flags"]]
+    correct_test = [r for r in decoded if name_of(r) == "in-domain test correct"]
+    loop_summary = {"segments": len(loops), "by_group": dict(sorted(Counter(r["group"] for r in loops).items())),
+        "score_range": [min(r["score"] for r in loops), max(r["score"] for r in loops)] if loops else None,
+        "confidence_max": max(r["confidence"] for r in loops) if loops else None,
+        "correct_test_score_range": ([min(r["score"] for r in correct_test), max(r["score"] for r in correct_test)]
+                                     if correct_test else None)}
     separation = {}
     for other in ("real", "made-up"):
-        theirs = [r for r in rows if r["group"] == other]
+        theirs = [r for r in decoded if r["group"] == other]
         for value in ("confidence", "score"):
-            separation[f"{other} by {value}"] = auroc([r[value] for r in test_correct], [r[value] for r in theirs])
-    return {"threshold_chosen_on_val": threshold, "table": table, "auroc": separation}
+            separation[f"{other} by {value}"] = auroc([r[value] for r in correct_test], [r[value] for r in theirs])
+    return {"threshold_in_use": threshold, "threshold_chosen_on_val": chosen, "table": table, "loops": loop_summary,
+            "auroc": separation}
 
 
-def print_table(summary: dict, threshold_in_use: float) -> None:
-    print(f"threshold in use (avsr.transcription.trust.THRESHOLD): {threshold_in_use:g}; chosen on val here: "
-          f"{summary['threshold_chosen_on_val']}")
-    print("| group | task | segments | mean confidence | flagged (low_confidence) |")
-    print("|---|---|---|---|---|")
+def print_table(summary: dict) -> None:
+    print(f"threshold in use (avsr.transcription.trust.THRESHOLD): {summary['threshold_in_use']:g}; chosen on "
+          f"val here (flags {100 * FLAGGED_CORRECT:g} % of its correct segments): {summary['threshold_chosen_on_val']}")
+    print("| group | task | segments | left empty | mean confidence | flagged or left empty |")
+    print("|---|---|---|---|---|---|")
     for key, v in summary["table"].items():
         group, task = key.split(" | ")
-        print(f"| {group} | {task} | {v['segments']} | {v['mean_confidence']:.3f} | {100 * v['flagged_by_the_flag']:.1f} % |")
-    print("\nAUROC, correct in-domain test segments against:")
+        mean = "-" if v["mean_confidence"] is None else f"{v['mean_confidence']:.3f}"
+        print(f"| {group} | {task} | {v['segments']} | {v['left_empty']} | {mean} | {100 * v['flagged']:.1f} % |")
+    loops = summary["loops"]
+    if loops["segments"]:
+        print(f"\nloops: {loops['segments']} segments {loops['by_group']}, score {loops['score_range'][0]:.3f} to "
+              f"{loops['score_range'][1]:.3f} (correct in-domain test: {loops['correct_test_score_range'][0]:.3f} to "
+              f"{loops['correct_test_score_range'][1]:.3f}), confidence at most {loops['confidence_max']}")
+    print("\nAUROC, correct in-domain test segments against the decoded segments of:")
     for key, value in summary["auroc"].items():
         print(f"  {key}: {'-' if value is None else f'{value:.3f}'}")
 
@@ -213,12 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     except AvsrError as err:
         print(f"confidence: {err}", file=sys.stderr)
         return 1
-    summary = summarise(rows)
-    print_table(summary, THRESHOLD)
+    summary = summarise(rows, THRESHOLD)
+    print_table(summary)
     if args.out:
         write_text_atomic(args.out, json.dumps({"checkpoint": str(Path(args.checkpoint).resolve()),
-                                                "beams": args.beams, "threshold_in_use": THRESHOLD, **summary,
-                                                "segments": rows}, indent=1) + "\n")
+                                                "beams": args.beams, **summary, "segments": rows}, indent=1) + "\n")
     return 0
 
 

@@ -17,7 +17,7 @@ from avsr.errors import AvsrError
 from avsr.preprocess.result import Preprocessed
 from avsr.transcription import Transcriber, choose_task, render
 from avsr.transcription.transcriber import cut
-from avsr.transcription.trust import cut_loop
+from avsr.transcription.trust import THRESHOLD, cut_loop
 
 BEAMS, TOKENS = 2, 10  # small, to keep the tests fast; the same for evaluation and transcription
 
@@ -148,7 +148,11 @@ def test_scores_do_not_depend_on_the_batch(checkpoint, test_items, beams):
     alone = one.transcribe(items[1:2], task="avsr")[0]
     assert alone.text == together[1].text
     assert alone.segments[0].score == pytest.approx(together[1].segments[0].score, abs=1e-4)
+    assert alone.segments[0].confidence == pytest.approx(together[1].segments[0].confidence, abs=1e-4)
     assert all(np.isfinite(t.segments[0].score) and t.segments[0].score <= 0 for t in together)
+    for s in (t.segments[0] for t in together):  # the mean token probability: at least the geometric mean
+        assert 0 <= s.confidence <= 1 and ("loop" in s.flags or s.confidence >= math.exp(s.score) - 1e-4)  # 4 places
+        assert ("low_confidence" in s.flags) == (s.confidence < THRESHOLD)
 
 
 # ------------------------------------------------------------------ formats
@@ -346,6 +350,25 @@ def test_loops_are_cut_once_and_flagged():
                                          "token_logp": [-0.05] * 40}, limit=40)
     assert segment.text == "set white at b one" and {"loop", "token_limit", "low_confidence"} <= set(segment.flags)
     assert segment.confidence == 0.0 and any('repeated "set white at b one" 6 times' in w for w in said)
+
+
+def test_the_confidence_is_the_mean_token_probability_and_flags_what_is_under_the_threshold():
+    from avsr.transcription.transcriber import Piece, judged
+
+    piece = Piece("0#0", 50, 4.0, 6.0, np.zeros(1), None)
+    probabilities = {"sure": [0.99, 0.97, 0.95, 0.99, 0.9, 0.98, 0.99], "unsure": [0.9, 0.4, 0.95, 0.7, 0.9, 0.8, 0.99]}
+    for name, ps in probabilities.items():
+        logp = [math.log(x) for x in ps]
+        segment, said = judged(piece, None, {"hypothesis": "bin blue at f two now", "score": sum(logp) / len(logp),
+                                             "token_logp": logp}, limit=25)
+        assert segment.confidence == pytest.approx(sum(ps) / len(ps), abs=1e-4)
+        assert segment.text == "bin blue at f two now"
+        if name == "sure":
+            assert segment.flags == [] and said == []
+        else:
+            assert segment.flags == ["low_confidence"] and segment.confidence < THRESHOLD
+            assert said == [f'4.00-6.00 s: low confidence {segment.confidence:.2f} (under {THRESHOLD:g}): '
+                            '"bin blue at f two now" may be made up']
 
 
 def test_the_token_limit_follows_the_duration(transcriber, test_items, monkeypatch):

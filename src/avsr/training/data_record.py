@@ -10,9 +10,8 @@ is still found (`checkpoint_training_data`), else the training data is said to b
 The record: corpus name; kind "synthetic" (a corpus.json of avsr synth in `<root>/<corpus>`,
 with its sentences: "grid" commands, "fortunes" sentences or the lines of a "text" file) or
 "real" (anything else); utterances, hours and distinct words of the training manifest; and the
-training transcripts' LLM tokens per second of speech (EOS included; mean, min and max): the
-transcription's token limit follows the fastest, its confidence compares a hypothesis with the
-slowest (avsr.transcription.trust).
+training transcripts' LLM tokens per second of speech (EOS included; mean and max): the
+transcription's token limit follows the fastest (avsr.transcription.trust).
 """
 
 from __future__ import annotations
@@ -58,8 +57,7 @@ def _record(root: str, corpus: str, split: str, fmt: str, llm: str | None) -> di
     if llm and timed:
         rates = _token_rates(llm, [r.text for r in timed], seconds)
         if rates:
-            record["tokens_per_second"] = {"mean": round(sum(rates) / len(rates), 2), "min": round(min(rates), 2),
-                                           "max": round(max(rates), 2)}
+            record["tokens_per_second"] = {"mean": round(sum(rates) / len(rates), 2), "max": round(max(rates), 2)}
     return record
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, tiny_train_args
 
 from avsr.data.manifests import read_manifest
-from avsr.demo.app import Demo, note, score_of, started
+from avsr.demo.app import Demo, note, started
 from avsr.demo.browser import CHROMEDRIVER, CHROMIUM
 from avsr.demo.examples import mux
 from avsr.models.tasks import TASKS
@@ -50,12 +50,14 @@ def want(transcriber, upload) -> dict[str, tuple[str, str]]:
     out = {}
     for task in TASKS:
         (t,) = transcriber.transcribe([upload[0]], task=task)
-        out[task] = (t.text, note(score_of(t), task, transcriber.model.default_pair(task), 0.0).rsplit(" · ", 1)[0])
+        out[task] = (t.text, note(t, task, transcriber.model.default_pair(task), 0.0).rsplit(" · ", 1)[0])
     return out
 
 
 def test_the_handler_shows_what_the_transcriber_gives(transcriber, upload, want):
-    shown = Demo(transcriber).run(upload[0])
+    demo = Demo(transcriber)
+    assert demo.knowledge == transcriber.knowledge and "GRID commands" in demo.knowledge  # said on the page
+    shown = demo.run(upload[0])
     assert shown.roi is not None and shown.roi.shape[0] == 96 and "face in" in shown.about
     for task in TASKS:
         assert shown.tasks[task].text == want[task][0]
@@ -83,7 +85,7 @@ def elastic(elastic_checkpoint, upload):
     for task in TASKS:
         (t,) = transcriber.transcribe([upload[0]], task=task, rates=(8, 4))
         pair = transcriber.model.check_pair(task, (8, 4))
-        out[task] = (t.text, note(score_of(t), task, pair, 0.0).rsplit(" · ", 1)[0])
+        out[task] = (t.text, note(t, task, pair, 0.0).rsplit(" · ", 1)[0])
     return transcriber, out
 
 
@@ -158,6 +160,8 @@ def test_the_page_in_chromium_shows_the_transcriber_s_three_transcripts(checkpoi
             assert not any(e.is_displayed() for e in driver.find_elements(By.CSS_SELECTOR, "#rates"))  # one pair
             assert driver.find_element(By.CSS_SELECTOR, "#roi img").get_attribute("src")
             driver.save_screenshot(str(tmp_path / "demo.png"))
+            knowledge = driver.find_element(By.CSS_SELECTOR, "#knowledge").text
+            assert "synthetic corpus" in knowledge and "whatever it hears" in knowledge, knowledge
             # The examples are the checkpoint's corpus test utterances, labelled with their reference;
             # this one is the uploaded utterance muxed the same way: the same transcripts.
             picked = transcribe_on_page(driver, url, example=f"mouth crop · {upload[1]}")

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -179,6 +180,24 @@ def test_undecodable_video_stop_or_skip(copy, capsys, corruption):
     shutil.copy(mp4, root / "ds" / "clips" / "b" / "u3.mp4")
     assert [r.id for r in AVDataset(root, paths["jsonl"], on_bad_file="skip").rows] == ["u1", "u2"]
     assert "skipped 1 of 3 utterances" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_or_infinite_audio_stops_or_is_skipped_naming_the_file(copy, capsys, bad):
+    """A float wav holding NaN or infinity is refused where audio is read (train and eval items
+    alike), as `data.on_bad_file` says: stop names it, skip drops it with its name."""
+    root, paths = copy
+    wav = root / "ds" / "clips" / "a" / "u2.wav"
+    samples = sf.read(wav, dtype="float32")[0]
+    samples[len(samples) // 3] = bad
+    sf.write(wav, samples, 16000, subtype="FLOAT")
+    stop = AVDataset(root, paths["csv"], on_bad_file="stop")
+    with pytest.raises(DataError, match=f"c_train.csv:2: {wav}: the audio holds NaN or infinite samples"):
+        stop[1]
+    skip = AVDataset(root, paths["csv"], on_bad_file="skip")
+    capsys.readouterr()
+    assert isinstance(skip[1], SkippedItem) and not isinstance(skip[0], SkippedItem)
+    assert f"{wav}: the audio holds NaN or infinite samples" in capsys.readouterr().err
 
 
 def test_a_batch_of_only_unreadable_items_is_refilled(copy, capsys):

@@ -413,7 +413,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                               device=args.device, quiet=args.quiet)
     transcripts = transcriber.transcribe(args.files, task=args.task, rates=args.rates,
                                          budget_tokens=args.budget_tokens, progress=not args.quiet)
-    text = render(transcripts, args.format, {**transcriber.about, "load_s": transcriber.load_s})
+    if transcriber.knowledge:  # what the model can write, said with the output (the JSON holds it too)
+        print(f"[avsr transcribe] note: {transcriber.knowledge}", file=sys.stderr, flush=True)
+    text = render(transcripts, args.format, transcriber.about())
     if args.out:
         with claimed_file(args.out, "transcribe") as tmp:
             tmp.write_text(text, "utf-8")
@@ -670,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the trained rate pair with the most LLM input tokens per second within this")
     tx.add_argument("--beams", type=_positive, help="beam size (1: greedy; default: the checkpoint's, e.g. the "
                                                      "authors' 15 for an imported model, else 4)")
-    tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
+    tx.add_argument("--max-new-tokens", type=_positive, help="at most this many per segment (default: no cap "
+                                                               "beyond the limit that follows its duration)")
     tx.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps, one "
                                                                   "that exists here (default: %(default)s)")
     tx.add_argument("--format", choices=["text", "json", "srt"], default="text",

@@ -140,9 +140,20 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_R
         tmp.unlink(missing_ok=True)
 
 
+def finite_audio(samples: np.ndarray, path: str | Path) -> np.ndarray:
+    """`samples`, refused with a MediaError naming `path` when one is NaN or infinite (a float WAV
+    can hold them): such audio decodes into empty or made-up text and poisons a training step, so
+    every reader of audio (corpus items, noise, a recording to transcribe) checks here."""
+    bad = np.flatnonzero(~np.isfinite(samples))
+    if bad.size:
+        raise MediaError(f"{path}: the audio holds NaN or infinite samples ({bad.size} of {samples.size}, the "
+                         f"first at {bad[0] / SAMPLE_RATE:.3f} s)")
+    return samples
+
+
 def read_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, name: str | Path | None = None) -> np.ndarray:
-    """Read a mono WAV (a file, or its bytes named `name`) as float32 in [-1, 1]; the sample rate
-    must be `sample_rate`."""
+    """Read a mono WAV (a file, or its bytes named `name`) as float32 (in [-1, 1] for integer PCM);
+    the sample rate must be `sample_rate`; NaN or infinite samples are refused (`finite_audio`)."""
     opened, path = _source(source, name, "audio")
     try:
         audio, rate = sf.read(opened, dtype="float32", always_2d=True)
@@ -152,4 +163,4 @@ def read_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, name:
         raise MediaError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (resample it first)")
     if audio.shape[1] != 1:
         raise MediaError(f"{path}: {audio.shape[1]} channels, expected mono")
-    return audio[:, 0]
+    return finite_audio(audio[:, 0], path)

@@ -360,7 +360,7 @@ class AVSRModel(nn.Module):
 
 
     @torch.no_grad()
-    def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
+    def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int | torch.Tensor = 32,
                  do_sample: bool = False, return_aux: bool = False, pair: RatePair | None = None,
                  return_scores: bool = False, search: str = "avsr", **kwargs) -> list[str] | tuple[list[str], dict]:
         """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
@@ -376,6 +376,8 @@ class AVSRModel(nn.Module):
         aux["scores"] (B,) float32 is each hypothesis's length-normalised log-probability (see
         `sequence_scores`): an LLM recogniser writes fluent text whatever it hears, so a low
         score is the hint that a transcript may be made up. The texts are the same either way.
+        search="avsr" also gives aux["token_logp"]: per hypothesis, (S_i,) its tokens' log-probabilities
+        (EOS included), and takes `max_new_tokens` per utterance as well, a (B,) tensor.
         """
         if search not in ("avsr", "transformers"):
             raise ValueError(f"search must be 'avsr' or 'transformers', got {search!r}")
@@ -388,6 +390,8 @@ class AVSRModel(nn.Module):
             if unsupported := unsupported_settings(self.llm.generation_config):
                 raise ValueError(f"the LLM's generation_config sets {', '.join(unsupported)}, which search='avsr' "
                                  "does not follow; pass search='transformers'")
+        elif isinstance(max_new_tokens, torch.Tensor):
+            raise ValueError("a max_new_tokens per utterance needs search='avsr'")
         pair = self.check_pair(task, pair)
         tokens, aux = self.encode(batch, task, [pair])
         set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, pair))
@@ -395,10 +399,12 @@ class AVSRModel(nn.Module):
         aux["llm_input_tokens"] = mask.sum(1)  # (B,) prefix length: BOS, blocks, prompt
         if search == "avsr":
             penalty = kwargs.get("length_penalty", self.llm.generation_config.length_penalty)
-            out, scores = beam_search(self.llm, embeds, mask, num_beams, max_new_tokens, self.eos,
-                                      self.tokenizer.pad_token_id, 1.0 if penalty is None else penalty)  # (B, S), (B,)
+            found = beam_search(self.llm, embeds, mask, num_beams, max_new_tokens, self.eos,
+                                self.tokenizer.pad_token_id, 1.0 if penalty is None else penalty)
+            out = found.tokens  # (B, S)
             if return_scores:
-                aux["scores"] = scores
+                aux["scores"] = found.scores  # (B,)
+                aux["token_logp"] = [row[:n] for row, n in zip(found.token_logp, found.lengths.tolist())]  # B x (S_i,)
         else:
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                     max_new_tokens=max_new_tokens, do_sample=do_sample,

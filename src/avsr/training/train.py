@@ -37,6 +37,7 @@ from avsr.models.avsr_model import AVSRModel
 from avsr.models.tasks import modalities_of
 from avsr.models.loading import backbones, build_model, save_checkpoint
 from avsr.paths import resume_file
+from avsr.training.data_record import training_data
 from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
 from avsr.training.resume import ResumeError, ResumeState, read_state, write_state
@@ -229,7 +230,7 @@ class SaveTrainable(L.Callback):
                     scheduler=trainer.lr_scheduler_configs[0].scheduler.state_dict()))
             self.saved_step = b["step"]
         if trainer.is_global_zero:
-            extra = {"train": self.cfg.to_dict(), "step": b["step"]}
+            extra = {"train": self.cfg.to_dict(), "step": b["step"], "training_data": training_data(self.cfg)}
             save_checkpoint(_Trainable(module.model, weights), self.out / "checkpoints" / "last", extra)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

@@ -21,4 +21,5 @@ bench-synth: setup
 	$(VENV)/bin/python benchmarks/synth_throughput.py $(ARGS)
 
 contact-sheet: setup
+	rm -f docs/contact_sheet.png  # a file of the checkout, not one avsr recorded: avsr would not replace it
 	$(VENV)/bin/avsr contact-sheet --out docs/contact_sheet.png

@@ -29,7 +29,7 @@ import torch
 from avsr.evaluation.decode import decode, labelled_split
 from avsr.io import write_text_atomic
 from avsr.models.loading import load_checkpoint, quiet_loading
-from avsr.paths import manifest
+from avsr.data.manifests import split_manifest
 from avsr.text import word_errors
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     with quiet_loading(True):
         model = load_checkpoint(args.checkpoint).eval()
-    dataset = labelled_split(args.root, manifest(args.root, args.corpus, "test", "auto"), args.limit)
+    dataset = labelled_split(args.root, split_manifest(args.root, args.corpus, "test", "auto"), args.limit)
     reference = decode_side(model, dataset, args.task, args.beams, padded=True, max_frames=1,  # 1 per batch
                             search="transformers")
     ours = decode_side(model, dataset, args.task, args.beams, padded=False, max_frames=1000, search="avsr")

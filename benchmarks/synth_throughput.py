@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avsr.data.dataset import load_item, read_labels
+from avsr.data.dataset import load_item, read_manifest
 from avsr.io import write_text_atomic
 from avsr.synth.analysis import lip_audio_correlation
 from avsr.synth.corpus import SynthConfig, synthesize_corpus
@@ -40,8 +40,8 @@ def main() -> None:
         start = time.perf_counter()
         summary = synthesize_corpus(cfg, progress=False)
         seconds = time.perf_counter() - start
-        rows = read_labels(Path(tmp) / "labels" / "synth_test.csv")
-        items = [load_item(tmp, row) for row in rows]
+        rows = read_manifest(Path(tmp) / "labels" / "synth_test.csv")
+        items = [load_item(row) for row in rows]
         corr = [lip_audio_correlation(item.video, item.audio) for item in items]
     audio_hours = sum(s["hours"] for s in summary["splits"].values())
     result = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from avsr.evaluation.decode import decode, labelled_split
 from avsr.models.loading import load_checkpoint, quiet_loading
-from avsr.paths import manifest
+from avsr.data.manifests import split_manifest
 
 SLOTS = ("command", "colour", "preposition", "letter", "digit", "adverb")
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with quiet_loading(True):
         model = load_checkpoint(args.checkpoint).eval()
-    dataset = labelled_split(args.root, manifest(args.root, args.corpus, "test", "auto"), args.limit)
+    dataset = labelled_split(args.root, split_manifest(args.root, args.corpus, "test", "auto"), args.limit)
     out = decode(model, dataset, args.task, model.default_pair(args.task), num_beams=args.beams, progress=False)
     per_slot, confusions, other_length = slot_errors(out.utterances)
     print(f"{args.task} errors per slot ({len(out.utterances)} utterances): "

@@ -97,10 +97,10 @@ def save_tiny_backbones(folder: Path, texts: list[str]) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_backbones(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """Tiny Whisper, lip-encoder and LM folders for training through the CLI."""
-    from avsr.data.dataset import read_labels
+    from avsr.data.manifests import read_manifest
 
     corpus_cfg, _ = tiny_corpus
-    texts = [row.text for row in read_labels(Path(corpus_cfg.out) / "labels" / "synth_train.csv")]
+    texts = [row.text for row in read_manifest(Path(corpus_cfg.out) / "labels" / "synth_train.csv")]
     return save_tiny_backbones(tmp_path_factory.mktemp("backbones"), texts)
 
 

@@ -466,9 +466,11 @@ def test_a_pt_file_is_a_valid_video_encoder_setting(tmp_path):
     from avsr.models.avsr_model import AVSRConfig
     from avsr.models.loading import BackboneError, check_backbones
 
-    llm = tmp_path / "llm"
-    llm.mkdir()
-    (llm / "config.json").write_text("{}")
+    from transformers import LlamaConfig
+
+    llm = tmp_path / "llm"  # a config.json is all check_backbones reads of it (check_on_meta)
+    LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=100).save_pretrained(llm)
     pt = save(hollow(fairseq_shapes(768, 12, 3072)), tmp_path / "base_vox_iter5.pt")
     check_backbones(AVSRConfig(llm=str(llm), video_encoder=str(pt), tasks=("vsr",)))
     with pytest.raises(BackboneError, match="model.video_encoder: no such folder .*avsr prepare avhubert"):

@@ -51,9 +51,10 @@ def hf_search(llm, embeds, mask, beams: int, steps: int = STEPS) -> tuple[list[l
     return hyps, torch.tensor([float(token[i, :len(h)].mean()) for i, h in enumerate(hyps)])
 
 
-def ours(llm, embeds, mask, beams: int, steps: int = STEPS) -> tuple[list[list[int]], torch.Tensor]:
-    tokens, scores = beam_search(llm, embeds, mask, beams, steps, EOS, PAD)
+def ours(llm, embeds, mask, beams: int, steps: int | torch.Tensor = STEPS) -> tuple[list[list[int]], torch.Tensor]:
+    tokens, scores, token_logp, lengths = beam_search(llm, embeds, mask, beams, steps, EOS, PAD)
     assert tokens.dtype == torch.long and scores.dtype == torch.float32 and scores.shape == (embeds.shape[0],)
+    assert token_logp.shape == tokens.shape and lengths.tolist() == [len(strip(r)) for r in tokens.tolist()]
     return [strip(row) for row in tokens.tolist()], scores
 
 
@@ -102,6 +103,34 @@ def test_an_utterance_decodes_alike_alone_or_in_a_batch(beams):
         alone_hyps, alone_scores = ours(llm, embeds[i:i + 1, real], mask[i:i + 1, real], beams)
         assert alone_hyps[0] == hyps[i]
         assert abs(float(alone_scores[0]) - float(scores[i])) < 1e-5
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_token_log_probabilities_add_up_to_the_score(beams):
+    llm = tiny_llm(2.0)
+    embeds, mask = prefixes()
+    found = beam_search(llm, embeds, mask, beams, STEPS, EOS, PAD)
+    for n, logp, score in zip(found.lengths.tolist(), found.token_logp, found.scores):
+        assert bool((logp[:n] < 0).all()) and bool((logp[n:] == 0).all())
+        assert abs(float(logp[:n].sum()) / n - float(score)) < 1e-5
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_a_limit_per_utterance_decodes_each_as_alone_with_its_limit(beams):
+    """Per-utterance token limits (a longer recording may say more): each utterance ends at its own
+    limit or earlier, with the hypothesis and score it gets decoded alone at that limit."""
+    llm = tiny_llm(-1e4)  # no EOS: every hypothesis runs to its limit
+    embeds, mask = prefixes()
+    caps = torch.tensor([3, 9, 5])
+    tokens, scores, _, lengths = beam_search(llm, embeds, mask, beams, caps, EOS, PAD)
+    assert tokens.shape == (3, 9) and lengths.tolist() == caps.tolist()
+    for i, cap in enumerate(caps.tolist()):
+        real = mask[i].bool()
+        alone_hyps, alone_scores = ours(llm, embeds[i:i + 1, real], mask[i:i + 1, real], beams, cap)
+        assert alone_hyps[0] == tokens[i, :cap].tolist() and set(tokens[i, cap:].tolist()) <= {PAD}
+        assert abs(float(alone_scores[0]) - float(scores[i])) < 1e-5
+    with pytest.raises(ValueError, match="positive"):
+        beam_search(llm, embeds, mask, beams, torch.tensor([3, 0, 5]), EOS, PAD)
 
 
 def test_bad_sizes_are_refused():

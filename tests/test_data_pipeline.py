@@ -322,6 +322,6 @@ def test_pipeline_on_the_tiny_corpus(tiny_corpus):
         assert int(batch["video_lengths"].sum()) <= 200 or len(batch["ids"]) == 1
         assert torch.equal(batch["audio_lengths"], batch["video_lengths"] * 640)
         seen += batch["ids"]
-    assert sorted(seen) == sorted(row.rel_path for row in ds.rows)
+    assert sorted(seen) == sorted(row.id for row in ds.rows)
     ev = EvalTransform(aug, snr_db=5.0, noise=noise, seed=0)
     assert torch.equal(ev(ds[0])["audio"], ev(ds[0])["audio"])

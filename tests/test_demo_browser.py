@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, tiny_train_args
 
 from avsr.data.manifests import read_manifest
-from avsr.demo.app import Demo, note, score_of, started
+from avsr.demo.app import Demo, note, started
 from avsr.demo.browser import CHROMEDRIVER, CHROMIUM
 from avsr.demo.examples import mux
 from avsr.models.tasks import TASKS
@@ -50,12 +50,14 @@ def want(transcriber, upload) -> dict[str, tuple[str, str]]:
     out = {}
     for task in TASKS:
         (t,) = transcriber.transcribe([upload[0]], task=task)
-        out[task] = (t.text, note(score_of(t), task, transcriber.model.default_pair(task), 0.0).rsplit(" · ", 1)[0])
+        out[task] = (t.text, note(t, task, transcriber.model.default_pair(task), 0.0).rsplit(" · ", 1)[0])
     return out
 
 
 def test_the_handler_shows_what_the_transcriber_gives(transcriber, upload, want):
-    shown = Demo(transcriber).run(upload[0])
+    demo = Demo(transcriber)
+    assert demo.knowledge == transcriber.knowledge and "GRID commands" in demo.knowledge  # said on the page
+    shown = demo.run(upload[0])
     assert shown.roi is not None and shown.roi.shape[0] == 96 and "face in" in shown.about
     for task in TASKS:
         assert shown.tasks[task].text == want[task][0]
@@ -83,7 +85,7 @@ def elastic(elastic_checkpoint, upload):
     for task in TASKS:
         (t,) = transcriber.transcribe([upload[0]], task=task, rates=(8, 4))
         pair = transcriber.model.check_pair(task, (8, 4))
-        out[task] = (t.text, note(score_of(t), task, pair, 0.0).rsplit(" · ", 1)[0])
+        out[task] = (t.text, note(t, task, pair, 0.0).rsplit(" · ", 1)[0])
     return transcriber, out
 
 
@@ -116,6 +118,28 @@ def test_an_examples_folder_without_videos_is_refused(checkpoint, tmp_path):
     assert code == 2 and "no video files" in err, err
 
 
+def test_a_rejected_upload_is_one_log_line_and_its_reason_on_the_page(checkpoint, tmp_path, capfd):
+    """Through the served page's API (gradio's own client, on 127.0.0.1): the caller gets the
+    reason, the server's stderr one line per rejected input and no traceback."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    with started(checkpoint, free_port()) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="cannot read junk.mp4 as audio or video"):
+            client.predict(handle_file(junk), "4,2", api_name="/transcribe")
+        with pytest.raises(AppError, match="upload a video or pick an example first"):
+            client.predict(None, "4,2", api_name="/transcribe")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    rejected = [line for line in err.splitlines() if line.startswith("avsr demo: rejected")]
+    assert len(rejected) == 2, err
+    assert rejected[0].startswith("avsr demo: rejected junk.mp4: cannot read junk.mp4 as audio or video"), err
+    assert rejected[1] == "avsr demo: rejected (no video): upload a video or pick an example first"
+
+
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
     reason=f"the browser tests need Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}; "
@@ -136,6 +160,8 @@ def test_the_page_in_chromium_shows_the_transcriber_s_three_transcripts(checkpoi
             assert not any(e.is_displayed() for e in driver.find_elements(By.CSS_SELECTOR, "#rates"))  # one pair
             assert driver.find_element(By.CSS_SELECTOR, "#roi img").get_attribute("src")
             driver.save_screenshot(str(tmp_path / "demo.png"))
+            knowledge = driver.find_element(By.CSS_SELECTOR, "#knowledge").text
+            assert "synthetic corpus" in knowledge and "whatever it hears" in knowledge, knowledge
             # The examples are the checkpoint's corpus test utterances, labelled with their reference;
             # this one is the uploaded utterance muxed the same way: the same transcripts.
             picked = transcribe_on_page(driver, url, example=f"mouth crop · {upload[1]}")

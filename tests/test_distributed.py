@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from avsr.data.batching import FrameBudgetBatchSampler, collate
-from avsr.data.dataset import read_labels
+from avsr.data.manifests import read_manifest
 from avsr.models.loading import WEIGHTS, Checkpoint, build_model
 from avsr.training.config import load_config
+from avsr.training.run_lock import LOCK
 from avsr.training.train import AVSRLightning, build_strategy, make_loaders, resolve_strategy, train
 from conftest import tiny_model, tiny_train_args
 
@@ -96,7 +97,7 @@ def expected_batches(cfg, rows, rank: int, steps: int = 4) -> list[tuple[int, li
     expected = []
     for epoch in range(steps):
         sampler.set_epoch(epoch)
-        expected += [(epoch, [rows[i].rel_path for i in batch]) for batch in sampler]
+        expected += [(epoch, [rows[i].id for i in batch]) for batch in sampler]
     return expected[:steps]
 
 
@@ -108,7 +109,7 @@ def check_sharded_batches(cfg, rows, steps: list[list[dict]]) -> None:
     for rank, trained in enumerate(steps):
         assert [(s["epoch"], s["ids"]) for s in trained] == expected_batches(cfg, rows, rank, len(trained))
     first_epoch = {i for rank in steps for s in rank if s["epoch"] == 0 for i in s["ids"]}
-    assert first_epoch == {row.rel_path for row in rows}
+    assert first_epoch == {row.id for row in rows}
 
 
 def replay(cfg, rows, start: dict, steps: list[list[dict]], accumulate: int = 1, model=None,
@@ -125,7 +126,7 @@ def replay(cfg, rows, start: dict, steps: list[list[dict]], accumulate: int = 1,
     model = model or build_model(cfg.model)
     model.load_trainable_state_dict(start)
     data = make_loaders(cfg, model)[0].dataset
-    index = {row.rel_path: i for i, row in enumerate(rows)}
+    index = {row.id: i for i, row in enumerate(rows)}
     optim = AVSRLightning(model, cfg).configure_optimizers()
     opt, schedule = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -162,8 +163,11 @@ def test_two_process_ddp_training_through_the_cli(tiny_corpus, tiny_backbones, t
     """Two ranks train on different batches, end with identical weights, and match one process
     doing the same global step (both ranks' batches, their gradients averaged)."""
     overrides, out, record = two_rank_run(tiny_corpus, tiny_backbones, tmp_path)
-    result = launch(record, overrides, "strategy=ddp")
+    result = launch(record, overrides, "strategy=ddp", "--fresh")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # --fresh is rank 0's: rank 1, which the launcher starts once rank 0 has begun the run (and
+    # locked its folder), deletes nothing of it
+    assert (out / LOCK).is_file()
     assert "4 steps" in result.stdout and "2 processes" in result.stdout, result.stdout[-2000:]
     saved = Checkpoint.open(out / "checkpoints" / "last", find_backbones=False).saved
     assert saved["step"] == 4 and saved["train"]["devices"] == 2
@@ -174,7 +178,7 @@ def test_two_process_ddp_training_through_the_cli(tiny_corpus, tiny_backbones, t
 
     # (a) Different batches: each rank its own shard of the seeded order.
     cfg = load_config(None, overrides)  # the same run on one device
-    rows = read_labels(cfg.data.labels(cfg.data.train_split))
+    rows = read_manifest(cfg.data.labels(cfg.data.train_split))
     check_sharded_batches(cfg, rows, steps)
 
     # (b) Identical weights: the same start (DDP broadcasts rank 0's), averaged gradients, the same
@@ -229,7 +233,7 @@ def test_two_process_fsdp_training_interrupted_and_resumed_through_the_cli(tiny_
     # Each rank's batches, across the interruption, are its shard of the seeded order (rank 1's
     # record of the interrupted run may be cut short: the launcher ends it).
     cfg = load_config(None, overrides)
-    rows = read_labels(cfg.data.labels(cfg.data.train_split))
+    rows = read_manifest(cfg.data.labels(cfg.data.train_split))
     rank1_before = [{"step": s, "epoch": e, "ids": ids}
                     for s, (e, ids) in enumerate(expected_batches(cfg, rows, 1)[:2])]
     steps = [first["steps"] + ranks[0]["steps"], rank1_before + ranks[1]["steps"]]
@@ -272,7 +276,7 @@ def test_gradient_accumulation_adds_up_batches_into_one_step(tiny_corpus, tmp_pa
     folder = train(cfg, model=tiny_model(seed=11), progress=False, callbacks=[record])
     assert [s["step"] for s in record.steps] == [0, 0, 1, 1]
     assert Checkpoint.open(folder, find_backbones=False).step == 2
-    rows = read_labels(cfg.data.labels(cfg.data.train_split))
+    rows = read_manifest(cfg.data.labels(cfg.data.train_split))
     worst = worst_difference(replay(cfg, rows, record.start, [record.steps], accumulate=2, model=tiny_model(seed=11)),
                              load_file(str(folder / WEIGHTS)))
     assert worst < 1e-5, worst

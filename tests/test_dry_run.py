@@ -103,7 +103,7 @@ def test_presets_resolve_by_folder_name_or_local_config(tmp_path):
 
 # Sizes printed on the model cards (billions), from the presets' architecture facts.
 CARD = {"Llama-3.2-1B": 1.24, "Llama-3.2-3B": 3.21, "Llama-3.1-8B": 8.03, "Qwen2.5-0.5B": 0.49,
-        "Qwen2.5-1.5B": 1.54, "Qwen2.5-3B": 3.09, "Qwen2.5-7B": 7.61}
+        "Qwen2.5-1.5B": 1.54, "Qwen2.5-3B": 3.09, "Qwen2.5-7B": 7.61, "SmolLM2-135M": 0.135}
 
 
 def test_llm_presets_build_the_published_sizes():
@@ -152,6 +152,19 @@ def test_lora_reduction_convention_on_a_tiny_llama():
     assert lora_size("reduction", 2048, 32, 4) == (64, 8.0)  # Llama 3.2-1B: r 64, alpha 8 / r 64 = 0.125
     with pytest.raises(SettingError, match="lora_rank is a reduction factor .* must divide the width 64"):
         tiny_llama_model(lora_convention="reduction", lora_rank=48)
+
+
+def test_lora_settings_the_llm_cannot_take_are_refused_before_any_adapter_is_made():
+    """The bottleneck fits the narrowest adapted layer (v_proj: 64 -> 32), in both conventions,
+    and every target names a linear layer; a rank of 1e9 would have asked for 512 GB."""
+    assert tiny_llama_model(lora_rank=32).cfg.lora_rank == 32
+    with pytest.raises(SettingError, match=r"lora_rank must give a LoRA bottleneck of at most 32, .* \(v_proj: "
+                                           r"64 -> 32\); got 1000000000$"):
+        tiny_llama_model(lora_rank=10**9)
+    with pytest.raises(SettingError, match="got 1, a bottleneck of 64$"):
+        tiny_llama_model(lora_convention="reduction", lora_rank=1)
+    with pytest.raises(SettingError, match="lora_targets names no linear layer of the LLM: nope_proj .*q_proj"):
+        tiny_llama_model(lora_targets=("q_proj", "nope_proj"))
 
 
 def video_lora(model: AVSRModel) -> dict[str, torch.nn.Parameter]:

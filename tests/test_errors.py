@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avsr.data.dataset import DataError, load_item, read_labels
+from avsr.data.dataset import DataError, load_item, read_manifest
 from avsr.data.media import MediaError, write_audio, write_video
 
 
@@ -36,10 +36,12 @@ def test_missing_espeak_library(tmp_path):
     assert not (tmp_path / "c" / "synth").exists()
 
 
-@pytest.mark.parametrize("voices,variants,needle", [("en-zz,en-us", "m1,m2", "'en-zz+m"), ("en-us,en", "m1,m99", "'m99'")])
-def test_unknown_voice_or_variant(tmp_path, voices, variants, needle):
+@pytest.mark.parametrize("voices,variants,needles", [
+    ("en-zz,en-us", "m1,m2", ("--voices en-zz: not an English voice", "choose from en,en-us,")),
+    ("en-us,en", "m1,m99", ("unknown espeak-ng voice", "'m99'"))])
+def test_unknown_voice_or_variant(tmp_path, voices, variants, needles):
     r = avsr(*small(tmp_path / "c", "--voices", voices, "--variants", variants))
-    assert_clean_failure(r, "unknown espeak-ng voice", needle)
+    assert_clean_failure(r, *needles)
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -71,7 +73,7 @@ def test_text_file_corpus_uses_the_sentences(tmp_path):
     text.write_text("Hello, World!\nthe cat sat on the mat\n")
     r = avsr(*small(tmp_path / "c", "--text", str(text)))
     assert r.returncode == 0, r.stderr
-    texts = {row.text for s in ("train", "val", "test") for row in read_labels(tmp_path / "c" / "labels" / f"synth_{s}.csv")}
+    texts = {row.text for s in ("train", "val", "test") for row in read_manifest(tmp_path / "c" / "labels" / f"synth_{s}.csv")}
     assert texts == {"hello world", "the cat sat on the mat"}
 
 
@@ -88,29 +90,29 @@ def make_item(tmp_path, n_frames=10, n_samples=6400):
     write_audio(root / "ds" / "test" / "spk" / "u1.wav", np.zeros(n_samples, np.float32))
     labels = tmp_path / "labels.csv"
     labels.write_text(f"ds,test/spk/u1.mp4,{n_frames},hello world\n")
-    return root, read_labels(labels)[0]
+    return root, read_manifest(labels, root=root)[0]
 
 
 def test_loader_names_missing_and_corrupt_files(tmp_path):
     root, row = make_item(tmp_path)
-    assert load_item(root, row).video.shape == (10, 96, 96)
-    row.audio_path(root).unlink()
+    assert load_item(row).video.shape == (10, 96, 96)
+    row.audio.unlink()
     with pytest.raises(MediaError, match="audio file not found: .*u1.wav"):
-        load_item(root, row)
-    row.video_path(root).write_bytes(b"not an mp4 at all")
+        load_item(row)
+    row.video.write_bytes(b"not an mp4 at all")
     with pytest.raises(MediaError, match="cannot decode video .*u1.mp4"):
-        load_item(root, row)
+        load_item(row)
 
 
 def test_loader_rejects_audio_video_duration_mismatch(tmp_path):
     root, row = make_item(tmp_path, n_frames=10, n_samples=6400 + 2 * 640)  # 80 ms longer
     with pytest.raises(DataError, match="more than one frame apart"):
-        load_item(root, row)
+        load_item(row)
 
 
 def test_check_command_reports_problems(tmp_path):
     root, row = make_item(tmp_path)
-    row.audio_path(root).unlink()
+    row.audio.unlink()
     r = avsr("check", "--root", str(root), "--labels", str(tmp_path / "labels.csv"))
     assert r.returncode == 1 and "u1.wav" in r.stderr and "0/1 items" in r.stdout
 
@@ -119,11 +121,12 @@ def test_label_formats(tmp_path):
     """Our 4-column rows and Llama-AVSR's 5-column rows (with SentencePiece ids) read alike."""
     labels = tmp_path / "l.csv"
     labels.write_text("lrs3,trainval/a/00001.mp4,51,12 7 900,hello there\nsynth,train/s0/00000.mp4,40,bin blue\n")
-    rows = read_labels(labels)
-    assert [(r.dataset, r.n_frames, r.text) for r in rows] == [("lrs3", 51, "hello there"), ("synth", 40, "bin blue")]
+    rows = read_manifest(labels, root=tmp_path)
+    assert [(r.video.relative_to(tmp_path).parts[0], r.n_frames, r.text) for r in rows] == \
+        [("lrs3", 51, "hello there"), ("synth", 40, "bin blue")]
     labels.write_text("synth,train/x.mp4,forty,bin\n")
     with pytest.raises(DataError, match="l.csv:1: frame count"):
-        read_labels(labels)
+        read_manifest(labels)
 
 
 def test_atomic_writes_leave_old_content_or_new_never_half(tmp_path):

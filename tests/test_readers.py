@@ -9,16 +9,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from avsr.data.batching import FrameBudgetBatchSampler, SkipUnreadable, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset, DataError, SkippedItem, validate_corpus
-from avsr.data.manifests import detect_format, read_labels, read_manifest
+from avsr.data.manifests import FORMATS, ROW_FORMATS, detect_format, read_manifest, split_manifest
 from avsr.data.media import write_audio, write_video
 from avsr.errors import AvsrError
-from avsr.paths import manifest
 
 # id, clip, video frames, transcript (a comma inside one)
 CLIPS = [("u1", "clips/a/u1", 10, "hello, world again"), ("u2", "clips/a/u2", 14, "bin blue at f two now"),
@@ -95,7 +95,10 @@ def test_csv_with_four_and_five_columns_and_commas_in_the_text(tmp_path):
     assert [r.text for r in rows] == ["well, hello there, you", "bin blue, at f", "12 apples, no ids"]
     assert rows[0].video == tmp_path / "lrs3" / "a/1.mp4" and rows[0].audio == tmp_path / "lrs3" / "a/1.wav"
     assert [r.source for r in rows] == [f"{labels}:{n}" for n in (1, 2, 3)]
-    assert [r.text for r in read_labels(labels)] == [r.text for r in rows]  # the LabelRow reader agrees
+    nested = tmp_path / "root" / "labels" / "l.csv"  # without a root: the folder above labels/
+    nested.parent.mkdir(parents=True)
+    shutil.copy(labels, nested)
+    assert [r.video for r in read_manifest(nested)] == [tmp_path / "root" / r.video.relative_to(tmp_path) for r in rows]
 
 
 def test_fairseq_paths_absent_modalities_and_lengths(tmp_path, capsys):
@@ -179,6 +182,24 @@ def test_undecodable_video_stop_or_skip(copy, capsys, corruption):
     assert "skipped 1 of 3 utterances" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_or_infinite_audio_stops_or_is_skipped_naming_the_file(copy, capsys, bad):
+    """A float wav holding NaN or infinity is refused where audio is read (train and eval items
+    alike), as `data.on_bad_file` says: stop names it, skip drops it with its name."""
+    root, paths = copy
+    wav = root / "ds" / "clips" / "a" / "u2.wav"
+    samples = sf.read(wav, dtype="float32")[0]
+    samples[len(samples) // 3] = bad
+    sf.write(wav, samples, 16000, subtype="FLOAT")
+    stop = AVDataset(root, paths["csv"], on_bad_file="stop")
+    with pytest.raises(DataError, match=f"c_train.csv:2: {wav}: the audio holds NaN or infinite samples"):
+        stop[1]
+    skip = AVDataset(root, paths["csv"], on_bad_file="skip")
+    capsys.readouterr()
+    assert isinstance(skip[1], SkippedItem) and not isinstance(skip[0], SkippedItem)
+    assert f"{wav}: the audio holds NaN or infinite samples" in capsys.readouterr().err
+
+
 def test_a_batch_of_only_unreadable_items_is_refilled(copy, capsys):
     root, paths = copy
     (root / "ds" / "clips" / "a" / "u1.mp4").write_bytes(b"garbage" * 100)
@@ -207,18 +228,25 @@ def test_long_utterances_are_dropped_with_a_count(made, capsys):
 def test_format_recognition(made, tmp_path):
     root, paths = made
     assert [detect_format(p) for p in paths.values()] == ["csv", "fairseq", "jsonl"]
+    assert detect_format(root / "train" / "index.json") == "shards" and ROW_FORMATS == ("csv", "fairseq", "jsonl")
+    assert list(FORMATS) == ["csv", "fairseq", "jsonl", "shards"]  # the one table: config rule and CLI choices
+    with pytest.raises(DataError, match="streamed by training"):
+        read_manifest(root / "train" / "index.json")
     with pytest.raises(DataError, match="cannot tell the manifest format"):
         read_manifest(tmp_path / "train.txt")
-    assert manifest(root, "c", "train", "csv") == paths["csv"]
-    assert manifest(root, "c", "train", "fairseq") == paths["fairseq"]
-    assert manifest(root, "c", "train", "jsonl") == paths["jsonl"]
+    assert split_manifest(root, "c", "train", "csv") == paths["csv"]
+    assert split_manifest(root, "c", "train", "fairseq") == paths["fairseq"]
+    assert split_manifest(root, "c", "train", "jsonl") == paths["jsonl"]
     with pytest.raises(AvsrError, match="several formats"):
-        manifest(root, "c", "train", "auto")
-    assert manifest(root, "c", "test", "auto") == root / "labels" / "c_test.csv"  # none: the CSV is named missing
+        split_manifest(root, "c", "train", "auto")
+    assert split_manifest(root, "c", "test", "auto") == root / "labels" / "c_test.csv"  # none: the CSV is named missing
+    assert split_manifest(root, "c", "train", "shards") == root / "train" / "index.json"
+    assert split_manifest("http://127.0.0.1:8/s", "c", "train") == "http://127.0.0.1:8/s/train/index.json"
+    assert split_manifest("pipe:cat /s/{}", "c", "val") == "pipe:cat /s/val/index.json"
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(paths["jsonl"], alone / "val.jsonl")
-    assert manifest(alone, "c", "val") == alone / "val.jsonl"
+    assert split_manifest(alone, "c", "val") == alone / "val.jsonl"
     # an explicit format reads a file of another name
     shutil.copy(paths["jsonl"], tmp_path / "list.txt")
     assert [r.id for r in read_manifest(tmp_path / "list.txt", "jsonl")][:2] == ["u1", "u2"]
@@ -238,7 +266,7 @@ def test_data_settings_are_checked():
     assert (cfg.data.format, cfg.data.on_bad_file, cfg.data.max_utterance_seconds) == ("auto", "skip", 16.0)
     assert load_config(overrides=["data.max_utterance_seconds=null"]).data.max_utterance_seconds is None
     for override, needle in (
-            ("data.format=xml", "config: data.format must be one of auto, csv, fairseq, jsonl, got 'xml'"),
+            ("data.format=xml", "config: data.format must be one of auto, csv, fairseq, jsonl, shards, got 'xml'"),
             ("data.on_bad_file=ignore", "config: data.on_bad_file must be one of skip, stop, got 'ignore'"),
             ("data.max_utterance_seconds=0", "config: data.max_utterance_seconds must be a positive number"),
             ("data.max_utterance_seconds=-3", "must be a positive number of seconds or null (no limit), got -3"),

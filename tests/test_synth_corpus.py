@@ -3,13 +3,18 @@
 import hashlib
 import json
 import multiprocessing
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from avsr.data.dataset import load_item, read_labels, validate_corpus
+from avsr.data.dataset import load_item, read_manifest, validate_corpus
 from avsr.synth.corpus import SPLITS, SynthError, synthesize_corpus
 from avsr.synth.analysis import lip_audio_correlation
 from avsr.synth.espeak import EspeakError, Voice, engine
@@ -65,8 +70,8 @@ def test_another_seed_gives_another_corpus(tiny_corpus, tmp_path):
     cfg, _ = tiny_corpus
     other = tiny_config(tmp_path / "other", seed=8, utterances={"train": 2, "val": 1, "test": 1})
     synthesize_corpus(other, progress=False)
-    a = read_labels(Path(cfg.out) / "labels" / "synth_train.csv")
-    b = read_labels(tmp_path / "other" / "labels" / "synth_train.csv")
+    a = read_manifest(Path(cfg.out) / "labels" / "synth_train.csv")
+    b = read_manifest(tmp_path / "other" / "labels" / "synth_train.csv")
     assert [r.text for r in a[:2]] != [r.text for r in b[:2]]
 
 
@@ -74,13 +79,13 @@ def test_layout_and_labels_follow_the_lrs3_convention(tiny_corpus):
     cfg, summary = tiny_corpus
     root = Path(cfg.out)
     for split in SPLITS:
-        rows = read_labels(root / "labels" / f"synth_{split}.csv")
+        rows = read_manifest(root / "labels" / f"synth_{split}.csv")
         assert len(rows) == cfg.utterances[split] == summary["splits"][split]["utterances"]
         for row in rows:
-            assert row.dataset == "synth"
-            parts = Path(row.rel_path).parts
+            assert row.video == root / "synth" / row.id  # the dataset column: the media folder
+            parts = Path(row.id).parts
             assert parts[0] == split and parts[2].endswith(".mp4") and len(parts) == 3
-            assert row.audio_path(root).is_file() and row.video_path(root).with_suffix(".json").is_file()
+            assert row.audio.is_file() and row.video.with_suffix(".json").is_file()
             assert row.text == row.text.lower() and row.text.split()
     for name in ("babble", "white", "pink"):
         assert (root / "noise" / f"synth_{name}.wav").is_file()
@@ -93,8 +98,8 @@ def test_every_row_is_readable_and_durations_agree(tiny_corpus):
     for split in SPLITS:
         report = validate_corpus(root, root / "labels" / f"synth_{split}.csv")
         assert report["problems"] == [] and report["ok"] == cfg.utterances[split]
-        for row in read_labels(root / "labels" / f"synth_{split}.csv"):
-            item = load_item(root, row)
+        for row in read_manifest(root / "labels" / f"synth_{split}.csv"):
+            item = load_item(row)
             assert item.video.shape[1:] == (96, 96) and item.video.shape[0] == row.n_frames
             assert abs(item.video.shape[0] / 25 - item.audio.size / 16000) <= 0.04
 
@@ -102,7 +107,7 @@ def test_every_row_is_readable_and_durations_agree(tiny_corpus):
 def test_speakers_are_disjoint_between_splits(tiny_corpus):
     cfg, _ = tiny_corpus
     root = Path(cfg.out)
-    by_split = {split: {Path(r.rel_path).parts[1] for r in read_labels(root / "labels" / f"synth_{split}.csv")}
+    by_split = {split: {Path(r.id).parts[1] for r in read_manifest(root / "labels" / f"synth_{split}.csv")}
                 for split in SPLITS}
     assert {k: len(v) for k, v in by_split.items()} == cfg.speakers
     assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"]
@@ -115,8 +120,8 @@ def test_speakers_are_disjoint_between_splits(tiny_corpus):
 def test_lip_opening_follows_audio_energy(tiny_corpus):
     cfg, _ = tiny_corpus
     root = Path(cfg.out)
-    rows = [r for s in SPLITS for r in read_labels(root / "labels" / f"synth_{s}.csv")]
-    r = [lip_audio_correlation(load_item(root, row).video, load_item(root, row).audio) for row in rows]
+    rows = [r for s in SPLITS for r in read_manifest(root / "labels" / f"synth_{s}.csv")]
+    r = [lip_audio_correlation(load_item(row).video, load_item(row).audio) for row in rows]
     print(f"lip opening vs audio energy: mean r = {np.mean(r):.3f} over {len(r)} utterances, min {min(r):.3f}")
     assert np.mean(r) > 0.3 and min(r) > 0.0
 
@@ -183,3 +188,44 @@ def test_settings_are_checked_when_made(tmp_path, settings, needle):
     with pytest.raises(SynthError, match=re.escape(needle)):
         tiny_config(settings.pop("out", tmp_path), **settings)
     assert list(tmp_path.iterdir()) == []
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):  # not a process, or it ended meanwhile
+            continue
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_during_synthesis_is_one_line_exit_130_and_no_process_left(tmp_path, workers):
+    """Ctrl-C reaches the whole process group: the command, its pool workers, their espeak-ng
+    servers and the servers' forked children. avsr says it once and exits 130; none of the
+    others prints anything (no KeyboardInterrupt traceback) and none is left running."""
+    args = ["synth", "--out", str(tmp_path / "c"), "--train", "300", "--val", "2", "--test", "2", "--train-speakers",
+            "2", "--val-speakers", "1", "--test-speakers", "1", "--noise-speakers", "1", "--noise-seconds", "1",
+            "--workers", str(workers), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "avsr", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "c" / "synth" / "train").glob("*/*.json")):  # synthesis has begun
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while process_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process_group(proc.pid) == []
+    finally:
+        if process_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 130 and err == "avsr synth: interrupted\n" and out == "", err

@@ -18,7 +18,7 @@ from avsr.evaluation.report import write_report
 from avsr.evaluation.score import evaluate
 from avsr.text import word_errors
 from avsr.models.loading import Checkpoint, load_checkpoint
-from avsr.data.dataset import read_labels
+from avsr.data.manifests import read_manifest
 from avsr.paths import RECIPES, recipe as find_recipe
 from avsr.training.config import ConfigError, config_from_dict, load_config, save_config
 from avsr.training.train import train, warmup_cosine
@@ -120,7 +120,7 @@ def test_training_augmentation_follows_the_time_mask_settings(tiny_corpus, tmp_p
         train_loader, _ = make_loaders(cfg, tiny_model(seed=11), progress=False)
         audio[masks] = np.asarray(train_loader.dataset[0]["audio"])
     row = train_loader.dataset.dataset.rows[0]
-    wav = read_audio((root / "synth" / row.rel_path).with_suffix(".wav"))
+    wav = read_audio((root / "synth" / row.id).with_suffix(".wav"))
     assert np.array_equal(audio["false"], wav)
     assert audio["true"].shape == wav.shape and (audio["true"] == 0).sum() > (wav == 0).sum() + 100
 
@@ -272,7 +272,7 @@ def test_evaluation_report(tiny_corpus, tmp_path, projector, monkeypatch):
     # with its label's transcript, WER from a word-level edit distance, RTF = decoding seconds
     # (the fake clock's) / seconds of speech (video frames at 25 fps; the audio is cut to them).
     written = json.loads((tmp_path / "rep" / "results.json").read_text())
-    labels = {row.rel_path: row for row in read_labels(root / "labels" / "synth_test.csv")}
+    labels = {row.id: row for row in read_manifest(root / "labels" / "synth_test.csv")}
     speech_seconds = sum(row.n_frames for row in labels.values()) / 25
     for task in ("asr", "vsr", "avsr"):
         for cond in ("clean", "0 dB"):
@@ -306,7 +306,7 @@ def test_evaluation_counts_known_errors(tiny_corpus, monkeypatch):
     """Hypotheses with known mistakes through `evaluate`: one substitution, deletion or insertion
     per utterance in turn (with case and punctuation that the normalisation ignores)."""
     root = Path(tiny_corpus[0].out)
-    order = [row.rel_path for row in read_labels(root / "labels" / "synth_test.csv")]
+    order = [row.id for row in read_manifest(root / "labels" / "synth_test.csv")]
     model = tiny_model(seed=12)
     generate = model.generate
 
@@ -329,7 +329,7 @@ def test_evaluation_counts_known_errors(tiny_corpus, monkeypatch):
     monkeypatch.setattr(model, "generate", fake_generate)
     report = evaluate(model, str(root), str(root / "labels" / "synth_test.csv"), ("asr", "vsr"), (None, 0),
                       str(root / "noise" / "synth_babble.wav"), num_beams=1, max_new_tokens=1, progress=False)
-    n = sum(len(row.text.split()) for row in read_labels(root / "labels" / "synth_test.csv"))
+    n = sum(len(row.text.split()) for row in read_manifest(root / "labels" / "synth_test.csv"))
     expected = {"substitutions": len(order[0::3]), "deletions": len(order[1::3]), "insertions": len(order[2::3]),
                 "reference_words": n}
     for task in ("asr", "vsr"):

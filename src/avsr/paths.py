@@ -19,27 +19,6 @@ def labels_csv(root: str | os.PathLike, corpus: str, split: str) -> Path:
     return Path(root) / "labels" / f"{corpus}_{split}.csv"
 
 
-MANIFEST_FORMATS = ("csv", "fairseq", "jsonl")
-
-
-def manifest(root: str | os.PathLike, corpus: str, split: str, fmt: str = "auto") -> Path:
-    """A split's manifest: csv `<root>/labels/<corpus>_<split>.csv` (labels_csv), fairseq
-    `<root>/<split>.tsv` (with `<root>/<split>.wrd`), jsonl `<root>/<split>.jsonl`. `auto`: the one
-    of these that exists (the label CSV's path when none does, so that is the file named missing);
-    two or more are refused, as the choice would be a guess."""
-    candidates = {"csv": labels_csv(root, corpus, split), "fairseq": Path(root) / f"{split}.tsv",
-                  "jsonl": Path(root) / f"{split}.jsonl"}
-    if fmt in candidates:
-        return candidates[fmt]
-    if fmt != "auto":
-        raise AvsrError(f"unknown manifest format {fmt!r}: one of auto, {', '.join(MANIFEST_FORMATS)}")
-    found = [path for path in candidates.values() if path.is_file()]
-    if len(found) > 1:
-        raise AvsrError(f"split {split} has manifests in several formats ({', '.join(map(str, found))}); "
-                        "choose one with data.format=csv, fairseq or jsonl")
-    return found[0] if found else candidates["csv"]
-
-
 def noise_wav(root: str | os.PathLike, corpus: str, kind: str = "babble") -> Path:
     """<root>/noise/<corpus>_<kind>.wav, 16 kHz (babble, white or pink)."""
     return Path(root) / "noise" / f"{corpus}_{kind}.wav"
@@ -51,8 +30,8 @@ def final_checkpoint(run: str | os.PathLike) -> Path:
 
 
 def resume_file(run: str | os.PathLike) -> Path:
-    """<run>/resume/last.ckpt: the Lightning state a resumed run continues from."""
-    return Path(run) / "resume" / "last.ckpt"
+    """<run>/resume/state.safetensors: the state a resumed run continues from (avsr.training.resume)."""
+    return Path(run) / "resume" / "state.safetensors"
 
 
 def recipe(name_or_path: str | os.PathLike) -> Path:

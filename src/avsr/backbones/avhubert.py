@@ -50,7 +50,7 @@ def prepare_avhubert(pt_path: str | Path, out_dir: str | Path) -> Path:
     if recorded is not None and recorded.get("source_sha256") != fingerprint["source_sha256"]:
         raise AvsrError(f"{out_dir} holds the conversion of another file ({recorded.get('source_file')}, sha256 "
                         f"{str(recorded.get('source_sha256'))[:12]}...); remove it to convert {pt_path} there")
-    FOLDER.check_replaceable(out_dir)  # an older conversion of ours may be replaced, nothing else
+    FOLDER.check_replaceable(out_dir, (pt_path,))  # an older conversion of ours may be replaced, nothing else
 
     cfg, state, info = read_fairseq_checkpoint(pt_path)
     extra = {"source": FOLDER_SOURCE, "licence": AVHUBERT_LICENCE, "source_file": str(pt_path.resolve()),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avsr.errors import AvsrError
-from avsr.io import atomic_folder
+from avsr.io import atomic_folder, check_output
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,12 @@ class BackboneFolder:
         content = self.read(folder)
         return content is not None and all(content.get(k) == v for k, v in (fingerprint or {}).items())
 
-    def check_replaceable(self, folder: str | Path) -> None:
-        """Refuse (self.error) an existing folder that is neither absent, empty nor ours."""
-        folder = Path(folder)
-        if folder.exists() and not self.is_ours(folder) and (not folder.is_dir() or any(folder.iterdir())):
-            raise self.error(f"{folder} exists and is not {self.what}; remove it or choose another folder")
+    def check_replaceable(self, folder: str | Path, inputs=()) -> None:
+        """Refuse (self.error) an existing folder that is neither absent, empty nor ours, and
+        whatever else avsr.io's one rule for outputs refuses (the root, home or working folder,
+        a checkpoint, an input of the command or a folder holding one, a name too long)."""
+        check_output(folder, inputs=inputs, replace=True, folder=True, mine=self.is_ours, what=self.what,
+                     error=self.error)
 
     def write_marker(self, tmp: str | Path, content: dict) -> None:
         """Write the marker (identity, then `content`) into the folder being built: its last file."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from avsr.backbones.folder import BackboneFolder
 from avsr.data.batching import pack_batches
-from avsr.data.dataset import read_labels
+from avsr.data.dataset import read_manifest
 from avsr.data.media import read_video
 from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD, crop
 from avsr.errors import AvsrError
@@ -152,8 +152,8 @@ class Clip:
 def load_clips(root: str | Path, labels: str | Path, tokenizer: CharTokenizer) -> list[Clip]:
     """Decode every video of a label CSV once (only the video: audio is not needed here)."""
     clips = []
-    for row in read_labels(labels):
-        clips.append(Clip(read_video(row.video_path(root)), row.text, tokenizer.encode(row.text)))
+    for row in read_manifest(labels, root=root):
+        clips.append(Clip(read_video(row.video), row.text, tokenizer.encode(row.text)))
     return clips
 
 

@@ -191,22 +191,29 @@ def reading_exercise(sentence: Sequence[int], prompts: Sequence[Sequence[int]], 
 # Model
 
 
-def build_model(cfg: SmallLMConfig, tokenizer):
-    """A freshly initialised `LlamaForCausalLM` sized by cfg (float32, sdpa attention)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llm_config(cfg: SmallLMConfig, vocab_size: int | None = None, bos_token_id: int | None = None,
+               eos_token_id: int | None = None):
+    """The `LlamaConfig` of the LM cfg sizes (vocabulary: the tokenizer's length, at most cfg.vocab_size)."""
+    from transformers import LlamaConfig
 
     if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
         raise SmallLMError(f"hidden_size {cfg.hidden_size} / heads {cfg.num_attention_heads} / "
                            f"kv_heads {cfg.num_key_value_heads} do not divide evenly")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+    return LlamaConfig(
+        vocab_size=vocab_size or cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
+        bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=None,
         hidden_act="silu", attention_bias=False, mlp_bias=False)
-    model = LlamaForCausalLM(config)
+
+
+def build_model(cfg: SmallLMConfig, tokenizer):
+    """A freshly initialised `LlamaForCausalLM` sized by cfg (float32, sdpa attention)."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llm_config(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id  # generate() needs one; EOS ends anyway
@@ -369,13 +376,13 @@ def pretrain_lm_from_labels(label_csvs: Sequence[str | os.PathLike], out_dir: st
     on (the LM would otherwise memorise the sentences it is later scored on); `*_val.csv` ones
     give the held-out perplexity in the report. Every other CSV counts as training text.
     """
-    from avsr.data.dataset import read_labels
+    from avsr.data.dataset import read_manifest
 
     train_texts: list[str] = []
     val_texts: list[str] = []
     for path in map(Path, label_csvs):
         split = path.stem.rsplit("_", 1)[-1] if "_" in path.stem else ""
-        rows = read_labels(path)
+        rows = read_manifest(path)
         if split == "val":
             val_texts += [r.text for r in rows]
         elif split not in _HELD_OUT_SPLITS:

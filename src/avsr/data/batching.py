@@ -8,7 +8,8 @@ a batch of its own instead of an assert.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Literal, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -17,34 +18,81 @@ from torch.utils.data import Dataset, Sampler
 from avsr.data.dataset import SkippedItem
 from avsr.data.manifests import DataError, warn
 
+T = TypeVar("T")
+
+
+def greedy_batches(items: Iterable[T], length: Callable[[T], int], max_frames: int,
+                   cost: Literal["frames", "padded"] = "frames") -> Iterator[list[T]]:
+    """Cut a stream of items, in the order given, into batches whose cost stays within `max_frames`:
+    a batch closes when the next item would take it over (an item over the budget on its own gets
+    a batch of its own). cost="frames": the sum of the items' frames; cost="padded": items x
+    longest item, the frames of the zero-padded batch tensor. Needs only the current batch, so
+    it packs a stream (avsr.data.shards) as it packs a list."""
+    if cost not in ("frames", "padded"):
+        raise ValueError(f"cost must be 'frames' or 'padded', got {cost!r}")
+    current: list[T] = []
+    total = longest = 0
+    for item in items:
+        n = int(length(item))
+        grown = total + n if cost == "frames" else (len(current) + 1) * max(longest, n)
+        if current and grown > max_frames:
+            yield current
+            current, total, longest = [], 0, 0
+        current.append(item)
+        total, longest = total + n, max(longest, n)
+    if current:
+        yield current
+
 
 def pack_batches(lengths: Sequence[int], max_frames: int,
                  cost: Literal["frames", "padded"] = "frames") -> list[list[int]]:
     """Greedily cut length-sorted indices into batches whose cost stays within `max_frames`.
 
-    cost="frames": the sum of the items' frames (the AVSR training's budget), items taken
-    longest first; cost="padded": items x longest item, the frames of the zero-padded batch
-    tensor (the lip encoder pre-training's), items taken shortest first so that padding stays
-    small. Ties go by index. An item over the budget on its own gets a batch of its own.
+    cost="frames" (the AVSR training's budget): items taken longest first; cost="padded" (the lip
+    encoder pre-training's): shortest first, so that padding stays small. Ties go by index.
     """
-    if cost not in ("frames", "padded"):
-        raise ValueError(f"cost must be 'frames' or 'padded', got {cost!r}")
     sign = -1 if cost == "frames" else 1
     order = sorted(range(len(lengths)), key=lambda i: (sign * int(lengths[i]), i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    total = longest = 0
-    for i in order:
-        n = int(lengths[i])
-        grown = total + n if cost == "frames" else (len(current) + 1) * max(longest, n)
-        if current and grown > max_frames:
-            batches.append(current)
-            current, total, longest = [], 0, 0
-        current.append(i)
-        total, longest = total + n, max(longest, n)
-    if current:
-        batches.append(current)
-    return batches
+    return list(greedy_batches(order, lambda i: lengths[i], max_frames, cost))
+
+
+def shuffle_buffer(items: Iterable[T], rng: np.random.Generator, size: int) -> Iterator[T]:
+    """A seeded shuffle of a stream within a buffer of `size` items: each new item takes the place
+    of one drawn at random, which is given out. The draws depend on the count of items only, not
+    on the items, so a plan made from lengths alone gives the order the real stream will have."""
+    buffer: list[T] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        yield buffer[j]
+        buffer[j] = item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
+
+
+def stream_batches(items: Iterable[T], length: Callable[[T], int], max_frames: int,
+                   rng: np.random.Generator | None = None, window: int = 1000) -> Iterator[list[T]]:
+    """Frame-budget batches of a stream. Without `rng`: packed in the order given (a shard set is
+    stored longest first, so this is `pack_batches`' packing of the whole split). With `rng`:
+    through a shuffle buffer of `window` items; each window of `window` items drawn is sorted
+    longest first and packed, and its batches given out in a shuffled order (bucketing: batches
+    of similar lengths, little padding)."""
+    if rng is None:
+        yield from greedy_batches(items, length, max_frames)
+        return
+    stream = shuffle_buffer(items, rng, window)
+    while chunk := list(islice(stream, window)):
+        chunk.sort(key=lambda item: -int(length(item)))  # stable: ties keep the drawn order
+        batches = list(greedy_batches(chunk, length, max_frames))
+        for k in rng.permutation(len(batches)):
+            yield batches[k]
+
+
+def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random draws of one utterance's augmentation: a pure function of (seed, epoch, index)."""
+    return np.random.default_rng([seed, epoch, int(index)])
 
 
 class FrameBudgetBatchSampler(Sampler[list[int]]):
@@ -156,7 +204,7 @@ class TransformedDataset(Dataset):
         the media serves several epochs' augmentations (training.feature_cache)."""
         if isinstance(item, SkippedItem):
             return item
-        return self.transform(item, np.random.default_rng([self.seed, epoch, int(index)]))
+        return self.transform(item, augment_rng(self.seed, epoch, index))
 
     def __getitem__(self, index: int) -> dict | SkippedItem:
         return self.augment(self.dataset[index], index, self.epoch)

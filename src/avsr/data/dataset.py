@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avsr.data.manifests import DataError, LabelRow, Utterance, load_manifest, read_labels, read_manifest, warn
+from avsr.data.manifests import DataError, Utterance, load_manifest, read_manifest, warn
 from avsr.data.media import SAMPLE_RATE, VIDEO_FPS, MediaError, read_audio, read_video
 
-__all__ = ["AVDataset", "AVItem", "DataError", "LabelRow", "SkippedItem", "Utterance", "load_item", "read_labels",
+__all__ = ["AVDataset", "AVItem", "DataError", "SkippedItem", "Utterance", "load_item", "media_item", "read_manifest",
            "validate_corpus"]
 
 
@@ -28,7 +28,7 @@ class AVItem:
     audio: np.ndarray  # (N,) float32 at 16 kHz
     video: np.ndarray  # (T, H, W) uint8 mouth ROI at 25 fps
     text: str
-    row: LabelRow | Utterance
+    row: Utterance
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,30 @@ class SkippedItem:
     reason: str
 
 
-def load_item(root: str | Path | None, row: LabelRow | Utterance) -> AVItem:
+def load_item(row: Utterance, video: bytes | None = None, audio: bytes | None = None) -> AVItem:
     """Read and validate one utterance: the audio and video durations must agree within one frame.
-    `root`: the corpus root of a LabelRow (an Utterance's paths are resolved already)."""
-    video_path, audio_path = row.video_path(root), row.audio_path(root)
-    if video_path is None or audio_path is None:
-        raise DataError(f"{getattr(row, 'source', '') or row.rel_path}: names no "
-                        f"{'video' if video_path is None else 'audio'} file (avsr reads audio-visual pairs)")
-    video = read_video(video_path)
-    audio = read_audio(audio_path)
-    video_s, audio_s = video.shape[0] / VIDEO_FPS, audio.size / SAMPLE_RATE
+    `video`, `audio`: the files' bytes when they come from elsewhere (a shard), else they are read
+    from the row's paths."""
+    if row.video is None or row.audio is None:
+        raise DataError(f"{row.source or row.id}: names no {'video' if row.video is None else 'audio'} file "
+                        "(avsr reads audio-visual pairs)")
+    frames = read_video(row.video if video is None else video, name=row.video)
+    samples = read_audio(row.audio if audio is None else audio, name=row.audio)
+    video_s, audio_s = frames.shape[0] / VIDEO_FPS, samples.size / SAMPLE_RATE
     if abs(video_s - audio_s) > 1.0 / VIDEO_FPS + 1e-9:
-        raise DataError(f"{video_path}: video lasts {video_s:.3f} s but its audio "
+        raise DataError(f"{row.video}: video lasts {video_s:.3f} s but its audio "
                         f"{audio_s:.3f} s (more than one frame apart)")
-    return AVItem(audio=audio, video=video, text=row.text, row=row)
+    return AVItem(audio=samples, video=frames, text=row.text, row=row)
+
+
+def media_item(item: AVItem) -> dict:
+    """An item as the transforms and collation take it."""
+    return {
+        "audio": torch.from_numpy(item.audio),  # (N,) float32
+        "video": torch.from_numpy(item.video),  # (T, H, W) uint8
+        "text": item.text,
+        "id": item.row.id,
+    }
 
 
 class AVDataset(Dataset):
@@ -79,19 +89,14 @@ class AVDataset(Dataset):
     def __getitem__(self, index: int) -> dict | SkippedItem:
         row = self.rows[index]
         try:
-            item = load_item(self.root, row)
+            item = load_item(row)
         except (MediaError, DataError) as err:
             if self.on_bad_file == "stop":
                 raise DataError(f"{row.source}: {err}") from None
             self.skipped += 1
             warn(f"skipped utterance {row.id}: {err} ({self.skipped} skipped so far in {self.labels.name})")
             return SkippedItem(row.id, str(err))
-        return {
-            "audio": torch.from_numpy(item.audio),  # (N,) float32
-            "video": torch.from_numpy(item.video),  # (T, H, W) uint8
-            "text": item.text,
-            "id": row.id,
-        }
+        return media_item(item)
 
 
 def validate_corpus(root: str | Path, labels: str | Path, fmt: str = "auto") -> dict:
@@ -100,7 +105,7 @@ def validate_corpus(root: str | Path, labels: str | Path, fmt: str = "auto") -> 
     rows = read_manifest(labels, fmt, root)
     for row in rows:
         try:
-            item = load_item(root, row)
+            item = load_item(row)
         except (MediaError, DataError) as err:
             problems.append(str(err))
             continue

@@ -1,14 +1,19 @@
-"""Manifests: the files that list a split's utterances, in the three formats the field uses.
+"""Manifests: the files that list a split's utterances, in the formats the field uses.
 
   csv      auto_avsr / Llama-AVSR label CSV: `dataset,rel_path,n_frames[,token_ids],text`, media at
            `<root>/<dataset>/<rel_path>` (.mp4) with the .wav beside it
   fairseq  AV-HuBERT `<split>.tsv` (first line: the media root; then `id, video, audio, n_video_frames,
            n_audio_samples`, tab-separated) with `<split>.wrd` (one transcript per line, same order)
   jsonl    one JSON object per line: `video` and/or `audio`, `text`, optional `id`, `frames`, `seconds`
+  shards   `<split>/index.json` over WebDataset tar shards (avsr.data.shards): streamed by training,
+           never listed row by row
 
-Each is read into the same row, an `Utterance` (id, video path, audio path, length in 25 fps video
-frames, transcript). `load_manifest` then checks the media a split names (present, non-empty,
-length known) and drops what `on_bad_file=skip` and `max_seconds` ask for, saying so in one line.
+`FORMATS` is the one table of them (name, file suffix, where a split's manifest lives, reader): the
+`data.format` rule and the CLI's choices are made from it. The row formats are read into one row
+type, `Utterance` (id, video path, audio path, length in 25 fps video frames, transcript), by
+`read_manifest`; `load_manifest` then checks the media a split names (present, non-empty, length
+known) and drops what `on_bad_file=skip` and `max_seconds` ask for, saying so in one line.
+`write_manifests` writes a split in the three row formats (avsr prepare-corpus).
 docs/data-formats.md describes the formats and the settings.
 """
 
@@ -18,6 +23,8 @@ import json
 import math
 import re
 import sys
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,10 +32,9 @@ import av
 import soundfile as sf
 
 from avsr.data.media import MediaError
+from avsr.data.remote import DEFAULT_TIMEOUT, RemoteError, is_url, locate, read_bytes
 from avsr.errors import AvsrError
 
-FORMATS = ("csv", "fairseq", "jsonl")
-SUFFIXES = {".csv": "csv", ".tsv": "fairseq", ".jsonl": "jsonl"}
 BAD_FILE_POLICIES = ("stop", "skip")
 FRAME_RATE = 25  # video frames per second: the unit of every utterance length here
 SAMPLES_PER_FRAME = 640  # 16 kHz audio samples per video frame
@@ -56,18 +62,6 @@ class Utterance:
     text: str
     source: str = field(default="", compare=False)  # "<manifest>:<line>", for messages
 
-    @property
-    def rel_path(self) -> str:
-        """The id under the name a label CSV row gives it (code written for LabelRow reads these too)."""
-        return self.id
-
-    def video_path(self, root: str | Path | None = None) -> Path | None:
-        """LabelRow's interface: the paths are already resolved, `root` is not needed."""
-        return self.video
-
-    def audio_path(self, root: str | Path | None = None) -> Path | None:
-        return self.audio
-
     def media(self) -> list[Path]:
         return [p for p in (self.video, self.audio) if p is not None]
 
@@ -77,20 +71,6 @@ class Utterance:
 
 
 # --- csv: auto_avsr / Llama-AVSR label files ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class LabelRow:
-    dataset: str
-    rel_path: str  # relative to <root>/<dataset>, ends in .mp4
-    n_frames: int  # video frames at 25 fps
-    text: str
-
-    def video_path(self, root: str | Path) -> Path:
-        return Path(root) / self.dataset / self.rel_path
-
-    def audio_path(self, root: str | Path) -> Path:
-        return self.video_path(root).with_suffix(".wav")
-
 
 # Llama-AVSR's 4th of 5 columns: SentencePiece ids, space-separated (or none), then the transcript.
 # A 4-column row whose transcript starts with "<digits>," would read as ids: transcripts spell numbers out.
@@ -107,7 +87,11 @@ def _text_lines(path: Path, what: str) -> list[str]:
         raise DataError(f"{path}:{line}: not UTF-8 text") from None
 
 
-def _csv_rows(path: Path) -> list[tuple[int, LabelRow]]:
+def read_csv(path: str | Path, root: str | Path | None = None) -> list[Utterance]:
+    """A label CSV (4 or 5 columns; the transcript may hold commas) with its media under `root`
+    (default: the folder above the CSV's, as in `<root>/labels/<corpus>_<split>.csv`)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent.parent
     rows = []
     for lineno, line in enumerate(_text_lines(path, "label file"), 1):
         if not line.strip():
@@ -123,17 +107,12 @@ def _csv_rows(path: Path) -> list[tuple[int, LabelRow]]:
             raise DataError(f"{path}:{lineno}: frame count {n_frames!r} is not a number")
         if not rest.strip():  # it would count as a reference of 0 words and distort the WER
             raise DataError(f"{path}:{lineno}: empty transcript")
-        rows.append((lineno, LabelRow(dataset.strip(), rel_path.strip(), int(n_frames), rest.strip())))
+        video = root / dataset.strip() / rel_path.strip()
+        rows.append(Utterance(rel_path.strip(), video, video.with_suffix(".wav"), int(n_frames), rest.strip(),
+                              f"{path}:{lineno}"))
     if not rows:
         raise DataError(f"label file is empty: {path}")
     return rows
-
-
-def read_csv(path: str | Path, root: str | Path) -> list[Utterance]:
-    """A label CSV (4 or 5 columns; the transcript may hold commas) with its media under `root`."""
-    path = Path(path)
-    return [Utterance(r.rel_path, r.video_path(root), r.audio_path(root), r.n_frames, r.text, f"{path}:{n}")
-            for n, r in _csv_rows(path)]
 
 
 # --- fairseq: AV-HuBERT .tsv + .wrd ------------------------------------------------------------------
@@ -150,9 +129,9 @@ def _count(value: str, what: str, where: str) -> int | None:
     return int(value)
 
 
-def read_fairseq(path: str | Path) -> list[Utterance]:
+def read_fairseq(path: str | Path, root: str | Path | None = None) -> list[Utterance]:
     """`<split>.tsv` and the `<split>.wrd` beside it. Relative media paths are relative to the root
-    on the first line; a relative root is relative to the manifest's folder."""
+    on the first line; a relative root is relative to the manifest's folder (`root` is not used)."""
     path = Path(path)
     words = path.with_suffix(".wrd")
     lines = _text_lines(path, "manifest")
@@ -207,9 +186,9 @@ def _positive(value, what: str, where: str, integer: bool) -> float | None:
     return value
 
 
-def read_jsonl(path: str | Path) -> list[Utterance]:
-    """One JSON object per line; relative media paths are relative to the manifest's folder.
-    Without `frames` or `seconds` the length is read from the media header at load."""
+def read_jsonl(path: str | Path, root: str | Path | None = None) -> list[Utterance]:
+    """One JSON object per line; relative media paths are relative to the manifest's folder (`root`
+    is not used). Without `frames` or `seconds` the length is read from the media header at load."""
     path = Path(path)
     rows = []
     for lineno, line in enumerate(_text_lines(path, "manifest"), 1):
@@ -249,28 +228,152 @@ def read_jsonl(path: str | Path) -> list[Utterance]:
     return rows
 
 
-# --- any format ---------------------------------------------------------------------------------------
+# --- shards: the index over a split's tar shards (avsr.data.shards writes and streams them) -------------
+
+SHARD_INDEX_FORMAT = "avsr-shards/1"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str  # the tar file's name, beside the index
+    count: int  # utterances in it
+    frames: int  # their 25 fps video frames, summed
+    bytes: int  # the file's size
+    lengths: tuple[int, ...]  # each utterance's frames, in the shard's order (what batching plans from)
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    location: str  # where the index was read (a path or URL); the shards lie beside it
+    split: str
+    shards: tuple[ShardEntry, ...]
+
+    @property
+    def utterances(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    def shard_location(self, k: int) -> str:
+        return self.location[: -len("index.json")] + self.shards[k].name
+
+
+def read_shard_index(location: str | Path, root: str | Path | None = None,
+                     timeout: float = DEFAULT_TIMEOUT) -> ShardIndex:
+    """`<split>/index.json` of a shard set, from a folder, a URL or a `pipe:` command (`root` is not
+    used). Only the index is read: per shard its name, size, count and the utterances' lengths."""
+    where = str(location)
+    try:
+        tree = json.loads(read_bytes(location, timeout))
+    except RemoteError as err:
+        raise DataError(str(err)) from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{where}: not a shard index (not valid JSON: {err})") from None
+    if not isinstance(tree, dict) or tree.get("format") != SHARD_INDEX_FORMAT:
+        raise DataError(f"{where}: not a shard index of avsr shard (format {SHARD_INDEX_FORMAT} expected)")
+    try:
+        shards = tuple(ShardEntry(s["name"], int(s["count"]), int(s["frames"]), int(s["bytes"]),
+                                  tuple(int(n) for n in s["lengths"])) for s in tree["shards"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{where}: damaged shard index ({type(err).__name__}: {err})") from None
+    if not shards or any(s.count != len(s.lengths) or s.frames != sum(s.lengths) for s in shards):
+        raise DataError(f"{where}: damaged shard index (no shard, or counts that do not add up)")
+    return ShardIndex(where, str(tree.get("split", "")), shards)
+
+
+# --- the table of formats ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ManifestFormat:
+    name: str  # the value of data.format
+    suffix: str  # how a manifest's file name ends (a file given on its own is recognised by it)
+    layout: str  # where a split's manifest lives under the corpus root ({corpus}, {split})
+    read: Callable  # (manifest, root=None) -> its rows; for a streamed format, its index
+    streamed: bool = False  # items come by streaming (training reads them in order), not by row
+
+
+FORMATS = {f.name: f for f in (
+    ManifestFormat("csv", ".csv", "labels/{corpus}_{split}.csv", read_csv),
+    ManifestFormat("fairseq", ".tsv", "{split}.tsv", read_fairseq),
+    ManifestFormat("jsonl", ".jsonl", "{split}.jsonl", read_jsonl),
+    ManifestFormat("shards", "index.json", "{split}/index.json", read_shard_index, streamed=True),
+)}
+FORMAT_CHOICES = ("auto", *FORMATS)  # data.format
+ROW_FORMATS = tuple(name for name, f in FORMATS.items() if not f.streamed)  # read row by row
+
+
+def _check_format(fmt: str, choices: tuple[str, ...] = FORMAT_CHOICES) -> None:
+    if fmt not in choices:
+        raise DataError(f"unknown manifest format {fmt!r}: one of {', '.join(choices)}")
+
+
+def split_manifest(root: str | Path, corpus: str, split: str, fmt: str = "auto") -> str | Path:
+    """Where a split's manifest lives under `root` in format `fmt` (the table's layout: csv
+    `<root>/labels/<corpus>_<split>.csv`, fairseq `<root>/<split>.tsv` (+ .wrd), jsonl
+    `<root>/<split>.jsonl`, shards `<root>/<split>/index.json`). `auto`: the one that exists (the
+    label CSV's path when none does, so that is the file named missing; a URL root: shards, the only
+    format read from URLs); two or more are refused, as the choice would be a guess."""
+    _check_format(fmt)
+    if fmt != "auto":
+        return locate(root, FORMATS[fmt].layout.format(corpus=corpus, split=split))
+    if is_url(root):
+        return split_manifest(root, corpus, split, "shards")
+    candidates = [split_manifest(root, corpus, split, name) for name in FORMATS]
+    found = [path for path in candidates if Path(path).is_file()]
+    if len(found) > 1:
+        raise DataError(f"split {split} has manifests in several formats ({', '.join(map(str, found))}); "
+                        f"choose one with data.format={', '.join(FORMATS)}")
+    return found[0] if found else candidates[0]
+
 
 def detect_format(path: str | Path) -> str:
-    """The format a manifest's name says: .csv, .tsv (with its .wrd) or .jsonl."""
-    fmt = SUFFIXES.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: cannot tell the manifest format from the name (.csv, .tsv or .jsonl); "
-                        "set data.format to csv, fairseq or jsonl")
-    return fmt
+    """The format a manifest's name says (the table's suffixes: .csv, .tsv, .jsonl, index.json)."""
+    for name, f in FORMATS.items():
+        if str(path).lower().endswith(f.suffix):
+            return name
+    raise DataError(f"{path}: cannot tell the manifest format from the name "
+                    f"({', '.join(f.suffix for f in FORMATS.values())}); set data.format to {', '.join(FORMATS)}")
 
 
 def read_manifest(path: str | Path, fmt: str = "auto", root: str | Path | None = None) -> list[Utterance]:
-    """A manifest's rows, unchecked against the media. `root`: the media root of a label CSV
-    (fairseq and jsonl manifests locate their media themselves)."""
-    if fmt not in ("auto", *FORMATS):
-        raise DataError(f"unknown manifest format {fmt!r}: one of auto, {', '.join(FORMATS)}")
+    """A manifest's rows, unchecked against the media: the one reader of every row format. `root`:
+    the media root of a label CSV (default: the folder above its labels/ folder); fairseq and jsonl
+    manifests locate their media themselves. A shard index has no rows to read: training streams it."""
+    _check_format(fmt)
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "csv":
-        if root is None:
-            raise DataError(f"{path}: a label CSV needs the corpus root its media live under")
-        return read_csv(path, root)
-    return read_fairseq(path) if fmt == "fairseq" else read_jsonl(path)
+    if FORMATS[fmt].streamed:
+        raise DataError(f"{path}: a shard index is streamed by training (data.format=shards), not read row by "
+                        f"row; use the manifest the shards were made from ({', '.join(ROW_FORMATS)})")
+    return FORMATS[fmt].read(path, root)
+
+
+# --- writing a split in every row format (avsr prepare-corpus) ------------------------------------------
+
+def _relative(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def manifest_texts(rows: list[Utterance], root: str | Path, corpus: str, split: str) -> dict[Path, str]:
+    """A split's manifests in the three row formats, as {file: text}, for utterances whose media lie
+    under `<root>/<corpus>/` (each video an .mp4 with its .wav beside it, audio of 640 samples a
+    frame): the label CSV, the .tsv + .wrd and the .jsonl at the table's places. Every path in them
+    is relative (to the corpus root, the .tsv's and the .jsonl's folders), so a corpus can move, and
+    the same rows give the same bytes. The id of an utterance is its path under `<root>/<corpus>`,
+    as a label CSV names it, in all three."""
+    root = Path(root)
+    media = root / corpus
+    places = {name: Path(split_manifest(root, corpus, split, name)) for name in ROW_FORMATS}
+    csv, tsv, wrd, jsonl = [], [_relative(media, places["fairseq"].parent)], [], []
+    for row in rows:
+        rel = _relative(row.video, media)
+        csv.append(f"{corpus},{rel},{row.n_frames},{row.text}")
+        tsv.append("\t".join([rel, rel, _relative(row.audio, media), str(row.n_frames),
+                              str(row.n_frames * SAMPLES_PER_FRAME)]))
+        wrd.append(row.text)
+        jsonl.append(json.dumps({"id": rel, "video": _relative(row.video, places["jsonl"].parent),
+                                 "audio": _relative(row.audio, places["jsonl"].parent), "text": row.text,
+                                 "frames": row.n_frames}))
+    lines = {places["csv"]: csv, places["fairseq"]: tsv, places["fairseq"].with_suffix(".wrd"): wrd,
+             places["jsonl"]: jsonl}
+    return {path: "".join(line + "\n" for line in text) for path, text in lines.items()}
 
 
 def probe_frames(row: Utterance) -> int:
@@ -362,14 +465,3 @@ def load_manifest(path: str | Path, fmt: str = "auto", root: str | Path | None =
 
 def _first(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + (f", ... ({len(names) - SHOWN} more)" if len(names) > SHOWN else "")
-
-
-def read_labels(path: str | Path) -> list:
-    """A split's rows as written, unchecked against the media: LabelRow for a label CSV (any
-    name other than .tsv / .jsonl, as before), Utterance rows for a fairseq or jsonl manifest.
-    Errors name the file and line."""
-    path = Path(path)
-    fmt = SUFFIXES.get(path.suffix.lower(), "csv")
-    if fmt == "csv":
-        return [row for _, row in _csv_rows(path)]
-    return read_manifest(path, fmt)

@@ -7,6 +7,7 @@ Writers write to a temporary name and rename, so a file that exists is complete.
 
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -100,13 +101,21 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
     return np.clip(expanded // 219, 0, 255).astype(np.uint8)
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """Decode a video to (T, H, W) uint8 grayscale: the luma plane, in full range (see above)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"video file not found: {path}")
+def _source(source: str | Path | bytes, name: str | Path | None, what: str) -> tuple[str | io.BytesIO, str | Path]:
+    """(what to open, the name for messages): a file that must exist, or a file's bytes (from a shard)."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source), name or f"<{what} bytes>"
+    if not Path(source).is_file():
+        raise MediaError(f"{what} file not found: {source}")
+    return str(source), Path(source)
+
+
+def read_video(source: str | Path | bytes, name: str | Path | None = None) -> np.ndarray:
+    """Decode a video (a file, or its bytes named `name`) to (T, H, W) uint8 grayscale: the luma
+    plane, in full range (see above)."""
+    opened, path = _source(source, name, "video")
     try:
-        with av.open(str(path)) as container:
+        with av.open(opened) as container:
             if not container.streams.video:
                 raise MediaError(f"no video stream in {path}")
             frames = [_luma(f) for f in container.decode(video=0)]
@@ -118,27 +127,40 @@ def read_video(path: str | Path) -> np.ndarray:
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write float audio in [-1, 1] as 16-bit PCM WAV."""
+    """Write float audio in [-1, 1] as 16-bit PCM WAV. Encoded in memory first: libsndfile reports
+    a full disk as a bare "System error", a write of ours raises OSError(ENOSPC) with its name."""
     path = Path(path)
     tmp = _temp_path(path)
+    wav = io.BytesIO()
+    sf.write(wav, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     try:
-        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+        tmp.write_bytes(wav.getbuffer())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read a mono WAV as float32 in [-1, 1]; the sample rate must be `sample_rate`."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"audio file not found: {path}")
+def finite_audio(samples: np.ndarray, path: str | Path) -> np.ndarray:
+    """`samples`, refused with a MediaError naming `path` when one is NaN or infinite (a float WAV
+    can hold them): such audio decodes into empty or made-up text and poisons a training step, so
+    every reader of audio (corpus items, noise, a recording to transcribe) checks here."""
+    bad = np.flatnonzero(~np.isfinite(samples))
+    if bad.size:
+        raise MediaError(f"{path}: the audio holds NaN or infinite samples ({bad.size} of {samples.size}, the "
+                         f"first at {bad[0] / SAMPLE_RATE:.3f} s)")
+    return samples
+
+
+def read_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, name: str | Path | None = None) -> np.ndarray:
+    """Read a mono WAV (a file, or its bytes named `name`) as float32 (in [-1, 1] for integer PCM);
+    the sample rate must be `sample_rate`; NaN or infinite samples are refused (`finite_audio`)."""
+    opened, path = _source(source, name, "audio")
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio, rate = sf.read(opened, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise MediaError(f"cannot read audio {path}: {err}") from None
     if rate != sample_rate:
         raise MediaError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (resample it first)")
     if audio.shape[1] != 1:
         raise MediaError(f"{path}: {audio.shape[1]} channels, expected mono")
-    return audio[:, 0]
+    return finite_audio(audio[:, 0], path)

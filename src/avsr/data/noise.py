@@ -8,6 +8,11 @@ import numpy as np
 
 from avsr.data.media import MediaError, read_audio
 
+# The SNRs (dB) avsr mixes at: below -50 dB the speech is a 300th of the noise's amplitude, above
+# 100 dB the noise is under 16-bit quantisation (96 dB): beyond either end nothing changes but the
+# arithmetic, which overflows for large values (10 ** (snr / 10)).
+SNR_RANGE = (-50.0, 100.0)
+
 
 def read_noise(path: str | Path) -> np.ndarray:
     """A noise recording (16 kHz mono wav) for mixing. An empty or silent one is refused, naming

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,11 +42,16 @@ class Shown:
     tasks: dict[str, TaskOutput] = field(default_factory=dict)
 
 
-def score_of(transcript) -> float:
-    """One score per transcript: its segments' length-normalised log-probabilities averaged by
-    duration (a clip of at most 16 s is one segment: its own score)."""
-    weights = [s.end - s.start for s in transcript.segments]
-    return sum(w * s.score for w, s in zip(weights, transcript.segments)) / sum(weights)
+def score_of(transcript) -> tuple[float, float] | None:
+    """(score, confidence) of a transcript: its decoded segments' length-normalised
+    log-probabilities and confidences averaged by duration (a clip of at most 16 s is one
+    segment: its own); None when no segment was decoded (too short, silent or still)."""
+    decoded = [s for s in transcript.segments if s.score is not None]
+    weights = [s.end - s.start for s in decoded]
+    if not decoded:
+        return None
+    return (sum(w * s.score for w, s in zip(weights, decoded)) / sum(weights),
+            sum(w * s.confidence for w, s in zip(weights, decoded)) / sum(weights))
 
 
 def roi_strip(video: np.ndarray, count: int = PREVIEW_FRAMES) -> np.ndarray:
@@ -61,6 +67,7 @@ class Demo:
     def __init__(self, transcriber):
         self.transcriber = transcriber
         self.tasks = transcriber.tasks
+        self.knowledge = transcriber.knowledge  # what the model can write (None: a real corpus): said on the page
         self.model = transcriber.model  # loaded here, once, before the page is served
         read = {m for t in self.tasks for m in MODALITIES[t]}
         audio = self.model.rates["audio"] if "audio" in read else (None,)
@@ -71,6 +78,14 @@ class Demo:
     def rate_label(self, value: str) -> str:
         pair = self.rate_choices[value]
         return ", ".join(f"{m} ÷{r}" for m, r in zip(("audio", "video"), pair) if r is not None)
+
+    def rejected(self, video: str | Path | None, err: AvsrError) -> str:
+        """Why an upload is refused, as the page shows it (the file by its name: an upload's path
+        is a gradio temporary one), logged as one line: a user's bad file is not a server error."""
+        name = Path(video).name if video else "(no video)"
+        reason = str(err).replace(str(video), name) if video else str(err)
+        print(f"avsr demo: rejected {name}: {reason}", file=sys.stderr, flush=True)
+        return reason
 
     def run(self, video: str | Path, rates: str | None = None) -> Shown:
         """Preprocess the file once, as Transcriber does, then transcribe it with every trained
@@ -93,15 +108,19 @@ class Demo:
                 shown.tasks[task] = TaskOutput("", f"not run: {why}")
                 continue
             task_pair = self.model.check_pair(task, pair)
-            shown.tasks[task] = TaskOutput(transcript.text, note(score_of(transcript), task, task_pair,
+            shown.tasks[task] = TaskOutput(transcript.text, note(transcript, task, task_pair,
                                                                  transcript.timings["decode_s"]))
         return shown
 
 
-def note(score: float, task: str, pair: RatePair, seconds: float) -> str:
-    """The line under a transcript (the browser test rebuilds it to compare)."""
-    return (f"score {score:.3f} · rates {scale_name(task, pair)} ({tokens_per_second(task, pair):g} LLM tokens/s)"
-            f" · decoded in {seconds:.2f} s")
+def note(transcript, task: str, pair: RatePair, seconds: float) -> str:
+    """The line under a transcript: confidence, score, flags (a loop cut, nothing to transcribe,
+    ...), rates and time (the browser test rebuilds it to compare)."""
+    found = score_of(transcript)
+    flags = sorted({f.replace("_", " ") for s in transcript.segments for f in s.flags})
+    head = "not decoded" if found is None else f"confidence {found[1]:.2f} · score {found[0]:.3f}"
+    return (f"{head}{''.join(f' · {f}' for f in flags)} · rates {scale_name(task, pair)} "
+            f"({tokens_per_second(task, pair):g} LLM tokens/s) · decoded in {seconds:.2f} s")
 
 
 def import_gradio():
@@ -119,6 +138,8 @@ def build_page(demo: Demo, gr, examples: list[Example], title: str):
     """The page: input and rate choice on the left, mouth crops and the three transcripts on the right."""
     with gr.Blocks(title="avsr demo", analytics_enabled=False) as page:
         gr.Markdown(f"## avsr demo\n{title}")
+        if demo.knowledge:
+            gr.Markdown(f"**What this model knows:** {demo.knowledge}.", elem_id="knowledge")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 video = gr.Video(label="video (with a face and sound)", sources=["upload"], height=300,
@@ -146,12 +167,12 @@ def build_page(demo: Demo, gr, examples: list[Example], title: str):
                             outputs.append(gr.Markdown(elem_id=f"{task}-note"))
 
         def transcribe(path, rate):
-            if not path:
-                raise gr.Error("Upload a video or pick an example first.")
             try:
+                if not path:
+                    raise AvsrError("upload a video or pick an example first")
                 shown = demo.run(path, rate)
-            except AvsrError as err:
-                raise gr.Error(str(err)) from None
+            except AvsrError as err:  # shown on the page, one log line; gradio would print a traceback
+                raise gr.Error(demo.rejected(path, err), print_exception=False) from None
             return [shown.roi, shown.about,
                     *(part for task in TASKS for part in (shown.tasks[task].text, shown.tasks[task].note))]
 

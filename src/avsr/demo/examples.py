@@ -17,11 +17,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avsr.data.manifests import read_manifest
+from avsr.data.manifests import read_manifest, split_manifest
 from avsr.data.media import SAMPLE_RATE, read_audio
 from avsr.errors import AvsrError
 from avsr.models.loading import Checkpoint
-from avsr.paths import manifest
 from avsr.synth.corpus import FACES
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
@@ -59,7 +58,7 @@ def corpus_examples(checkpoint: Checkpoint, out: Path, count: int = 3) -> list[E
             continue  # not finished: its .json is written last
         examples.append(Example(face, f"talking face · {text}"))
     try:
-        rows = read_manifest(manifest(root, corpus, "test", fmt), fmt, root)
+        rows = read_manifest(split_manifest(root, corpus, "test", fmt), fmt, root)
     except AvsrError:
         return examples
     crops = [row for row in rows if row.video and row.audio and row.video.is_file() and row.audio.is_file()]

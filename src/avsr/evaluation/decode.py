@@ -59,17 +59,19 @@ def decode(model: AVSRModel, dataset: AVDataset, task: str, pair: RatePair, snr:
 def decode_tasks(model: AVSRModel, dataset: AVDataset, tasks: dict[str, RatePair], snr: float | None = None,
                  noise: np.ndarray | None = None, num_beams: int = 4, max_new_tokens: int = 32,
                  max_frames: int = 1000, seed: int = 0, progress: bool = True, scores: bool = False,
-                 search: str = "avsr") -> dict[str, Decoded]:
+                 search: str = "avsr", caps: dict[str, int] | None = None) -> dict[str, Decoded]:
     """Decode every item of `dataset` (any list of rows with `n_frames` in `dataset.rows`) for
     each task of `tasks` ({task: rate pair}) with `noise` (16 kHz samples) mixed at `snr` dB
     (None: clean). Batches are packed by video frames in a fixed order, so the same inputs give
     the same hypotheses. Each batch is read once, and each frozen encoder runs once on it for
     all the tasks that use its modality (ASR and AVSR share the noisy audio's features); a task's
     `seconds` include the encoders it uses, so its real-time factor is that of decoding it alone.
-    With `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate).
-    `search` goes to AVSRModel.generate: "avsr" (our batched beam search) or "transformers"."""
+    With `scores`, each utterance also gets its hypothesis's "score" (see AVSRModel.generate) and,
+    with search "avsr", its tokens' log-probabilities ("token_logp", a list). `search` goes to
+    AVSRModel.generate: "avsr" (our batched beam search) or "transformers". `caps`: a token limit
+    per utterance id instead of `max_new_tokens` (search "avsr")."""
     model.eval()
-    device = model.new_token_embed.device
+    device = model.device
     data = TransformedDataset(dataset, EvalTransform(AugmentConfig(), snr_db=snr, noise=noise, seed=seed), seed=seed)
     loader = DataLoader(data, batch_sampler=FrameBudgetBatchSampler(frame_lengths(dataset), max_frames, shuffle=False),
                         collate_fn=collate)
@@ -82,17 +84,20 @@ def decode_tasks(model: AVSRModel, dataset: AVDataset, tasks: dict[str, RatePair
             start = time.perf_counter()
             batch[f"{m}_features"], batch[f"{m}_feature_lengths"] = frozen_features(model.encoders[m], batch, m)
             encoder_seconds[m] = time.perf_counter() - start
+        limit = torch.tensor([caps[i] for i in batch["ids"]]) if caps else max_new_tokens  # (B,) or one
         for task, pair in tasks.items():
             out = outs[task]
             start = time.perf_counter()
-            texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=max_new_tokens,
+            texts, aux = model.generate(batch, task, num_beams=num_beams, max_new_tokens=limit,
                                         return_aux=True, pair=pair, return_scores=scores, search=search)
             out.seconds += time.perf_counter() - start + sum(encoder_seconds.get(m, 0.0) for m in MODALITIES[task])
             out.utterances += [{"id": i, "reference": r, "hypothesis": h}
                                for i, r, h in zip(batch["ids"], batch["text"], texts)]
             if scores:
-                for row, score in zip(out.utterances[-len(texts):], aux["scores"].tolist()):
+                for j, (row, score) in enumerate(zip(out.utterances[-len(texts):], aux["scores"].tolist())):
                     row["score"] = score
+                    if "token_logp" in aux:
+                        row["token_logp"] = aux["token_logp"][j].tolist()
             out.llm_input_tokens += int(aux["llm_input_tokens"].sum())  # (B,) tokens per utterance
             for k, v in aux.items():
                 if k.startswith("usage/"):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from avsr.errors import AvsrError
-from avsr.io import claim_folder, remove_written, write_text_atomic
+from avsr.io import check_output_folder, claim_folder, fs_errors_named, remove_written, write_text_atomic
 
 ENTRIES = ("results.json", "report.md", "wer_vs_snr.png", "expert_usage.png", "rate_grid.json", "rate_grid.md")
 
@@ -26,9 +26,12 @@ def default_eval_folder(checkpoint: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_folder(folder: str | Path, command: str = "eval") -> Iterator[Path]:
-    """Claim the report folder now (an unwritable one fails before any long work); if the
-    command then fails, a folder it created is removed again, so nothing half-done remains."""
+def output_folder(folder: str | Path, command: str = "eval", inputs=(), replace: bool = False) -> Iterator[Path]:
+    """Check the report folder by avsr.io's rule (not inside an input such as the checkpoint;
+    report files already there replaced only with `replace` and only when this command wrote
+    them) and claim it now, before any long work; if the command then fails, a folder it
+    created is removed again, so nothing half-done remains."""
+    check_output_folder(folder, command, ENTRIES, inputs=inputs, replace=replace)
     created = not Path(folder).exists()
     claim_folder(folder, command, ENTRIES)
     try:
@@ -134,15 +137,18 @@ def write_report(report: dict, out: str | Path, title: str = "avsr evaluation") 
     """results.json (everything, every hypothesis), report.md, wer_vs_snr.png, and with SMoP
     the expert-usage table and expert_usage.png."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with fs_errors_named(out):
+        out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "results.json", json.dumps(report, indent=1))
     text = f"# {title}\n\n{markdown_table(report)}\n"
     if "expert_usage" in report:
         text += f"\n## Expert usage (sparse mixture of projectors)\n\n{usage_table(report)}\n"
     write_text_atomic(out / "report.md", text)
-    plot_wer_vs_snr(report, out / "wer_vs_snr.png")
+    with fs_errors_named(out / "wer_vs_snr.png"):
+        plot_wer_vs_snr(report, out / "wer_vs_snr.png")
     if "expert_usage" in report:
-        plot_expert_usage(report, out / "expert_usage.png")
+        with fs_errors_named(out / "expert_usage.png"):
+            plot_expert_usage(report, out / "expert_usage.png")
 
 
 def write_rate_grid(grid: dict, out: str | Path, title: str) -> None:

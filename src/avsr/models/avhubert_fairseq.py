@@ -342,6 +342,16 @@ def _shape_fields(tensors: dict[str, torch.Tensor], path: Path) -> dict:
         fields["ffn_dim"] = fc1.shape[0]  # (F, D)
     if (pos := tensors.get("encoder.pos_conv.0.weight_v")) is not None and pos.dim() == 3 and pos.shape[1]:
         fields["conv_pos"], fields["conv_pos_groups"] = pos.shape[2], dim // pos.shape[1]  # (D, D / groups, K)
+    # The ResNet front end (64 / 64-128-256-512, two blocks a stage, in every release; read anyway)
+    trunk = "feature_extractor_video.resnet.trunk."
+    if (stem := tensors.get("feature_extractor_video.resnet.frontend3D.0.weight")) is not None:
+        fields["frontend_channels"] = stem.shape[0]  # (C0, 1, 5, 7, 7)
+    stages = sorted({int(m.group(1)) for k in tensors if (m := re.match(re.escape(trunk) + r"layer(\d+)\.0\.conv1\.", k))})
+    if stages and stages == list(range(1, len(stages) + 1)):
+        fields["resnet_channels"] = tuple(tensors[f"{trunk}layer{i}.0.conv1.weight"].shape[0] for i in stages)
+        fields["resnet_blocks"] = tuple(1 + max(int(m.group(1)) for k in tensors
+                                                if (m := re.match(re.escape(trunk) + rf"layer{i}\.(\d+)\.", k)))
+                                        for i in stages)
     return fields
 
 
@@ -380,6 +390,12 @@ def read_encoder_weights(path: str | Path) -> EncoderWeights:
     names, what was dropped by rule, what is unexpected, and the config the file gives."""
     path = Path(path)
     state, model_cfg = _split_checkpoint(load_checkpoint_object(path), path)
+    return encoder_weights(state, model_cfg, path)
+
+
+def encoder_weights(state: Mapping, model_cfg: dict | None, path: str | Path) -> EncoderWeights:
+    """`read_encoder_weights` of a state dict already in memory (e.g. the `video_encoder.` part of
+    a Llama-AVSR checkpoint); `path` names it in messages."""
     name = model_cfg.get("_name") if model_cfg else None
     if name is not None and name not in MODEL_NAMES:
         raise CheckpointFormatError(f"{path}: a {name!r} checkpoint, not AV-HuBERT "

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avsr.errors import AvsrError
 from avsr.models.beam_search import beam_search, unsupported_settings
 from avsr.models.compression import MODES as COMPRESSION_MODES
 from avsr.models.compression import compress
@@ -30,6 +31,7 @@ from avsr.settings import (COUNT, FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_N
 SPECIAL_TOKENS = ("<audio>", "</audio>", "<video>", "</video>")
 IGNORE = -100
 LORA_CONVENTIONS = ("rank", "reduction")
+MODALITY_TOKENS = ("own", "llm")
 VIDEO_ADAPTER = "video"  # the adapter name of the video-encoder LoRA
 VIDEO_LORA_TARGETS = ("q_proj", "v_proj")
 RATES = list_of(POSITIVE_INT, "a non-empty list of distinct positive integers", distinct=True)
@@ -85,7 +87,17 @@ class AVSRConfig:
     matryoshka_batched: bool = setting(True, FLAG)  # all rate pairs through the LLM as one batch (else one pass each)
     tasks: tuple[str, ...] = setting(TASKS, list_of(one_of(*TASKS), f"a non-empty list of distinct tasks from "
                                                                  f"{', '.join(TASKS)}", distinct=True))
+    # Input options that reproduce the Llama-AVSR family's code (imported checkpoints set them;
+    # avsr.models.audio_encoder, avsr.models.video_encoder): every clip's audio zero-padded to
+    # 30 s for Whisper and its output cut after; the waveform normalised per clip; the video cut
+    # to a multiple of its (one) rate before the encoder.
     pad_audio_to_30s: bool = setting(False, FLAG)
+    audio_znorm: bool = setting(False, FLAG)
+    video_trim: bool = setting(False, FLAG)
+    # Where the embeddings of <audio> </audio> <video> </video> (and <pad>) live: "own", a small
+    # trainable table of their own (the LLM's stays unresized); "llm", rows of the LLM's own
+    # resized vocabulary, frozen, as in the authors' models (an LLM folder from `avsr import`).
+    modality_tokens: str = setting("own", one_of(*MODALITY_TOKENS))
     llm_dtype: str = setting("float32", one_of("float32", "bfloat16", "float16", "float64"))
 
     def __post_init__(self) -> None:
@@ -107,6 +119,9 @@ class AVSRConfig:
                                              "is ctc")
         if self.projector == "ctc" and "audio" not in modalities_of(self.tasks):
             raise SettingError("projector", f"ctc reads audio, but tasks are {', '.join(self.tasks)}")
+        if self.video_trim and len(self.video_rates) != 1:
+            raise SettingError("video_trim", f"cuts the video to a multiple of the one video rate; video_rates are "
+                                             f"{list(self.video_rates)}")
         if self.projector == "smop" and self.smop_top_k > self.smop_experts:
             raise SettingError("smop_top_k", f"must be at most smop_experts ({self.smop_experts}), "
                                              f"got {self.smop_top_k}")
@@ -135,11 +150,14 @@ class AVSRModel(nn.Module):
         adapters = dict.fromkeys(n for t in cfg.tasks for pair in self.pairs(t)
                                  for n in adapter_names(cfg.lora_scheme, t, pair))
         rank, alpha = lora_size(cfg.lora_convention, d_llm, cfg.lora_rank, cfg.lora_alpha, "lora_rank")
+        check_lora_fit(self.llm, tuple(cfg.lora_targets), rank, cfg.lora_rank, "lora_rank",
+                       f"LLM ({cfg.llm})" if cfg.llm else "LLM")
         add_lora(self.llm, tuple(cfg.lora_targets), tuple(adapters), rank, alpha, cfg.lora_dropout)
         if cfg.video_lora_rank:  # trainable adapters inside the otherwise frozen video encoder
             video = self.encoders["video"]
             rank, alpha = lora_size(cfg.lora_convention, video.output_dim, cfg.video_lora_rank, cfg.video_lora_alpha,
                                     "video_lora_rank")
+            check_lora_fit(video, VIDEO_LORA_TARGETS, rank, cfg.video_lora_rank, "video_lora_rank", "video encoder")
             add_lora(video, VIDEO_LORA_TARGETS, (VIDEO_ADAPTER,), rank, alpha, cfg.lora_dropout)
         self.tokenizer = tokenizer
         self._add_special_tokens(d_llm)
@@ -150,9 +168,15 @@ class AVSRModel(nn.Module):
 
         The LLM's embedding table stays frozen and unresized: new tokens live in a small
         table of their own, looked up by id (robust to vocabularies padded beyond the
-        tokenizer's length).
+        tokenizer's length). With `modality_tokens` "llm" they are rows of the LLM's table.
         """
         tok = self.tokenizer
+        self.bos = tok.bos_token_id
+        self.eos = tok.eos_token_id
+        self.prompt_ids = {t: tok(PROMPTS[t], add_special_tokens=False)["input_ids"] for t in TASKS}
+        if self.cfg.modality_tokens == "llm":
+            self._llm_special_tokens()
+            return
         new = list(SPECIAL_TOKENS)
         if tok.pad_token is None:
             new.append("<pad>")
@@ -171,13 +195,29 @@ class AVSRModel(nn.Module):
         noise = torch.randn(len(ids), d_llm, generator=gen, device="cpu").to(base.device)
         init = base.mean(0, keepdim=True) + 0.02 * base.std() * noise
         self.new_token_embed = nn.Parameter(init.to(base.dtype))  # (n_new, D)
-        self.bos = tok.bos_token_id
-        self.eos = tok.eos_token_id
-        self.prompt_ids = {t: tok(PROMPTS[t], add_special_tokens=False)["input_ids"] for t in TASKS}
+
+    def _llm_special_tokens(self) -> None:
+        """The LLM's vocabulary already holds the special tokens (an imported, resized table)."""
+        tok, rows = self.tokenizer, self.llm.get_input_embeddings().num_embeddings
+        vocab = tok.get_vocab()
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing or tok.pad_token is None:
+            raise AvsrError(f"model.llm {self.cfg.llm}: modality_tokens llm, but the LLM's tokenizer has no {', '.join(missing or ['pad token'])}; "
+                             "it needs the LLM folder `avsr import` writes, whose vocabulary holds them")
+        self.special = {t: vocab[t] for t in SPECIAL_TOKENS}
+        if max(self.special.values()) >= rows:
+            raise AvsrError(f"model.llm {self.cfg.llm}: modality_tokens llm, but the tokenizer's special tokens reach id {max(self.special.values())}, "
+                             f"but the LLM's embedding table has {rows} rows")
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (...,) -> embeddings (..., D), new special tokens from their own table."""
         table = self.llm.get_input_embeddings()
+        if self.cfg.modality_tokens == "llm":
+            return table(ids)
         lookup = self.new_token_index
         slot = lookup[ids.clamp(max=lookup.numel() - 1)]
         slot = torch.where(ids < lookup.numel(), slot, -1)  # row of the new-token table; -1 = LLM token
@@ -185,7 +225,7 @@ class AVSRModel(nn.Module):
         return torch.where((slot >= 0)[..., None], self.new_token_embed[slot.clamp(min=0)].to(base.dtype), base)
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor(ids, dtype=torch.long, device=self.new_token_embed.device)
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ stages
     def stream(self, modality: str, rate: int) -> str:
@@ -335,7 +375,7 @@ class AVSRModel(nn.Module):
 
 
     @torch.no_grad()
-    def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int = 32,
+    def generate(self, batch: dict, task: str, num_beams: int = 4, max_new_tokens: int | torch.Tensor = 32,
                  do_sample: bool = False, return_aux: bool = False, pair: RatePair | None = None,
                  return_scores: bool = False, search: str = "avsr", **kwargs) -> list[str] | tuple[list[str], dict]:
         """Deterministic beam search by default (no sampling, whatever the LLM's defaults).
@@ -351,6 +391,8 @@ class AVSRModel(nn.Module):
         aux["scores"] (B,) float32 is each hypothesis's length-normalised log-probability (see
         `sequence_scores`): an LLM recogniser writes fluent text whatever it hears, so a low
         score is the hint that a transcript may be made up. The texts are the same either way.
+        search="avsr" also gives aux["token_logp"]: per hypothesis, (S_i,) its tokens' log-probabilities
+        (EOS included), and takes `max_new_tokens` per utterance as well, a (B,) tensor.
         """
         if search not in ("avsr", "transformers"):
             raise ValueError(f"search must be 'avsr' or 'transformers', got {search!r}")
@@ -363,6 +405,8 @@ class AVSRModel(nn.Module):
             if unsupported := unsupported_settings(self.llm.generation_config):
                 raise ValueError(f"the LLM's generation_config sets {', '.join(unsupported)}, which search='avsr' "
                                  "does not follow; pass search='transformers'")
+        elif isinstance(max_new_tokens, torch.Tensor):
+            raise ValueError("a max_new_tokens per utterance needs search='avsr'")
         pair = self.check_pair(task, pair)
         tokens, aux = self.encode(batch, task, [pair])
         set_active(self.llm, adapter_names(self.cfg.lora_scheme, task, pair))
@@ -370,10 +414,12 @@ class AVSRModel(nn.Module):
         aux["llm_input_tokens"] = mask.sum(1)  # (B,) prefix length: BOS, blocks, prompt
         if search == "avsr":
             penalty = kwargs.get("length_penalty", self.llm.generation_config.length_penalty)
-            out, scores = beam_search(self.llm, embeds, mask, num_beams, max_new_tokens, self.eos,
-                                      self.tokenizer.pad_token_id, 1.0 if penalty is None else penalty)  # (B, S), (B,)
+            found = beam_search(self.llm, embeds, mask, num_beams, max_new_tokens, self.eos,
+                                self.tokenizer.pad_token_id, 1.0 if penalty is None else penalty)
+            out = found.tokens  # (B, S)
             if return_scores:
-                aux["scores"] = scores
+                aux["scores"] = found.scores  # (B,)
+                aux["token_logp"] = [row[:n] for row, n in zip(found.token_logp, found.lengths.tolist())]  # B x (S_i,)
         else:
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                     max_new_tokens=max_new_tokens, do_sample=do_sample,
@@ -468,6 +514,25 @@ def lora_size(convention: str, width: int, rank: int, alpha: float, key: str = "
                                 f"{width} of the layers it adapts, got {rank}")
     r = width // rank
     return r, alpha / rank * r
+
+
+def check_lora_fit(module: nn.Module, targets: tuple[str, ...], rank: int, value: int, key: str, what: str) -> None:
+    """Before `add_lora` wraps `module`'s linear layers named `targets` with bottleneck `rank`:
+    every name must be one of its linear layers, and the bottleneck no wider than any of them (a
+    wider one adds memory and nothing else: lora_rank 1e9 asked for 512 GB). `value` is the
+    setting `key` as given (a reduction factor or the rank); `what` names the module."""
+    linear = [(name.rsplit(".", 1)[-1], m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if t not in {n for n, _ in linear}]
+    if missing:
+        raise SettingError("lora_targets", f"names no linear layer of the {what}: {', '.join(missing)} (its linear "
+                                           f"layers: {', '.join(sorted({n for n, _ in linear}))})")
+    name, layer = min(((n, m) for n, m in linear if n in targets), key=lambda x: min(x[1].in_features,
+                                                                                    x[1].out_features))
+    width = min(layer.in_features, layer.out_features)
+    if rank > width:
+        made = f"; got {value}" + (f", a bottleneck of {rank}" if rank != value else "")
+        raise SettingError(key, f"must give a LoRA bottleneck of at most {width}, the width of the narrowest layer it "
+                                f"adapts in the {what} ({name}: {layer.in_features} -> {layer.out_features}){made}")
 
 
 def labelled_losses(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,

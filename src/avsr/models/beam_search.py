@@ -19,6 +19,7 @@ can no longer beat its worst finished one. num_beams=1 is greedy search, as `gen
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -78,29 +79,38 @@ class _Decoder:
         return logits
 
 
-@torch.no_grad()
-def beam_search(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, num_beams: int, max_new_tokens: int,
-                eos_id: int, pad_id: int | None = None,
-                length_penalty: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode left-padded prefixes `embeds` (B, L, D) with attention `mask` (B, L).
+class Found(NamedTuple):
+    """Each utterance's best hypothesis: `tokens` (B, S) EOS included, right-padded, S the longest;
+    `scores` (B,) float32: the summed token log-probabilities over length ** length_penalty (greedy:
+    the mean); `token_logp` (B, S) float32: each token's log-probability (0 on padding), from which
+    a confidence is read (avsr.transcription.trust); `lengths` (B,): tokens of each, EOS included."""
+    tokens: torch.Tensor
+    scores: torch.Tensor
+    token_logp: torch.Tensor
+    lengths: torch.Tensor
 
-    Returns the new tokens (B, S) of each utterance's best hypothesis, EOS included, right-padded
-    with pad_id (EOS when None), S the longest, and its score (B,) float32: the summed token
-    log-probabilities over length ** length_penalty (greedy: the mean log-probability).
-    """
-    if num_beams < 1 or max_new_tokens < 1:
+
+@torch.no_grad()
+def beam_search(llm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, num_beams: int,
+                max_new_tokens: int | torch.Tensor, eos_id: int, pad_id: int | None = None,
+                length_penalty: float = 1.0) -> Found:
+    """Decode left-padded prefixes `embeds` (B, L, D) with attention `mask` (B, L), padding with
+    pad_id (EOS when None). `max_new_tokens`: one limit, or (B,) one per utterance (a longer
+    recording may say more; an utterance at its limit ends there, as at a single limit)."""
+    caps = torch.as_tensor(max_new_tokens, dtype=torch.long, device=embeds.device).expand(embeds.shape[0])  # (B,)
+    if num_beams < 1 or bool((caps < 1).any()):
         raise ValueError(f"num_beams and max_new_tokens must be positive, got {num_beams} and {max_new_tokens}")
     pad = eos_id if pad_id is None else pad_id
     decoder = _Decoder(llm, embeds, mask)
     if num_beams == 1:
-        return _greedy(decoder, max_new_tokens, eos_id, pad)
-    return _beams(decoder, num_beams, max_new_tokens, eos_id, pad, length_penalty)
+        return _greedy(decoder, caps, eos_id, pad)
+    return _beams(decoder, num_beams, caps, eos_id, pad, length_penalty)
 
 
-def _greedy(decoder: _Decoder, steps: int, eos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _greedy(decoder: _Decoder, caps: torch.Tensor, eos: int, pad: int) -> Found:
     """The most likely token at each step until EOS; score: mean token log-probability, EOS included."""
     logits = decoder.first_logits  # (B, V)
-    b = logits.shape[0]
+    b, steps = logits.shape[0], int(caps.max())
     tokens = torch.full((b, steps), pad, dtype=torch.long, device=logits.device)  # (B, N)
     token_logp = torch.zeros(b, steps, device=logits.device)  # (B, N)
     lengths = torch.zeros(b, dtype=torch.long, device=logits.device)  # (B,)
@@ -110,22 +120,23 @@ def _greedy(decoder: _Decoder, steps: int, eos: int, pad: int) -> tuple[torch.Te
         tokens[rows, t] = best
         token_logp[rows, t] = F.log_softmax(logits, dim=-1).gather(1, best[:, None])[:, 0]
         lengths[rows] = t + 1
-        live = best != eos  # (R,)
-        if t + 1 == steps or not live.any():
+        live = (best != eos) & (caps[rows] > t + 1)  # (R,)
+        if not live.any():
             break
         rows = rows[live]
         decoder.select(live.nonzero()[:, 0])
         logits = decoder.step(best[live])
-    return tokens[:, : int(lengths.max())], token_logp.sum(1) / lengths
+    width = int(lengths.max())
+    return Found(tokens[:, :width], token_logp.sum(1) / lengths, token_logp[:, :width], lengths)
 
 
-def _beams(decoder: _Decoder, k: int, steps: int, eos: int, pad: int,
-           length_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _beams(decoder: _Decoder, k: int, caps: torch.Tensor, eos: int, pad: int, length_penalty: float) -> Found:
     """Beam search with K beams per utterance; see the module docstring for the rules."""
     logits = decoder.first_logits  # (B, V)
     b, vocab = logits.shape
-    dev = logits.device
+    dev, steps = logits.device, int(caps.max())
     out_tokens = torch.full((b, steps), pad, dtype=torch.long, device=dev)  # (B, N)
+    out_logp = torch.zeros(b, steps, device=dev)  # (B, N)
     out_scores = torch.zeros(b, device=dev)  # (B,)
     out_lengths = torch.zeros(b, dtype=torch.long, device=dev)  # (B,)
 
@@ -133,9 +144,10 @@ def _beams(decoder: _Decoder, k: int, steps: int, eos: int, pad: int,
     decoder.select(utts.repeat_interleave(k))
     logits = logits.repeat_interleave(k, dim=0)  # (b*K, V)
     running = torch.full((b, k, steps), pad, dtype=torch.long, device=dev)  # (b, K, N) live beams' tokens
+    running_logp = torch.zeros(b, k, steps, device=dev)  # (b, K, N) their tokens' log-probabilities
     running_scores = torch.zeros(b, k, device=dev)  # (b, K) summed log-probabilities
     running_scores[:, 1:] = NEG  # all beams are equal at first: only beam 0 may extend
-    done = running.clone()  # (b, K, N) finished hypotheses, best first
+    done, done_logp = running.clone(), running_logp.clone()  # (b, K, N) finished hypotheses, best first
     done_scores = torch.full((b, k), NEG, device=dev)  # (b, K) normalised scores
     done_lengths = torch.zeros(b, k, dtype=torch.long, device=dev)  # (b, K)
     done_real = torch.zeros(b, k, dtype=torch.bool, device=dev)  # (b, K) slot holds a hypothesis
@@ -143,17 +155,21 @@ def _beams(decoder: _Decoder, k: int, steps: int, eos: int, pad: int,
 
     for t in range(steps):
         n = utts.numel()
+        last = caps[utts] <= t + 1  # (b,) utterances at their token limit
         total = F.log_softmax(logits, dim=-1).view(n, k, vocab) + running_scores[..., None]  # (b, K, V)
         cand_scores, flat = total.view(n, k * vocab).topk(2 * k)  # (b, 2K) best first
         parent, token = flat // vocab, flat % vocab  # (b, 2K)
         cand = running.gather(1, parent[..., None].expand(-1, -1, steps))  # (b, 2K, N)
         cand[:, :, t] = token
-        ends = (token == eos) | (t + 1 == steps)  # (b, 2K)
+        cand_logp = running_logp.gather(1, parent[..., None].expand(-1, -1, steps))  # (b, 2K, N)
+        cand_logp[:, :, t] = cand_scores - running_scores.gather(1, parent)
+        ends = (token == eos) | last[:, None]  # (b, 2K)
 
         # The K best candidates that did not end continue.
         live_scores = cand_scores + ends.float() * NEG  # (b, 2K)
         keep = live_scores.topk(k).indices  # (b, K)
         running = cand.gather(1, keep[..., None].expand(-1, -1, steps))  # (b, K, N)
+        running_logp = cand_logp.gather(1, keep[..., None].expand(-1, -1, steps))  # (b, K, N)
         running_scores = live_scores.gather(1, keep)  # (b, K)
         parent = parent.gather(1, keep)  # (b, K)
 
@@ -164,17 +180,19 @@ def _beams(decoder: _Decoder, k: int, steps: int, eos: int, pad: int,
         merged_scores = torch.cat([done_scores, norm], dim=1)  # (b, 3K)
         best = merged_scores.topk(k).indices  # (b, K)
         done = torch.cat([done, cand], dim=1).gather(1, best[..., None].expand(-1, -1, steps))  # (b, K, N)
+        done_logp = torch.cat([done_logp, cand_logp], dim=1).gather(1, best[..., None].expand(-1, -1, steps))
         done_scores = merged_scores.gather(1, best)  # (b, K)
         done_lengths = torch.cat([done_lengths, torch.full_like(token, t + 1)], dim=1).gather(1, best)  # (b, K)
         done_real = torch.cat([done_real, finished], dim=1).gather(1, best)  # (b, K)
 
         # Stop an utterance when its best live beam at the current length cannot beat the worst
-        # finished hypothesis (all K slots filled), or at max_new_tokens.
+        # finished hypothesis (all K slots filled), or at its token limit.
         bound = running_scores[:, :1] / ((t + 1) ** length_penalty)  # (b, 1)
         worst = torch.where(done_real, done_scores.min(1, keepdim=True).values, NEG)  # (b, K)
-        stop = ~(bound > worst).any(1) | (t + 1 == steps)  # (b,)
+        stop = ~(bound > worst).any(1) | last  # (b,)
         if stop.any():
             out_tokens[utts[stop]] = done[stop, 0]
+            out_logp[utts[stop]] = done_logp[stop, 0]
             out_scores[utts[stop]] = done_scores[stop, 0]
             out_lengths[utts[stop]] = done_lengths[stop, 0]
         if stop.all():
@@ -182,7 +200,9 @@ def _beams(decoder: _Decoder, k: int, steps: int, eos: int, pad: int,
         go = ~stop  # (b,)
         rows = (torch.arange(n, device=dev)[:, None] * k + parent)[go].flatten()  # (b'*K,) parent rows
         decoder.select(rows)
-        utts, running, running_scores = utts[go], running[go], running_scores[go]
-        done, done_scores, done_lengths, done_real = done[go], done_scores[go], done_lengths[go], done_real[go]
+        utts, running, running_logp, running_scores = utts[go], running[go], running_logp[go], running_scores[go]
+        done, done_logp, done_scores = done[go], done_logp[go], done_scores[go]
+        done_lengths, done_real = done_lengths[go], done_real[go]
         logits = decoder.step(running[:, :, t].flatten())  # (b'*K, V)
-    return out_tokens[:, : int(out_lengths.max())], out_scores
+    width = int(out_lengths.max())
+    return Found(out_tokens[:, :width], out_scores, out_logp[:, :width], out_lengths)

@@ -19,18 +19,19 @@ encoder LoRA and projector path of the modality that costs most.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
-from avsr.models.avsr_model import AVSRConfig, AVSRModel
+from avsr.models.avsr_model import SPECIAL_TOKENS, AVSRConfig, AVSRModel
 from avsr.models.lora import LoRALinear
-from avsr.models.presets import resolve
+from avsr.models.presets import PresetError, resolve
 from avsr.models.tasks import MODALITIES, PROMPTS, adapter_names, modalities_of
 
 UNKNOWN = "[UNK]"
 
 
-def stand_in_tokenizer(tokens: dict):
+def stand_in_tokenizer(tokens: dict, modality_tokens: bool = False):
     """A real, tiny in-memory tokenizer standing in for the LLM's.
 
     AVSRModel needs a tokenizer for its special tokens (<audio> ... </video>, and <pad> when the
@@ -40,18 +41,22 @@ def stand_in_tokenizer(tokens: dict):
     over the prompt words) with the real one's BOS / EOS / pad tokens present or absent as
     `tokens` (the preset's) says: the model then adds, and counts, exactly the new tokens it
     would add to the real tokenizer. Its ids are small and say nothing about the real ones.
+    With `modality_tokens` the vocabulary holds <audio> ... </video> and <pad> already, as the
+    LLM folder of an imported checkpoint does (`modality_tokens: llm`).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     split = pre_tokenizers.Whitespace()
-    specials = [t for t in (tokens.get("bos"), tokens.get("eos"), tokens.get("pad")) if t]
+    pad = tokens.get("pad") or ("<pad>" if modality_tokens else None)
+    specials = [t for t in (tokens.get("bos"), tokens.get("eos"), pad) if t]
+    specials += list(SPECIAL_TOKENS) if modality_tokens else []
     words = [w for prompt in PROMPTS.values() for w, _ in split.pre_tokenize_str(prompt)]
     vocab = {w: i for i, w in enumerate(dict.fromkeys([UNKNOWN, *specials, *words]))}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
     core.pre_tokenizer = split
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNKNOWN, bos_token=tokens.get("bos"),
-                                   eos_token=tokens.get("eos"), pad_token=tokens.get("pad"))
+                                   eos_token=tokens.get("eos"), pad_token=pad)
 
 
 def backbone_presets(cfg: AVSRConfig) -> dict:
@@ -64,15 +69,16 @@ def backbone_presets(cfg: AVSRConfig) -> dict:
     return found
 
 
-def build_on_meta(cfg: AVSRConfig) -> tuple[AVSRModel, dict]:
-    """The configuration's AVSRModel with full-size backbones on the meta device, and the presets."""
+def build_on_meta(cfg: AVSRConfig, presets: dict | None = None) -> tuple[AVSRModel, dict]:
+    """The configuration's AVSRModel with full-size backbones on the meta device, and the presets
+    (`presets`: {setting: preset} to use instead of those the settings name)."""
     from transformers import AutoModelForCausalLM
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from avsr.models.audio_encoder import WhisperAudioEncoder
     from avsr.models.video_encoder import VideoEncoder
 
-    presets = backbone_presets(cfg)
+    presets = presets or backbone_presets(cfg)
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(presets["llm"].config())
         audio = video = None
@@ -81,8 +87,24 @@ def build_on_meta(cfg: AVSRConfig) -> tuple[AVSRModel, dict]:
             audio = WhisperAudioEncoder(WhisperEncoder(whisper), whisper.num_mel_bins, cfg.pad_audio_to_30s)
         if "video_encoder" in presets:
             video = VideoEncoder(presets["video_encoder"].config())
-        model = AVSRModel(cfg, audio, video, llm, stand_in_tokenizer(presets["llm"].tokens))
+        model = AVSRModel(cfg, audio, video, llm, stand_in_tokenizer(presets["llm"].tokens, cfg.modality_tokens == "llm"))
     return model, presets
+
+
+def check_on_meta(cfg: AVSRConfig, presets: dict | None = None) -> None:
+    """Refuse, before any weights load, what only the backbones' architectures tell: the model is
+    built on the meta device from their config.json files (or `presets`: the architectures a
+    pipeline is about to make), so a config.json value of the wrong type (PresetError), a LoRA
+    target the LLM lacks or a bottleneck wider than its layers (SettingError) is named in a moment.
+    A fairseq .pt video encoder that no preset names keeps its architecture inside its weights:
+    such a configuration is checked when it loads."""
+    video = cfg.video_encoder if "video" in modalities_of(cfg.tasks) else None
+    if presets is None and video and Path(video).is_file():
+        try:
+            resolve("video_encoder", video)
+        except PresetError:
+            return
+    build_on_meta(cfg, presets)
 
 
 # ------------------------------------------------------------------------------ counting

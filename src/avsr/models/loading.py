@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 from avsr.errors import AvsrError
 from avsr.io import atomic_folder
 from avsr.models.avsr_model import AVSRConfig, AVSRModel
+from avsr.models.encoders import ENCODERS
 from avsr.models.tasks import modalities_of
-from avsr.settings import ConfigError, from_mapping
+from avsr.settings import ConfigError, SettingError, from_mapping
 
 WEIGHTS = "trainable.safetensors"
 CONFIG = "config.json"
@@ -69,16 +70,26 @@ def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
         if not (Path(path) / "config.json").is_file():  # every backbone folder we read has one
             raise BackboneError(f"{where}model.{key}: {path} holds no config.json, so it is not a saved model "
                                 f"folder ({HOW_TO_MAKE[key]})")
+    from avsr.models.dry_run import check_on_meta
+
+    try:  # the backbones' config.json files and the LoRA settings against them, before any weights load
+        check_on_meta(cfg)
+    except (AvsrError, SettingError) as err:
+        raise BackboneError(f"{where}{'model.' if isinstance(err, SettingError) else ''}{err}") from None
 
 
 @contextlib.contextmanager
 def _loading(key: str, path: str) -> Iterator[None]:
-    """A folder that exists but holds no loadable model: name the setting and the folder."""
+    """A folder that exists but holds no loadable model: name the setting and the folder (and the
+    config.json key transformers' typed configs name)."""
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         yield
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackboneError(f"model.{key}: cannot load a model from {path}: {first_line}") from None
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError, StrictDataclassError) as err:
+        message = " ".join(str(err).split()) if isinstance(err, StrictDataclassError) else (
+            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise BackboneError(f"model.{key}: cannot load a model from {path}: {message}") from None
 
 
 @contextlib.contextmanager
@@ -102,16 +113,10 @@ def load_encoders(cfg: AVSRConfig) -> dict[str, torch.nn.Module]:
     the caller): what the model and the CTC reader's pre-training (which needs no LLM) load."""
     paths = backbones(cfg)
     encoders = {}
-    if "audio_encoder" in paths:
-        from avsr.models.audio_encoder import WhisperAudioEncoder
-
-        with _loading("audio_encoder", cfg.audio_encoder):  # a folder: transformers reads it locally
-            encoders["audio"] = WhisperAudioEncoder.from_pretrained(cfg.audio_encoder, pad_to_30s=cfg.pad_audio_to_30s)
-    if "video_encoder" in paths:
-        from avsr.models.video_encoder import load_video_encoder
-
-        with _loading("video_encoder", cfg.video_encoder):
-            encoders["video"] = load_video_encoder(cfg.video_encoder)
+    for m, kind in ENCODERS.items():  # the encoder table: each modality's loader
+        if f"{m}_encoder" in paths:
+            with _loading(f"{m}_encoder", paths[f"{m}_encoder"]):
+                encoders[m] = kind.load(paths[f"{m}_encoder"], cfg)
     return encoders
 
 
@@ -122,11 +127,13 @@ def build_model(cfg: AVSRConfig) -> AVSRModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     encoders = load_encoders(cfg)
-    audio, video = encoders.get("audio"), encoders.get("video")
     with _loading("llm", cfg.llm):
         llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=getattr(torch, cfg.llm_dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm, local_files_only=True)
-    return AVSRModel(cfg, audio, video, llm, tokenizer)
+    try:
+        return AVSRModel(cfg, encoders.get("audio"), encoders.get("video"), llm, tokenizer)
+    except SettingError as err:  # a LoRA setting the loaded layers refuse (when check_on_meta could not tell)
+        raise BackboneError(f"model.{err}") from None
 
 
 def _recorded_paths(values: dict[str, str | None], folder: Path) -> dict[str, dict[str, str]]:
@@ -150,13 +157,21 @@ def save_checkpoint(model: AVSRModel, folder: str | os.PathLike, extra: dict | N
     folder = Path(folder)
     extra = dict(extra or {})
     data = extra.get("train", {}).get("data", {}) if isinstance(extra.get("train"), dict) else {}
-    paths = {f"model.{k}": v for k, v in backbones(model.cfg).items()}
-    paths.update({f"data.{k}": data.get(k) for k in ("root", "noise")})
+    paths = {f"data.{k}": data.get(k) for k in ("root", "noise")}
     with atomic_folder(folder) as tmp:
-        save_file(model.trainable_state_dict(), str(tmp / WEIGHTS))
-        saved = {"model": asdict(model.cfg), **extra, "paths": _recorded_paths(paths, folder)}
-        (tmp / CONFIG).write_text(json.dumps(saved, indent=1))
+        write_checkpoint_files(tmp, folder, model.trainable_state_dict(), model.cfg, extra, paths)
     return folder
+
+
+def write_checkpoint_files(tmp: Path, folder: Path, state: dict[str, torch.Tensor], cfg: AVSRConfig, extra: dict,
+                           paths: dict[str, str | None] | None = None) -> None:
+    """The checkpoint's two files, written into `tmp`, the temporary folder that becomes `folder`:
+    the trainable weights and config.json (`cfg`, the `extra` sections, and where each backbone
+    and the given `paths` lie, absolute and relative to `folder`)."""
+    places = {f"model.{k}": v for k, v in backbones(cfg).items()} | (paths or {})
+    save_file(state, str(tmp / WEIGHTS))
+    saved = {"model": asdict(cfg), **extra, "paths": _recorded_paths(places, folder)}
+    (tmp / CONFIG).write_text(json.dumps(saved, indent=1))
 
 
 class Checkpoint:
@@ -210,6 +225,19 @@ class Checkpoint:
     def step(self) -> int | None:
         """The training step the checkpoint was saved at (None when saved outside training)."""
         return self.saved.get("step")
+
+    @property
+    def decoding(self) -> dict:
+        """Decoding settings saved with the checkpoint ({} when none: an imported checkpoint keeps
+        the authors' beam width here, which `avsr eval` and `avsr transcribe` use by default)."""
+        decoding = self.saved.get("decoding")
+        return decoding if isinstance(decoding, dict) else {}
+
+    @property
+    def imported(self) -> dict | None:
+        """What `avsr import` recorded (source file, sha256, layout, tasks, rates), or None."""
+        imported = self.saved.get("imported")
+        return imported if isinstance(imported, dict) else None
 
     @property
     def train_section(self) -> dict:

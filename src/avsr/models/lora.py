@@ -4,8 +4,10 @@ Written here rather than taken from peft because the Matryoshka and Omni schemes
 several adapters per layer with a per-forward choice of which ones run and sum (a global
 adapter plus a per-scale or per-task one); a forward pass must never touch the others.
 
-y = W x + b + sum_{a in active} (alpha / r) * B_a A_a x, with A_a Kaiming-uniform and
-B_a zero, so every adapter starts as the identity update (standard LoRA semantics).
+y = W x + b + (alpha / r) * sum_{a in active} B_a A_a x, with A_a Kaiming-uniform and
+B_a zero, so every adapter starts as the identity update (standard LoRA semantics). The
+adapters' updates are summed before the one scaling, in the Llama-AVSR family's order
+(Omni-AVSR `Omni_AVSR/Llama_LoRA.py` L249-L258), so an imported model computes their numbers.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ class LoRALinear(nn.Module):
         if not self.active:
             return y
         h = self.dropout(x)
+        everywhere = [name for name, rows in self.active if rows is None]
+        if everywhere:
+            y = y + self.scaled(everywhere, h)
         blocks: dict[tuple[int, int], list[str]] = {}  # (start, stop) -> adapters of those rows only
         for name, rows in self.active:
-            if rows is None:
-                y = y + self.update(name, h)
-            else:  # only this block of rows (one Matryoshka scale in a batched step)
+            if rows is not None:  # only this block of rows (one Matryoshka scale in a batched step)
                 blocks.setdefault((rows.start, rows.stop), []).append(name)
         if blocks:
             # consecutive row segments with their adapters (none between blocks), cut with split:
@@ -58,13 +61,16 @@ class LoRALinear(nn.Module):
                 end = stop
             sizes.append(y.shape[0] - end)
             owners.append(())
-            y = torch.cat([sum((self.update(n, h_rows) for n in names), y_rows)
+            y = torch.cat([y_rows + self.scaled(names, h_rows) if names else y_rows
                            for names, y_rows, h_rows in zip(owners, y.split(sizes), h.split(sizes))])
         return y
 
-    def update(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        """(alpha / r) B A h for one adapter; the scale goes on B (out x r), the small side."""
-        return (h @ self.lora_A[name].T) @ (self.scale * self.lora_B[name]).T  # (..., out)
+    def scaled(self, names: list[str], h: torch.Tensor) -> torch.Tensor:
+        """(alpha / r) * sum of B A h over the adapters `names`: (..., in) -> (..., out)."""
+        total = (h @ self.lora_A[names[0]].T) @ self.lora_B[names[0]].T
+        for name in names[1:]:
+            total = total + (h @ self.lora_A[name].T) @ self.lora_B[name].T
+        return total * self.scale
 
 
 def add_lora(model: nn.Module, targets: tuple[str, ...], names: tuple[str, ...], rank: int, alpha: float,

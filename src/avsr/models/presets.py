@@ -14,7 +14,7 @@ preset either way (`resolve`):
   `large_vox_iter5.pt`. Instruct variants share the architecture of their base model.
 
 LLM sizes (hidden, layers, attention heads, KV heads, FFN width, vocabulary) are those of
-the models' config.json files: Llama 3.2-1B/3B and 3.1-8B, Qwen2.5 0.5B/1.5B/3B/7B. Note
+the models' config.json files: Llama 3.2-1B/3B and 3.1-8B, Qwen2.5 0.5B/1.5B/3B/7B, SmolLM2-135M. Note
 that Qwen2.5-7B's embedding table has 152,064 rows, not the 151,936 of the smaller Qwen2.5
 models, and that it does not tie its output layer to it.
 """
@@ -62,6 +62,7 @@ class LLMPreset:
     rope_scaling: dict | None = field(default=None, compare=False)
     tokens: dict = field(default_factory=dict, compare=False)  # bos / eos / pad token strings (None: absent)
     aliases: tuple[str, ...] = ()
+    token_ids: tuple[int, int] | None = None  # (bos, eos) ids; None: the family's (Llama 3's, Qwen's)
 
     @property
     def kv_width(self) -> int:
@@ -76,8 +77,10 @@ class LLMPreset:
                       intermediate_size=self.intermediate, tie_word_embeddings=self.tie_embeddings,
                       max_position_embeddings=self.max_positions, rope_theta=self.rope_theta)
         if self.family == "llama":
-            return LlamaConfig(**common, rope_scaling=self.rope_scaling, bos_token_id=128000, eos_token_id=128001)
-        return Qwen2Config(**common, bos_token_id=151643, eos_token_id=151643)
+            bos, eos = self.token_ids or (128000, 128001)
+            return LlamaConfig(**common, rope_scaling=self.rope_scaling, bos_token_id=bos, eos_token_id=eos)
+        bos, eos = self.token_ids or (151643, 151643)
+        return Qwen2Config(**common, bos_token_id=bos, eos_token_id=eos)
 
     def describe(self) -> str:
         return (f"{self.name}: hidden {self.hidden}, {self.layers} layers, {self.heads} heads, "
@@ -105,6 +108,9 @@ LLMS = {p.name: p for p in (
     _qwen("Qwen2.5-1.5B", 1536, 28, 12, 2, 8960, 151936, True),
     _qwen("Qwen2.5-3B", 2048, 36, 16, 2, 11008, 151936, True),
     _qwen("Qwen2.5-7B", 3584, 28, 28, 4, 18944, 152064, False),
+    # the quickstart's real LLM (`avsr prepare smollm2`; its folder's config.json)
+    LLMPreset("SmolLM2-135M", "llama", 576, 30, 9, 3, 1536, 49152, True, 100000.0, 8192, None,
+              {"bos": "<|im_start|>", "eos": "<|im_end|>", "pad": "<|im_end|>"}, token_ids=(1, 2)),
 )}
 
 
@@ -253,10 +259,13 @@ def resolve(kind: str, path: str | None):
         raise PresetError(f"model.{kind}: not set (name a local model folder or a preset: {known})")
     folder = Path(path)
     if folder.is_dir() and (folder / "config.json").is_file():
+        from huggingface_hub.errors import StrictDataclassError  # transformers' typed configs
+
         try:
             return _from_folder(kind, folder)
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            raise PresetError(f"model.{kind}: cannot read the configuration in {folder}: {err}") from None
+        except (OSError, ValueError, TypeError, KeyError, AvsrError, StrictDataclassError) as err:
+            raise PresetError(f"model.{kind}: cannot read the configuration in {folder}: "
+                              f"{' '.join(str(err).split())}") from None
     preset = _index(kind).get(_key(Path(str(path).rstrip("/\\")).name))
     if preset is None:
         raise PresetError(f"model.{kind}: {path!r} is neither a local model folder with a config.json nor a "

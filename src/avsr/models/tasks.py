@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from avsr.models.encoders import ENCODERS
+
 TASKS = ("asr", "vsr", "avsr")
 MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
 PROMPTS = {  # as in the Llama-AVSR papers
@@ -13,8 +15,6 @@ PROMPTS = {  # as in the Llama-AVSR papers
     "vsr": "Transcribe video to text.",
     "avsr": "Transcribe speech and video to text.",
 }
-# Encoder output frames per second before compression: Whisper 50 Hz, AV-HuBERT 25 Hz (the video rate).
-ENCODER_HZ = {"audio": 50.0, "video": 25.0}
 # LoRA schemes (docs/papers.md): "ms" one adapter shared by every scale (Llama-MTSK MS; Omni-AVSR
 # calls the same rule S), "ss" one per scale, "mss" both, "t" one per task, "st" shared + task.
 LORA_SCHEMES = ("ms", "ss", "mss", "t", "st")
@@ -49,4 +49,4 @@ def adapter_names(scheme: str, task: str, pair: RatePair) -> tuple[str, ...]:
 
 def tokens_per_second(task: str, pair: RatePair) -> float:
     """LLM input tokens per second of speech from the task's blocks at a rate pair."""
-    return sum(ENCODER_HZ[m] / rate for m, rate in zip(("audio", "video"), pair) if m in MODALITIES[task])
+    return sum(ENCODERS[m].frames_per_second / rate for m, rate in zip(("audio", "video"), pair) if m in MODALITIES[task])

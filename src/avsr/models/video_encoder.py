@@ -83,12 +83,19 @@ from torch import nn
 # AV-HuBERT's input normalisation and crop size live with the transforms that apply them.
 from avsr.data.transforms import AVHUBERT_CROP_SIZE, AVHUBERT_PIXEL_MEAN, AVHUBERT_PIXEL_STD  # noqa: F401
 from avsr.errors import AvsrError
-from avsr.models.avhubert_fairseq import (FOLDER_SOURCE, CheckpointFormatError, check_encoder_weights,
-                                          print_licence_notice, read_encoder_weights)
+from avsr.settings import is_int, is_number
+from avsr.models.avhubert_fairseq import (FOLDER_SOURCE, CheckpointFormatError, EncoderWeights,
+                                          check_encoder_weights, print_licence_notice, read_encoder_weights)
 
 
 class ModelConfigError(AvsrError):
     """A model setting that cannot build a network (names the field at fault)."""
+
+
+# {annotation: (test, what it must be)} of VideoEncoderConfig's fields
+_FIELD_TYPES = {"int": (is_int, "an integer"), "float": (is_number, "a number"),
+                "str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "true or false"),
+                "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(map(is_int, v)), "a list of integers")}
 
 
 @dataclass
@@ -125,6 +132,10 @@ class VideoEncoderConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a config.json value of the wrong type is named, not a TypeError deep inside
+            value = getattr(self, f.name)
+            if not _FIELD_TYPES[f.type][0](value):
+                raise ModelConfigError(f"video encoder: {f.name} must be {_FIELD_TYPES[f.type][1]}, got {value!r}")
         self.resnet_channels = tuple(int(c) for c in self.resnet_channels)
         self.resnet_blocks = tuple(int(b) for b in self.resnet_blocks)
         positive = {
@@ -451,6 +462,10 @@ class VideoEncoder(nn.Module):
             nn.Linear(self.cfg.fused_dim, self.cfg.embed_dim) if self.cfg.fused_dim != self.cfg.embed_dim else None)
         self.dropout_input = nn.Dropout(self.cfg.dropout_input)
         self.encoder = TransformerEncoder(self.cfg)
+        # Input option (not a weight): each clip cut to a multiple of this many frames first, as
+        # the Llama-AVSR family's single-rate datasets cut the video to a multiple of its rate
+        # (Llama-AVSR `datamodule/av_dataset.py` L133-L135); the model config's `video_trim`.
+        self.frame_multiple = 1
         self._init_transformer()
 
     def _init_transformer(self) -> None:
@@ -485,7 +500,11 @@ class VideoEncoder(nn.Module):
         if batch and (int(lengths.min()) < 1 or int(lengths.max()) > frames):
             raise ValueError(f"lengths must lie in [1, {frames}], got {lengths.tolist()}")
 
+        if self.frame_multiple > 1:  # a clip shorter than the multiple is kept whole
+            k = self.frame_multiple
+            lengths = torch.where(lengths >= k, torch.div(lengths, k, rounding_mode="floor") * k, lengths)
         padding_mask = torch.arange(frames, device=video.device)[None, :] >= lengths[:, None]  # (B, T)
+        video = video.to(self.layer_norm.weight.dtype)  # the encoder's dtype (a bf16 model too)
         video_feats = self.feature_extractor_video(video, ~padding_mask)  # (B, T, D)
         if self.cfg.modality_fuse == "concat":
             # Audio first, as AV-HuBERT concatenates [audio, video]; the zero audio stream
@@ -548,7 +567,12 @@ def read_fairseq_checkpoint(path: str | Path) -> tuple[VideoEncoderConfig, dict[
     unexpected or of the wrong shape for the encoder its config describes is refused in one
     message. Tensors keep the file's dtype (`load_state_dict` casts them). Prints the licence.
     """
-    weights = read_encoder_weights(path)
+    return checked_fairseq_weights(read_encoder_weights(path), path)
+
+
+def checked_fairseq_weights(weights: EncoderWeights, path: str | Path
+                            ) -> tuple[VideoEncoderConfig, dict[str, torch.Tensor], dict]:
+    """`read_fairseq_checkpoint` of weights already read (e.g. from a Llama-AVSR checkpoint)."""
     try:
         cfg = VideoEncoderConfig(**weights.fields)
     except ModelConfigError as err:
@@ -575,3 +599,11 @@ def load_video_encoder(path: str | Path) -> VideoEncoder:
     own = encoder.state_dict().keys()
     encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return encoder.eval()
+
+
+def load_for_model(path: str | Path, cfg) -> VideoEncoder:
+    """The encoder table's loader (avsr.models.encoders): the video encoder with the model config's
+    input option `video_trim` (cut each clip to a multiple of the one video rate)."""
+    encoder = load_video_encoder(path)
+    encoder.frame_multiple = cfg.video_rates[0] if cfg.video_trim else 1
+    return encoder

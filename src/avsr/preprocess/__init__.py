@@ -3,8 +3,8 @@
 
 from avsr.preprocess.decode import PreprocessError, probe
 from avsr.preprocess.detect import Detector, Face, LandmarkScheme, MediaPipeFaceMesh
-from avsr.preprocess.pipeline import preprocess_file, write_pair
+from avsr.preprocess.pipeline import aligned, preprocess_file, write_pair
 from avsr.preprocess.result import Preprocessed
 
-__all__ = ["Detector", "Face", "LandmarkScheme", "MediaPipeFaceMesh", "Preprocessed", "PreprocessError",
+__all__ = ["aligned", "Detector", "Face", "LandmarkScheme", "MediaPipeFaceMesh", "Preprocessed", "PreprocessError",
            "preprocess_file", "probe", "write_pair"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avsr.data.media import SAMPLE_RATE, VIDEO_FPS, MediaError
+from avsr.data.media import SAMPLE_RATE, VIDEO_FPS, MediaError, finite_audio
 
 
 class PreprocessError(MediaError):
@@ -109,7 +109,8 @@ def video_frames(path: Path, fmt: str = "rgb24") -> Iterator[tuple[int, np.ndarr
 
 
 def read_audio(path: Path) -> np.ndarray:
-    """(S,) float32 mono at 16 kHz: resampled by FFmpeg (swresample), channels averaged."""
+    """(S,) float32 mono at 16 kHz: resampled by FFmpeg (swresample), channels averaged; NaN or
+    infinite samples refused, naming the file."""
     chunks = []
     try:
         with av.open(str(path)) as container:
@@ -123,4 +124,4 @@ def read_audio(path: Path) -> np.ndarray:
         raise PreprocessError(f"cannot decode the audio of {path}: {err}") from None
     if not chunks:
         return np.zeros(0, np.float32)
-    return np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32)
+    return finite_audio(np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32), path)

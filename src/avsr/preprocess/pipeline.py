@@ -10,11 +10,16 @@ import numpy as np
 from tqdm import tqdm
 
 from avsr.data.media import SAMPLES_PER_FRAME, SAMPLE_RATE, VIDEO_FPS, write_audio, write_video
+from avsr.io import check_output_folder, claim_folder, fs_errors_named
 from avsr.preprocess.decode import PreprocessError, probe, read_audio, video_frames
 from avsr.preprocess.detect import Detector, MediaPipeFaceMesh
 from avsr.preprocess.roi import ROI, crop, fill_and_smooth, largest, roi_transforms
 from avsr.preprocess.result import Preprocessed
 
+# Audio and picture lengths further apart than this are said (and extended, see preprocess_file):
+# container-level differences stay well under it (an AAC encoder's priming, 21-46 ms; one frame,
+# 33-40 ms), and people notice an offset of sound and picture from about 0.1-0.2 s (ITU-R BT.1359).
+AV_TOLERANCE_S = 0.2
 ROI_SIDES = (96, 88)  # square frames of these sizes are mouth ROIs already (corpus, LRS3-style clips)
 KEEP_GRAY_BYTES = 512 * 2**20  # gray frames kept from the detection pass up to this; else decoded again
 
@@ -90,7 +95,9 @@ def preprocess_file(path: str | Path, detector: Detector | None = None, progress
     detection, every frame counts as a face frame. Otherwise `detector` (default: mediapipe's face
     mesh) finds the face in every frame; a video without any face gives `video=None` and a warning.
     When audio and video differ in length, the shorter is extended (last ROI held, audio
-    zero-padded) to whole 25 fps frames of 640 samples.
+    zero-padded) to whole 25 fps frames of 640 samples, so the pair loads like a corpus item; the
+    own lengths are kept (`audio_seconds`, `video_seconds`), and a difference over
+    `AV_TOLERANCE_S` is a warning (a transcription then reads only the part both cover; `aligned`).
     """
     path = Path(path)
     info = probe(path)
@@ -121,31 +128,61 @@ def preprocess_file(path: str | Path, detector: Detector | None = None, progress
             warnings.append(f"no face found in {path.name}" + (": audio only" if audio is not None else ""))
     if audio is not None and audio.size == 0 and video is None:
         raise PreprocessError(f"zero-length clip {path}: no audio samples and no usable video")
-    frames = max(total, round(audio.size / SAMPLES_PER_FRAME) if audio is not None else 0)
+    return aligned(Preprocessed(source=path, video=video, audio=audio, duration=0.0, total_frames=total,
+                                face_frames=found, mouth_centres=centres, transforms=transforms, warnings=warnings,
+                                timings=timings))
+
+
+def aligned(pre: Preprocessed) -> Preprocessed:
+    """`pre` (changed in place) with its audio and picture brought to one length of whole 25 fps
+    frames of 640 samples: the shorter extended (last ROI held, audio zero-padded), each one's own
+    length kept in `audio_seconds` / `video_seconds`, a difference over `AV_TOLERANCE_S` warned
+    about, and `duration` set. `total_frames`: the video stream's frames (0 without one)."""
+    audio, video = pre.audio, pre.video
+    pre.audio_seconds = audio.size / SAMPLE_RATE if audio is not None else None
+    pre.video_seconds = len(video) / VIDEO_FPS if video is not None else None
+    if audio is not None and video is not None and abs(pre.audio_seconds - pre.video_seconds) > AV_TOLERANCE_S:
+        longer, extended = (("audio", "the last frame held") if pre.audio_seconds > pre.video_seconds
+                            else ("picture", "the audio padded with silence"))
+        pre.warnings.append(f"audio ({pre.audio_seconds:.2f} s) and picture ({pre.video_seconds:.2f} s) of "
+                            f"{Path(pre.source).name} differ by {abs(pre.audio_seconds - pre.video_seconds):.2f} s: "
+                            f"the {longer} runs on alone ({extended})")
+    frames = max(pre.total_frames, len(video) if video is not None else 0,
+                 round(audio.size / SAMPLES_PER_FRAME) if audio is not None else 0)
     if video is not None and frames > len(video):  # audio runs longer: hold the last frame
         extra = frames - len(video)
-        video, centres, transforms = (np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
-                                      for a in (video, centres, transforms))
-    if video is not None or info.has_video:
-        duration = frames / VIDEO_FPS
+        pre.video, pre.mouth_centres, pre.transforms = (
+            None if a is None else np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
+            for a in (video, pre.mouth_centres, pre.transforms))
+    if pre.video is not None or pre.total_frames:
+        pre.duration = frames / VIDEO_FPS
         if audio is not None:
-            audio = np.pad(audio, (0, max(0, frames * SAMPLES_PER_FRAME - audio.size)))[: frames * SAMPLES_PER_FRAME]
+            pre.audio = np.pad(audio, (0, max(0, frames * SAMPLES_PER_FRAME - audio.size)))[: frames * SAMPLES_PER_FRAME]
     else:
-        duration = audio.size / SAMPLE_RATE
-    return Preprocessed(source=path, video=video, audio=audio, duration=duration,
-                        total_frames=len(video) if video is not None else total, face_frames=found,
-                        mouth_centres=centres, transforms=transforms, warnings=warnings, timings=timings)
+        pre.duration = audio.size / SAMPLE_RATE
+    if pre.video is not None:
+        pre.total_frames = len(pre.video)
+    return pre
 
 
-def write_pair(result: Preprocessed, out_dir: str | Path) -> tuple[Path, Path]:
+def write_pair(result: Preprocessed, out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write `<stem>.mp4` (the ROIs) and `<stem>.wav` (the audio; silence of the same length when
-    the recording has none, so the pair loads like any corpus item) into out_dir, atomically."""
+    the recording has none, so the pair loads like any corpus item) into out_dir, atomically.
+    avsr.io's rule first: never over the source, nor over files avsr preprocess did not write
+    there (and over its own only with `overwrite`)."""
     if result.video is None:
         raise PreprocessError(f"no mouth video for {result.source}: {'; '.join(result.warnings) or 'no face'}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     mp4, wav = out / f"{result.source.stem}.mp4", out / f"{result.source.stem}.wav"
+    check_output_folder(out, "preprocess", (mp4.name, wav.name), inputs=(result.source,), replace=overwrite)
     audio = result.audio if result.audio is not None else np.zeros(len(result.video) * SAMPLES_PER_FRAME, np.float32)
-    write_video(mp4, result.video)
-    write_audio(wav, audio)
+    claim_folder(out, "preprocess", (mp4.name, wav.name))
+    with fs_errors_named(mp4):
+        write_video(mp4, result.video)
+    try:
+        with fs_errors_named(wav):
+            write_audio(wav, audio)
+    except BaseException:
+        mp4.unlink()  # no half pair: the video alone would pass for a preprocessed recording
+        raise
     return mp4, wav

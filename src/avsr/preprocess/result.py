@@ -8,13 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from avsr.data.media import SAMPLE_RATE, VIDEO_FPS
+
 
 @dataclass
 class Preprocessed:
     """One recording after preprocessing.
 
     `video` is None when the file has no video stream or no face was found in it; `audio` is
-    None when it has no audio stream. Both, when present, cover the same `duration`.
+    None when it has no audio stream. Both, when present, cover the same `duration`: the shorter
+    stream is extended (see `avsr.preprocess.preprocess_file`); `audio_seconds` and
+    `video_seconds` keep what each held before (None: as long as the array).
     """
 
     source: Path
@@ -27,8 +31,19 @@ class Preprocessed:
     transforms: np.ndarray | None = None  # (T, 2, 3) float32 per frame: source pixels -> ROI pixels
     warnings: list[str] = field(default_factory=list)  # e.g. "no face found in clip.mp4: audio only"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: decode, detect, crop
+    audio_seconds: float | None = None  # the audio's own length, before it was extended to the picture's
+    video_seconds: float | None = None  # the picture's own length, before its last frame was held for the audio
 
     @property
     def face_ratio(self) -> float:
         """Share of video frames with a detected face (0 without video)."""
         return self.face_frames / self.total_frames if self.total_frames else 0.0
+
+    def own_seconds(self, modality: str) -> float:
+        """How long the "audio" or the "video" really is, before either was extended to the other
+        (0 without that stream)."""
+        if modality == "audio":
+            known, array = self.audio_seconds, self.audio
+            return known if known is not None else (array.size / SAMPLE_RATE if array is not None else 0.0)
+        known, array = self.video_seconds, self.video
+        return known if known is not None else (len(array) / VIDEO_FPS if array is not None else 0.0)

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,17 +40,21 @@ from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, write_aud
 from avsr.data.noise import pink_noise, white_noise
 from avsr.errors import AvsrError
 from avsr.paths import NOISE_KINDS, SPLITS, labels_csv, noise_wav
-from avsr.io import UnsafeRemoval, claim_folder, refuse_guarded, write_text_atomic
+from avsr.io import UnsafeRemoval, check_target, claim_folder, refuse_guarded, write_text_atomic
 from avsr.synth.espeak import Voice, engine
 from avsr.synth.lips import Appearance, head_motion, render_mouth
 from avsr.synth.text import grid_sentence, read_text_file
-from avsr.synth.visemes import PARAMS, mouth_trajectory, viseme_segments
+from avsr.synth.visemes import PARAMS, VOICES, VisemeError, mouth_trajectory, viseme_segments
 
 CORPUS_FORMAT = 2  # 2: full-range luma in the mp4 files (avsr.data.media)
 DEFAULT_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
 DEFAULT_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 BABBLE_TALKERS = 6  # simultaneous talkers in the babble noise
 MAX_NOISE_SECONDS = 3600.0  # 6 talkers x 1 h of float32 audio in memory: already ~1.4 GB
+# Utterances in one corpus (train + val + test): more than LRS3's 150k, about 35 GB of files at
+# ~170 kB each, and what the corpus keeps in memory while it runs (a task and a summary row per
+# utterance, ~1.5 kB) stays near 300 MB. A larger request is refused before anything is made.
+MAX_UTTERANCES = 200_000
 WRITTEN_BY = "avsr synth"  # in corpus.json: only such a corpus may be replaced by --overwrite
 FACES = "faces"  # <corpus>/faces/<split>/: talking-face videos of a split (avsr.synth.face, avsr synth-faces)
 
@@ -89,6 +94,11 @@ class SynthConfig:
              f"--noise-seconds {self.noise_seconds}: must be a length from 1 to {MAX_NOISE_SECONDS:.0f} seconds"),
             (min([*n.values(), *k.values(), self.noise_speakers]) < 0, "utterance and speaker counts must be >= 0"),
             (sum(n.values()) == 0, "no utterances requested: --train, --val and --test are all 0"),
+            (sum(n.values()) > MAX_UTTERANCES, f"{sum(n.values())} utterances requested (--train {n['train']}, "
+             f"--val {n['val']}, --test {n['test']}): a corpus holds at most {MAX_UTTERANCES:,} (about 35 GB)"),
+            (any(v not in VOICES for v in self.voices),
+             f"--voices {','.join(v for v in self.voices if v not in VOICES)}: not an English voice whose phonemes "
+             f"the lip renderer knows; choose from {','.join(VOICES)}"),
             *((bool(n[s]) != bool(k[s]), f"--{s} {n[s]} with --{s}-speakers {k[s]}: a split needs both "
                "utterances and speakers, or neither") for s in SPLITS),
             (self.noise_speakers < 1, "--noise-speakers 0: the babble noise needs at least one held-out talker"),
@@ -200,15 +210,26 @@ def speak(text: str, voice: Voice, rng: np.random.Generator) -> tuple[np.ndarray
     return out, phonemes
 
 
+def summary_row(meta: dict) -> dict:
+    """What the labels and the summary need of an utterance's .json (its mouth trajectory and
+    phoneme times stay on disk: a corpus of many utterances would hold gigabytes of them)."""
+    return {**{k: meta[k] for k in ("rel_path", "n_frames", "text", "speaker", "duration")},
+            "visemes": [v["viseme"] for v in meta["visemes"]]}
+
+
 def render_utterance(task: UtteranceTask) -> dict:
-    """Write one utterance's .wav, .mp4 and .json (the .json last: it marks completion)."""
+    """Write one utterance's .wav, .mp4 and .json (the .json last: it marks completion); returns
+    its summary row."""
     sidecar = task.stem.with_suffix(".json")
     if sidecar.exists():  # done in an earlier run
-        return json.loads(sidecar.read_text())
+        return summary_row(json.loads(sidecar.read_text()))
     rng = np.random.default_rng(task.seed)
     audio, phonemes = speak(task.text, task.speaker.voice, rng)
     n_frames = audio.size // SAMPLES_PER_FRAME
-    segments = viseme_segments(phonemes)
+    try:
+        segments = viseme_segments(phonemes)
+    except VisemeError as err:
+        raise SynthError(f"{task.rel_path} ({task.speaker.voice.spec}, {task.text!r}): {err}") from None
     mouth = mouth_trajectory(segments, n_frames)  # (T, P)
     frames = render_mouth(mouth, task.speaker.look, head_motion(n_frames, rng), rng)  # (T, 96, 96)
     task.stem.parent.mkdir(parents=True, exist_ok=True)
@@ -227,7 +248,7 @@ def render_utterance(task: UtteranceTask) -> dict:
         "mouth": {name: np.round(mouth[:, i], 4).tolist() for i, name in enumerate(PARAMS)},
     }
     write_text_atomic(sidecar, json.dumps(meta))
-    return meta
+    return summary_row(meta)
 
 
 def babble_stream(args: tuple[list[Speaker], list[str], int, int]) -> np.ndarray:
@@ -334,6 +355,7 @@ def _prepare_output(cfg: SynthConfig, identity: dict, overwrite: bool) -> Path:
                              "refusing to mix them: choose another --out or --corpus, or pass --overwrite")
     except OSError as err:
         raise SynthError(f"cannot use the output folder {err.filename or root}: {err.strerror or err}") from None
+    check_target(root, error=SynthError)  # avsr.io's rule: not the root, home or working folder, no checkpoint
     claim_folder(root, "synth", entries=("labels", "noise", cfg.corpus))
     try:
         for folder in (corpus_dir, root / "labels", root / "noise"):
@@ -379,7 +401,9 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
     bar = tqdm(total=len(tasks) + len(noise_jobs), desc=f"synth {cfg.corpus}", unit="utt",
                disable=not progress, dynamic_ncols=True)
     if cfg.workers > 1:
-        with multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
+        # The workers leave Ctrl-C to this process, which stops them (Pool's exit) and reports it once.
+        with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=signal.signal,
+                                                      initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             streams = pool.map_async(babble_stream, noise_jobs) if noise_jobs else None
             for meta in pool.imap_unordered(render_utterance, tasks, chunksize=4):
                 rows.append(meta)
@@ -423,7 +447,7 @@ def summarize(rows: list[dict], speakers: list[Speaker], root: Path, corpus: str
             "mean_seconds": round(seconds / max(len(mine), 1), 2),
             "words": sum(len(m["text"].split()) for m in mine),
         }
-    visemes = Counter(v["viseme"] for m in rows for v in m["visemes"])
+    visemes = Counter(v for m in rows for v in m["visemes"])
     disk = sum(p.stat().st_size for p in (root / corpus).rglob("*") if p.is_file())
     return {
         "corpus": corpus,

@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -280,6 +281,10 @@ def engine() -> EngineProcess:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the server and its forked child end at once and say
+    # nothing (the default action, no KeyboardInterrupt traceback); the avsr command that started
+    # them reports the interruption, once.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything the library prints goes to stderr, not into the replies
     serve(sys.stdin.buffer, replies)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from avsr.data.media import SAMPLE_RATE, VIDEO_FPS, read_audio
-from avsr.io import atomic_file, write_text_atomic
+from avsr.io import atomic_file, check_target, check_writable, write_text_atomic
 from avsr.synth.corpus import FACES, SynthError
 from avsr.synth.lips import ROI_SIZE, Appearance, head_motion, render_mouth
 from avsr.synth.visemes import PARAMS
@@ -185,5 +185,7 @@ def synthesize_faces(root: str | Path, corpus: str, split: str = "test", limit: 
     items = sorted(p.relative_to(corpus_dir).as_posix() for p in (corpus_dir / split).glob("*/*.mp4"))
     if not items:
         raise SynthError(f"no {split} items in {corpus_dir}")
+    check_target(corpus_dir / FACES / split)  # a read-only corpus or a full name is refused before any drawing
+    check_writable(corpus_dir / FACES / split)
     return [face_item(corpus_dir, rel, corpus_dir / FACES, looks[rel.split("/")[1]], seed=k)
             for k, rel in enumerate(items[:limit])]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from avsr.io import atomic_file
+from avsr.io import claimed_file
 from avsr.synth.corpus import SynthConfig, SynthError, make_speakers, speak
 from avsr.synth.lips import ROI_SIZE, head_motion, render_mouth
 from avsr.synth.visemes import VISEME_NAMES, VISEMES, mouth_trajectory, viseme_segments
@@ -64,6 +64,6 @@ def contact_sheet(path: str | Path, seed: int = 0, n_speakers: int = 4,
     sheet.paste(top, (0, 0))
     sheet.paste(title, (0, top.height))
     sheet.paste(strip, (0, top.height + title.height))
-    with atomic_file(path) as tmp:
+    with claimed_file(path, "contact-sheet") as tmp:  # the caller checked the path (avsr.io.check_output)
         sheet.save(tmp, format=image_format)
     return path

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from avsr.errors import AvsrError
+from avsr.io import read_utf8
 from avsr.text import normalise
 
 # GRID (Cooke et al., 2006): command, colour, preposition, letter, digit, adverb.
@@ -19,6 +20,14 @@ GRID_GRAMMAR: tuple[tuple[str, ...], ...] = (
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
     ("again", "now", "please", "soon"),
 )
+
+
+# One line is one utterance: at most 40 words and 300 characters, about 18 s at the slowest
+# speaking rate a speaker is given (135 words per minute; training drops utterances over 16 s by
+# default). A longer line is refused before any synthesis: it is a paragraph, not a sentence,
+# and a 3,000-word one would be synthesised, rendered and kept in memory as one clip of 20 minutes.
+MAX_LINE_WORDS, MAX_LINE_CHARACTERS = 40, 300
+MAX_FILE_BYTES = 64 * 2**20  # far more sentences than a corpus can use (avsr.synth.corpus.MAX_UTTERANCES)
 
 
 class TextError(AvsrError):
@@ -39,6 +48,11 @@ def check_sentence(sentence: str, where: str) -> str:
     text = normalise(sentence)
     if not text:
         raise TextError(f"{where}: no words in {sentence.strip()!r}")
+    words = len(text.split())
+    if words > MAX_LINE_WORDS or len(text) > MAX_LINE_CHARACTERS:
+        raise TextError(f"{where}: {words} word{'s' * (words != 1)}, {len(text)} characters: a line is one "
+                        f"utterance of at most {MAX_LINE_WORDS} words and {MAX_LINE_CHARACTERS} characters (about "
+                        "18 s of speech); split it into sentences, one per line")
     return text
 
 
@@ -48,16 +62,10 @@ def read_text_file(path: str | Path) -> list[str]:
     if not path.is_file():  # a folder fails, a FIFO or a device would block or never end
         raise TextError(f"text file not found: {path}" if not path.exists() else
                         f"{path}: not a regular file (a folder, pipe or device); --text takes a text file")
-    try:
-        data = path.read_bytes()
-        raw = data.decode("utf-8")
-    except OSError as err:
-        raise TextError(f"cannot read text file {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise TextError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); "
-                        "save it as UTF-8 (plain ASCII English)") from None
-    lines = raw.splitlines()
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise TextError(f"{path}: {path.stat().st_size / 2**20:.0f} MiB; a sentence file of at most "
+                        f"{MAX_FILE_BYTES // 2**20} MiB is read (more than a corpus can use)")
+    lines = read_utf8(path, "save it as UTF-8 (plain ASCII English)", TextError).splitlines()
     if not any(line.strip() for line in lines):
         raise TextError(f"{path}: the text file is empty")
     while lines and not lines[-1].strip():

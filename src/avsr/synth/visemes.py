@@ -17,7 +17,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avsr.errors import AvsrError
+
 FPS = 25
+
+# The espeak-ng voices whose phonemes the table below covers: the English voices of espeak-ng's
+# own data (not the mbrola ones, which need other packages). Every phoneme they give for the GRID
+# words and the fortune sentences has a viseme (tests/test_visemes.py); another language's voice
+# gives symbols English lips have no shape for here (German ç, y, œ, ...).
+VOICES = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+
+
+class VisemeError(AvsrError):
+    """A phoneme with no viseme in the table (a voice or text outside what it covers)."""
 
 # Mouth-shape parameters, each in [0, 1]:
 #   open   jaw/lip opening; width  lip spread (0.5 neutral); round  rounding/protrusion;
@@ -77,7 +89,7 @@ def phoneme_visemes(ipa: str) -> list[str]:
     """Visemes of one espeak-ng IPA phoneme name, in order ("aʊ" -> open, rounded).
 
     "" (a pause) is rest; h and glottal stops give []; diphthongs give one viseme per
-    vowel quality. Raises KeyError for a symbol we have no viseme for.
+    vowel quality. Raises VisemeError for a symbol we have no viseme for.
     """
     if ipa == "":
         return ["rest"]
@@ -93,7 +105,9 @@ def phoneme_visemes(ipa: str) -> list[str]:
         i += len(symbol)
         if symbol in _TRANSPARENT:
             continue
-        viseme = _SYMBOL_VISEME[symbol]
+        viseme = _SYMBOL_VISEME.get(symbol)
+        if viseme is None:
+            raise VisemeError(f"no viseme for the symbol {symbol!r} of the espeak-ng phoneme {ipa!r}")
         if not out or out[-1] != viseme:
             out.append(viseme)
     return out

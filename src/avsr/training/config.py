@@ -13,8 +13,11 @@ from typing import Any
 
 import yaml
 
+from avsr.data.noise import SNR_RANGE
 from avsr.errors import AvsrError
-from avsr.paths import manifest, noise_wav
+from avsr.data.manifests import FORMAT_CHOICES, split_manifest
+from avsr.io import read_utf8, write_text_atomic
+from avsr.paths import noise_wav
 from avsr.paths import recipe as find_recipe
 from avsr.models.avsr_model import AVSRConfig
 from avsr.models.tasks import TASKS
@@ -54,8 +57,8 @@ DEVICES = Rule(_devices, "a number of devices, -1 (all), auto, or a list of devi
 STRATEGY = Rule(_strategy, "auto, ddp..., fsdp... or another Lightning strategy name")
 BETAS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v),
              "two numbers in [0, 1)")
-SNRS = list_of(Rule(lambda v: v is None or is_number(v), ""), "a list of SNRs in dB (numbers; null for clean)",
-               empty=True)
+SNRS = list_of(Rule(lambda v: v is None or is_number(v) and SNR_RANGE[0] <= v <= SNR_RANGE[1], ""),
+               f"a list of SNRs in dB from {SNR_RANGE[0]:g} to {SNR_RANGE[1]:g} (null for clean)", empty=True)
 SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295")
 PROBABILITY = Rule(lambda v: is_number(v) and 0 <= v <= 1, "a probability from 0 to 1")
 TASK_WEIGHTS = Rule(lambda v: isinstance(v, dict) and all(k in TASKS and NON_NEGATIVE.test(w) for k, w in v.items()),
@@ -88,8 +91,15 @@ class DataConfig:
     feature_cache_dir: str | None = setting(None, OPTIONAL_NAME)
     workers: int = setting(0, COUNT)
     # the manifest format of every split (docs/data-formats.md): auto = the one found at its path
-    # (csv <root>/labels/<corpus>_<split>.csv, fairseq <root>/<split>.tsv + .wrd, jsonl <root>/<split>.jsonl)
-    format: str = setting("auto", one_of("auto", "csv", "fairseq", "jsonl"))
+    # (csv <root>/labels/<corpus>_<split>.csv, fairseq <root>/<split>.tsv + .wrd, jsonl <root>/<split>.jsonl,
+    # shards <root>/<split>/index.json, where root may be a URL or pipe:COMMAND)
+    format: str = setting("auto", one_of(*FORMAT_CHOICES))
+    # false: the batches in their packed order every epoch (longest first), no shuffle buffer
+    shuffle: bool = setting(True, FLAG)
+    # shards: utterances in the shuffle buffer, each window of this many sorted and packed together
+    shuffle_buffer: int = setting(1000, POSITIVE_INT)
+    # shards from a URL: seconds to wait for a server to connect or answer before the run stops
+    url_timeout: float = setting(60.0, POSITIVE)
     # media missing, empty or undecodable: "skip" drops the utterance with a warning naming it,
     # "stop" ends the run with an error naming it
     on_bad_file: str = setting("skip", one_of("skip", "stop"))
@@ -100,9 +110,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_settings(self)
 
-    def labels(self, split: str) -> Path:
-        """The split's manifest file (avsr.paths.manifest) in data.format."""
-        return manifest(self.root, self.corpus, split, self.format)
+    def labels(self, split: str) -> str | Path:
+        """The split's manifest (avsr.data.manifests.split_manifest) in data.format: a path, or for
+        shards under a URL root the index's URL."""
+        return split_manifest(self.root, self.corpus, split, self.format)
 
     def acoustics(self):
         """The synthetic-to-real augmentation these settings ask for (avsr.data.acoustics)."""
@@ -178,13 +189,28 @@ def config_from_dict(tree: dict, where: str = "config", prefix: str = "") -> Tra
 def check_inputs(cfg: TrainConfig) -> None:
     """What a valid config names outside itself: backbone folders, the logger's package, a GPU,
     the label and noise files. Checked before a run folder is made or a model is loaded."""
-    import torch
-
-    from avsr.data.dataset import read_labels
+    from avsr.data.manifests import detect_format, read_manifest
     from avsr.data.noise import read_noise
+    from avsr.data.shards import check_shards
     from avsr.models.loading import check_backbones
 
     check_backbones(cfg.model)
+    check_environment(cfg)
+    d = cfg.data
+    for split in dict.fromkeys((d.train_split, d.val_split)):
+        path = d.labels(split)
+        if detect_format(path) == "shards":  # the index, and every shard's size against it
+            check_shards(path, d.url_timeout)
+        else:
+            read_manifest(path, d.format, d.root)
+    if d.noise_path() is not None:
+        read_noise(d.noise_path())
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What this machine must offer the config: the logger's package, a GPU when one is asked for."""
+    import torch
+
     package = LOGGERS[cfg.logger]
     if package and importlib.util.find_spec(package) is None and not (
             package == "tensorboard" and importlib.util.find_spec("tensorboardX")):
@@ -193,11 +219,6 @@ def check_inputs(cfg: TrainConfig) -> None:
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config: accelerator {cfg.accelerator}, but no CUDA GPU is available here; "
                           "choose accelerator=cpu or auto")
-    d = cfg.data
-    for split in dict.fromkeys((d.train_split, d.val_split)):
-        read_labels(d.labels(split))
-    if d.noise_path() is not None:
-        read_noise(d.noise_path())
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -230,10 +251,13 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"recipe not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: recipes include each other in a loop")
+    text = read_utf8(path, "a recipe is a YAML text file", ConfigError)
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:  # one line: the place and the problem
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML "
+                          f"({getattr(err, 'problem', None) or ' '.join(str(err).split())})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of settings")
     base = loaded.pop("base", None)
@@ -259,7 +283,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Atomically: a full disk leaves no half config.yaml (that resuming would then compare)."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_run_checkpoint(folder: str | Path):

@@ -32,11 +32,11 @@ from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, coll
 from avsr.data.dataset import AVDataset
 from avsr.data.transforms import EvalTransform
 from avsr.errors import AvsrError
+from avsr.io import atomic_folder, check_output
 from avsr.models.avsr_model import frozen_features
 from avsr.models.compression import compress
 from avsr.models.loading import check_backbones, load_encoders
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.io import atomic_folder
 from avsr.models.projectors.ctc import ReaderError, ReaderHead, greedy_ids, read_reader_config, save_reader
 from avsr.optimization import train_steps, warmup_cosine_adamw
 from avsr.text import character_error_rate, normalise, word_errors
@@ -55,9 +55,9 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def check_replaceable(folder: Path) -> None:
-    """An existing folder is replaced only when it is a reader folder of ours (or empty)."""
-    if folder.exists() and not is_complete(folder) and (not folder.is_dir() or any(folder.iterdir())):
-        raise AvsrError(f"{folder} exists and is not a CTC reader folder; remove it or choose another folder")
+    """avsr.io's one rule for outputs: an existing folder is replaced only when it is a finished
+    reader folder of ours (or empty); the root, home, a checkpoint or an input are refused."""
+    check_output(folder, replace=True, folder=True, mine=is_complete, what="a CTC reader folder")
 
 
 class Pieces:

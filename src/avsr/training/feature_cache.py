@@ -36,7 +36,7 @@ class FeatureCache(Dataset):
         self.epoch = 0
         # which utterances (and transcripts) the items are of: a manifest's utterances can change
         # without its file (a .wrd beside a .tsv, media skipped or dropped as too long)
-        keys = [[str(row.rel_path), row.text] for row in self.rows]
+        keys = [[str(row.id), row.text] for row in self.rows]
         if store is not None and store.is_file():
             saved = torch.load(store, weights_only=True)
             if (saved.get("fingerprint") == fingerprint and len(saved["items"]) == len(self.rows)

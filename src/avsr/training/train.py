@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,45 +27,58 @@ from torch.utils.data import DataLoader
 
 from avsr.data.batching import FrameBudgetBatchSampler, SkipUnreadable, TransformedDataset, collate, frame_lengths
 from avsr.data.dataset import AVDataset
+from avsr.data.manifests import detect_format
+from avsr.data.shards import ShardStream
 from avsr.data.media import read_audio
 from avsr.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from avsr.errors import Interrupted
-from avsr.io import claim_folder, remove_written, write_text_atomic
+from avsr.io import check_output_folder, check_removable, claim_folder, remove_written, write_text_atomic
 from avsr.models.avsr_model import AVSRModel
 from avsr.models.tasks import modalities_of
-from avsr.models.loading import build_model, save_checkpoint
+from avsr.models.loading import backbones, build_model, save_checkpoint
+from avsr.paths import resume_file
+from avsr.training.data_record import training_data
 from avsr.training.config import ConfigError, TrainConfig, save_config
 from avsr.training.feature_cache import FeatureCache, collate_features
+from avsr.training.resume import ResumeError, ResumeState, read_state, write_state
+from avsr.training.run_lock import LOCK, check_unlocked, first_rank, locked
 from avsr.optimization import warmup_cosine, warmup_cosine_adamw  # noqa: F401 (warmup_cosine: public here too)
 
 
 class ResumableLoader(DataLoader):
-    """The training DataLoader, resumable mid-epoch.
+    """The training DataLoader, which keeps its own place in the data: the epoch, and the batches
+    of it trained (counted by `AVSRLightning.training_step`, not by fetching, which runs a batch
+    ahead).
 
-    Lightning saves `state_dict()` in its checkpoint and calls `load_state_dict` before
-    iterating again. The state is the epoch and the number of batches trained in it, counted
-    by `AVSRLightning.training_step` (not by fetching, which runs a batch ahead); on loading,
-    the dataset gets its epoch back (augmentation, feature-cache copy) and the batch sampler
-    skips the batches already trained, so a resumed run sees the data of an uninterrupted one.
+    Every iteration Lightning starts goes on from there: the rest of this epoch, or the next epoch
+    once this one is trained, with the dataset (augmentation, feature-cache copy) and the batch
+    sampler set to it. Lightning's own epoch count plays no part, so a resumed run (which Lightning
+    starts afresh) trains the batches of an uninterrupted one wherever it stopped, an epoch's last
+    batch included. It has no length for Lightning, which then learns where a pass ends from the
+    loader running out (its fetcher reads a batch ahead), so a resumed epoch's rest ends where it
+    should, with the early step of an epoch's last accumulation window. A private `generator`
+    keeps iterators from drawing on torch's global RNG.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.epoch = 0
-        self.trained_batches = 0
+        self.batches = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.trained_batches = epoch, 0
+    def __len__(self) -> int:
+        raise TypeError("a ResumableLoader pass may be the rest of an epoch: it ends when the loader runs out")
+
+    def __iter__(self):
+        # the batch sampler (files) or the shard stream (shards: an iterable dataset, no sampler)
+        # plans the epoch's batches and skips those already trained
+        plan = self.batch_sampler if self.batch_sampler is not None else self.dataset
+        if self.batches >= len(plan):  # this epoch is trained: the next one
+            self.epoch, self.batches = self.epoch + 1, 0
         for obj in (self.batch_sampler, self.dataset):
             if hasattr(obj, "set_epoch"):
-                obj.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "trained_batches": self.trained_batches}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(state["epoch"])
-        self.trained_batches = self.batch_sampler.resume_at = state["trained_batches"]
+                obj.set_epoch(self.epoch)
+        plan.resume_at = self.batches
+        return super().__iter__()
 
 
 class AVSRLightning(L.LightningModule):
@@ -71,11 +87,9 @@ class AVSRLightning(L.LightningModule):
         self.model = model
         self.cfg = cfg
         self.tasks = tuple(cfg.model.tasks)
-        self.strict_loading = False  # resume checkpoints hold the trainable weights only
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self.trainer.train_dataloader.trained_batches += 1  # the position a checkpoint records
-        self.step_started = self.global_step
+        self.trainer.train_dataloader.batches += 1  # the place in the data the resume state records
         bs = len(batch["text"])
         if self.cfg.objective == "omni":
             loss, aux = self.omni_loss(batch)
@@ -136,60 +150,113 @@ class AVSRLightning(L.LightningModule):
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the resume checkpoint small: drop the frozen backbones' weights."""
-        trainable = {f"model.{k}" for k in trainable_names(self.model)}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-
-    def on_train_epoch_start(self) -> None:  # not called when a run resumes mid-epoch
-        self.trainer.train_dataloader.set_epoch(self.current_epoch)
-
 
 DONE = "done.json"  # written last, when a run reached max_steps: the run is complete
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: the first asks the run to stop at the end of the step
+    under way (`SaveTrainable` saves it and stops, every rank at the same step), a second one
+    interrupts at once. In force for a `with` block, in the main thread; DataLoader workers forked
+    meanwhile inherit the handler and ignore the signal (their process decides)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked worker
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if first_rank():
+            print("\n[avsr train] Ctrl-C: stopping at the end of this step (Ctrl-C again stops at once)",
+                  file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:  # also undoes Lightning's SIG_IGN after a KeyboardInterrupt
+            signal.signal(signal.SIGINT, self._previous)
+
+
 class SaveTrainable(L.Callback):
-    """Every N steps and at the end: <out>/checkpoints/{step-N,last} with trainable weights + config;
-    <out>/done.json once max_steps are reached; on Ctrl-C, a resume checkpoint of the last
-    completed step."""
+    """Saves the run, always at the end of a completed optimizer step, where weights, AdamW,
+    schedule, place in the data and RNG belong together: every `checkpoint_every` steps the resume
+    state (<out>/resume/state.safetensors) and <out>/checkpoints/last (trainable weights + config);
+    at the end checkpoints/last and <out>/done.json. A resumed run gets its state back here
+    (`on_train_start`). Ctrl-C (`StopRequest`) stops at the end of the step under way, which is
+    saved; a KeyboardInterrupt raised anywhere else saves the last completed step if no weight
+    has changed since (after the optimizer step it does not, and the last periodic save stands)."""
 
-    def __init__(self, cfg: TrainConfig, resume_file: Path):
+    def __init__(self, cfg: TrainConfig, resume: ResumeState | None, stop: StopRequest):
         self.cfg = cfg
-        self.folder = Path(cfg.out) / "checkpoints"
-        self.resume_file = resume_file
-        self.interrupted_at: int | None = None
-        self.saved_step: int | None = None
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.stop = stop
+        self.boundary: dict = {}  # the end of the last completed step, as `_capture` takes it
+        self.saved_step = resume.step if resume else None  # the resume state on disk
+        self.interrupted = False
 
-    def _save(self, trainer: L.Trainer, module: AVSRLightning, name: str) -> None:
-        """Called on every rank: under FSDP the weights are gathered from all of them."""
+    def _capture(self, trainer: L.Trainer) -> dict:
+        loader = trainer.train_dataloader
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        return {"step": trainer.global_step, "epoch": loader.epoch, "batches": loader.batches,
+                "batches_total": trainer.fit_loop.epoch_loop.batch_progress.total.ready,
+                "rng": {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if cuda else {})}}
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.resume is not None:
+            restore(trainer, self.resume, resume_file(self.out))
+        self.boundary = self._capture(trainer)
+
+    def _save(self, trainer: L.Trainer, module: AVSRLightning, with_state: bool) -> None:
+        """Called on every rank (gathers under FSDP and DDP): the resume state of the last
+        completed step if `with_state`, and checkpoints/last."""
         weights = trainable_weights(trainer, module)
+        b = self.boundary
+        if with_state:
+            optimizer = trainer.strategy.optimizer_state(trainer.optimizers[0])  # full, on rank 0
+            rng = gathered_rng(trainer, b["rng"])
+            if trainer.is_global_zero:
+                write_state(self.out, ResumeState(
+                    step=b["step"], epoch=b["epoch"], batches=b["batches"], batches_total=b["batches_total"],
+                    world_size=trainer.world_size, weights=weights, optimizer=optimizer, rng=rng,
+                    scheduler=trainer.lr_scheduler_configs[0].scheduler.state_dict()))
+            self.saved_step = b["step"]
         if trainer.is_global_zero:
-            extra = {"train": self.cfg.to_dict(), "step": trainer.global_step}
-            save_checkpoint(_Trainable(module.model, weights), self.folder / name, extra)
-        self.saved_step = trainer.global_step
+            extra = {"train": self.cfg.to_dict(), "step": b["step"], "training_data": training_data(self.cfg)}
+            save_checkpoint(_Trainable(module.model, weights), self.out / "checkpoints" / "last", extra)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step  # the same for every batch of an accumulation: saved once
-        if step and step % self.cfg.checkpoint_every == 0 and step != self.saved_step:
-            self._save(trainer, module, "last")
+        if trainer.global_step == self.boundary["step"]:  # a batch of an accumulation: no step yet
+            return
+        self.boundary = self._capture(trainer)
+        if trainer.global_step % self.cfg.checkpoint_every == 0:
+            self._save(trainer, module, with_state=True)
+        if trainer.strategy.reduce_boolean_decision(self.stop.requested, all=False):  # any rank's Ctrl-C
+            raise KeyboardInterrupt
 
     def on_train_end(self, trainer, module) -> None:
-        self._save(trainer, module, "last")
+        self.boundary = self._capture(trainer)
+        self._save(trainer, module, with_state=False)
         if trainer.is_global_zero and trainer.global_step >= self.cfg.optim.max_steps:
-            write_text_atomic(Path(self.cfg.out) / DONE, json.dumps({"steps": trainer.global_step,
-                                                                     "checkpoint": "checkpoints/last"}))
+            write_text_atomic(self.out / DONE, json.dumps({"steps": trainer.global_step,
+                                                            "checkpoint": "checkpoints/last"}))
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
         """Ctrl-C: keep the last completed step, so that the same command resumes from it."""
         if not isinstance(exception, KeyboardInterrupt):
             return
-        loader = trainer.train_dataloader
-        if getattr(module, "step_started", None) == trainer.global_step and loader is not None:
-            loader.trained_batches -= 1  # the interrupted batch's step did not complete
-        if trainer.global_step > 0:
-            trainer.save_checkpoint(self.resume_file)
-            self._save(trainer, module, "last")
-        self.interrupted_at = trainer.global_step
+        self.interrupted = True
+        step = trainer.global_step
+        if step == self.boundary.get("step") and step > 0 and step != self.saved_step:
+            self._save(trainer, module, with_state=True)
 
 
 def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
@@ -219,26 +286,36 @@ def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
 
 def check_feature_cache(cfg: TrainConfig) -> None:
     """Cached encoder features are computed once by the frozen encoders: with LoRA inside the
-    video encoder (model.video_lora_rank) they would never see the adapters, so refuse them."""
+    video encoder (model.video_lora_rank) they would never see the adapters, so refuse them; and
+    they are read by utterance index, which a streamed shard set does not give."""
     if cfg.data.feature_cache_copies > 0 and cfg.model.video_lora_rank > 0:
         raise ConfigError(f"config: data.feature_cache_copies must be 0 when model.video_lora_rank is set "
                           f"(got {cfg.data.feature_cache_copies} and {cfg.model.video_lora_rank}): the video "
                           "encoder trains LoRA adapters, so its features cannot be computed once and cached")
+    if cfg.data.feature_cache_copies > 0 and detect_format(cfg.data.labels(cfg.data.train_split)) == "shards":
+        raise ConfigError("config: data.feature_cache_copies must be 0 with data.format shards (the feature "
+                          "cache reads utterances by index; shards are streamed)")
+
+
+def train_transform(cfg: TrainConfig) -> TrainTransform:
+    """The training augmentation of `cfg.data`: rooms / speeds / band limits when set, babble at a
+    drawn SNR, time masks."""
+    d = cfg.data
+    noise_path = d.noise_path()
+    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask,
+                            acoustics=d.acoustics())
+    return TrainTransform(augment, noise=read_audio(noise_path) if noise_path else None)
 
 
 def train_items(cfg: TrainConfig, encoders: dict[str, torch.nn.Module], progress: bool = True):
     """The training split as training sees it: (its AVDataset, the augmented items or, with
     data.feature_cache_copies, the cached encoder features of them, and their collate function).
-    The CTC reader's pre-training (avsr.backbones.ctc_reader) takes the same items, so both
+    The CTC reader's pre-training (avsr.training.ctc_reader) takes the same items, so both
     share one feature cache."""
     d = cfg.data
-    noise_path = d.noise_path()
-    noise = read_audio(noise_path) if noise_path else None
-    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask,
-                            acoustics=d.acoustics())
     # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
     train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
-    train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)
+    train = TransformedDataset(train_set, train_transform(cfg), seed=cfg.seed)
     if d.feature_cache_copies == 0:
         return train_set, train, collate
     needed = modalities_of(cfg.model.tasks)
@@ -254,8 +331,10 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     check_feature_cache(cfg)
     d = cfg.data
     augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
+    if detect_format(d.labels(d.train_split)) == "shards":
+        return _shard_loaders(cfg, train_transform(cfg), EvalTransform(augment), world_size, rank)
     train_set, train, train_collate = train_items(cfg, dict(model.encoders.items()), progress)
-    sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=True, seed=cfg.seed,
+    sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=d.shuffle, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
     val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     val_set.rows = val_set.rows[: d.max_val_utterances]
@@ -263,10 +342,29 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     val_sampler = FrameBudgetBatchSampler(frame_lengths(val_set), d.max_frames, shuffle=False,
                                           num_replicas=world_size, rank=rank)
     # an item that fails to decode: on_bad_file=stop raises (naming the file) in the dataset; skip
-    # drops it from its batch, and a batch left empty is refilled, so that every rank takes its step
+    # drops it from its batch, and a batch left empty is refilled, so that every rank takes its step.
+    # Private generators: starting an iterator (every epoch, every validation) draws a seed, which
+    # would otherwise come from torch's global RNG, the dropout's, and move with the epoch boundaries.
     return (ResumableLoader(train, batch_sampler=sampler, collate_fn=SkipUnreadable(train_collate, train),
-                            num_workers=d.workers),
-            DataLoader(val, batch_sampler=val_sampler, collate_fn=SkipUnreadable(collate, val), num_workers=d.workers))
+                            num_workers=d.workers, generator=torch.Generator().manual_seed(cfg.seed)),
+            DataLoader(val, batch_sampler=val_sampler, collate_fn=SkipUnreadable(collate, val), num_workers=d.workers,
+                       generator=torch.Generator().manual_seed(cfg.seed)))
+
+
+def _shard_loaders(cfg: TrainConfig, train_transform, eval_transform, world_size: int,
+                   rank: int) -> tuple[DataLoader, DataLoader]:
+    """data.format shards: each split streamed from its shard set (avsr.data.shards); the stream
+    packs and collates its batches itself, in the DataLoader's workers."""
+    d = cfg.data
+    common = dict(num_replicas=world_size, rank=rank, workers=d.workers, on_bad_file=d.on_bad_file,
+                  timeout=d.url_timeout)
+    train = ShardStream(d.labels(d.train_split), d.max_frames, train_transform, cfg.seed, shuffle=d.shuffle,
+                        buffer=d.shuffle_buffer, max_seconds=d.max_utterance_seconds, **common)
+    val = ShardStream(d.labels(d.val_split), d.max_frames, eval_transform, cfg.seed, shuffle=False,
+                      max_seconds=d.max_utterance_seconds, limit=d.max_val_utterances, **common)
+    return (ResumableLoader(train, batch_size=None, num_workers=d.workers,
+                            generator=torch.Generator().manual_seed(cfg.seed)),
+            DataLoader(val, batch_size=None, num_workers=d.workers, generator=torch.Generator().manual_seed(cfg.seed)))
 
 
 def make_logger(cfg: TrainConfig):
@@ -335,15 +433,70 @@ def trainable_weights(trainer: L.Trainer, module: AVSRLightning) -> dict[str, to
     return {k: full[f"model.{k}"].detach().cpu().contiguous() for k in trainable_names(module.model)}
 
 
-def fsdp_wrap_classes(model: AVSRModel) -> set[type[torch.nn.Module]]:
-    """The layer classes FSDP shards as units: the LLM's decoder layers and the encoders'
-    transformer layers (Hugging Face models name theirs in `_no_split_modules`, e.g.
-    LlamaDecoderLayer, WhisperEncoderLayer; the AV-HuBERT port's is its EncoderLayer). What is
-    left (embeddings, projectors, the new-token table, convolutions) is the root unit."""
-    from avsr.models.video_encoder import EncoderLayer
+def gathered_rng(trainer: L.Trainer, rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states ("cpu.<rank>", "cuda.<rank>") from each rank's own (collective)."""
+    if trainer.world_size == 1:
+        return {f"{kind}.0": state for kind, state in rng.items()}
+    out = {}
+    for kind, state in sorted(rng.items()):
+        states = trainer.strategy.all_gather(state.to(trainer.strategy.root_device)).cpu()  # (ranks, n)
+        out.update({f"{kind}.{rank}": states[rank] for rank in range(trainer.world_size)})
+    return out
 
-    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names or isinstance(m, EncoderLayer)}
+
+def load_optimizer_state(trainer: L.Trainer, state: dict) -> None:
+    """A full optimizer state_dict (parameters by position) into the run's optimizer; under FSDP
+    each rank takes its shards of it, as Lightning's own FSDP loading does."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    optimizer = trainer.optimizers[0]
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, OptimStateKeyType, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = trainer.strategy.model
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False),
+                              FullOptimStateDictConfig(rank0_only=False)):
+        state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_NAME, model)
+        optimizer.load_state_dict(FSDP.optim_state_dict_to_load(model=model, optim=optimizer, optim_state_dict=state))
+
+
+def restore(trainer: L.Trainer, state: ResumeState, file: Path) -> None:
+    """At the start of a resumed run (its weights and place in the data set before `fit`): AdamW,
+    the schedule, Lightning's counts of steps and batches, which it starts from zero in every run
+    (the step also numbers the logged rows), and this rank's RNG, last."""
+    if state.world_size != trainer.world_size:
+        raise ResumeError(f"{file}: saved by a run of {state.world_size} processes, resumed by {trainer.world_size} "
+                          "(each has its own batches and RNG); resume with the same devices and nodes")
+    load_optimizer_state(trainer, state.optimizer)
+    trainer.lr_scheduler_configs[0].scheduler.load_state_dict(state.scheduler)
+    loop = trainer.fit_loop.epoch_loop
+    steps = loop.automatic_optimization.optim_progress.optimizer.step.total
+    steps.ready = steps.completed = state.step  # trainer.global_step
+    total = loop.batch_progress.total
+    total.ready = total.started = total.processed = total.completed = state.batches_total
+    loop._batches_that_stepped = state.step  # the step the loggers write
+    for epochs in (trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_progress.total):
+        # the loader's epoch (set before `fit`, moved on when its epoch was trained): the logged epoch
+        epochs.ready = epochs.started = epochs.processed = epochs.completed = trainer.train_dataloader.epoch
+    rank = trainer.global_rank
+    torch.set_rng_state(state.rng[f"cpu.{rank}"])
+    if f"cuda.{rank}" in state.rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state.rng[f"cuda.{rank}"])
+
+
+def fsdp_wrap_classes(model: AVSRModel) -> set[type[torch.nn.Module]]:
+    """The layer classes FSDP shards as units: the LLM's decoder layers (Hugging Face models name
+    theirs in `_no_split_modules`, e.g. LlamaDecoderLayer) and the encoders' transformer layers
+    (the encoder table, avsr.models.encoders). What is left (embeddings, projectors, the
+    new-token table, convolutions) is the root unit."""
+    from avsr.models.encoders import ENCODERS
+
+    names = set(getattr(model.llm, "_no_split_modules", None) or ())
+    layers = tuple(ENCODERS[m].layer() for m in model.encoders)
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names or isinstance(m, layers)}
     if not any(isinstance(m, tuple(classes)) for m in model.llm.modules()):
         raise ConfigError(f"strategy fsdp: the LLM ({type(model.llm).__name__}) names no decoder layer class "
                           "in _no_split_modules, so FSDP would not shard it; choose strategy=ddp")
@@ -378,7 +531,7 @@ def build_strategy(cfg: TrainConfig, model: AVSRModel):
                         sharding_strategy="FULL_SHARD", cpu_offload=name == "fsdp_cpu_offload", mixed_precision=mixed)
 
 
-RUN_ENTRIES = ("config.yaml", "checkpoints", "resume", "logs", DONE, "eval")
+RUN_ENTRIES = ("config.yaml", "checkpoints", "resume", "logs", DONE, "eval", LOCK)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -414,29 +567,50 @@ def check_resume(cfg: TrainConfig) -> Path | None:
 
 def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = True,
           callbacks: Sequence[L.Callback] = (), fresh: bool = False) -> Path:
-    """Train (resuming from <out>/resume/last.ckpt if present); returns the final checkpoint folder.
+    """Train (resuming from <out>/resume/state.safetensors if present); returns the final checkpoint folder.
 
     A run folder holds one configuration: resuming with another is refused (`fresh=True`
-    deletes the earlier run first), and a finished run is not trained again. Ctrl-C saves
-    the last completed step and raises `Interrupted`. `callbacks`: extra Lightning callbacks."""
+    deletes the earlier run first), and a finished run is not trained again. One process at a
+    time writes it (`run_lock`). Ctrl-C stops at the end of the step under way, saves it and
+    raises `Interrupted`. `callbacks`: extra Lightning callbacks."""
     out = Path(cfg.out)
+    d = cfg.data  # what the run reads: never inside (nor replaced with) its run folder (avsr.io's rule)
+    inputs = (d.labels(d.train_split), d.labels(d.val_split), d.noise_path(), Path(d.root) / d.corpus,
+              *backbones(cfg.model).values())
+    check_output_folder(out, "train", RUN_ENTRIES, inputs=inputs, replace=True)  # its own entries: resumed
     check_feature_cache(cfg)  # before a run folder is claimed
-    if fresh and out.exists():
-        remove_written(out)
+    check_unlocked(out)  # another process writing it: refused before anything else
+    if fresh and out.exists() and first_rank():  # the launcher starts the other ranks once rank 0 has begun
+        check_removable(out, inputs)  # refused before anything is written in it
+        with locked(claim_folder(out, "train", RUN_ENTRIES)):  # (an older run's marker gains the lock file)
+            remove_written(out, inputs)  # no other run starts in it meanwhile
     finished = check_resume(cfg)
     if finished is not None:
         print(f"[avsr train] {out} already finished its {cfg.optim.max_steps} steps: {finished}", flush=True)
         return finished
+    resume = read_state(out)  # a damaged file, or an older avsr's pickle: refused before the model loads
     claim_folder(out, "train", RUN_ENTRIES)
+    with locked(out):
+        return _train(cfg, model, progress, callbacks, resume)
+
+
+def _train(cfg: TrainConfig, model: AVSRModel | None, progress: bool, callbacks: Sequence[L.Callback],
+           resume: ResumeState | None) -> Path:
+    out = Path(cfg.out)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = model or build_model(cfg.model)
+    if resume is not None:
+        try:
+            model.load_trainable_state_dict(resume.weights)
+        except (ValueError, RuntimeError) as err:
+            raise ResumeError(f"{resume_file(out)}: does not fit this model ({err})") from None
     save_config(cfg, out / "config.yaml")
     counts = model.parameter_counts()
     print(f"[avsr train] trainable parameters: {counts['trainable']:,} "
           f"(frozen: {counts['frozen']:,}); tasks {', '.join(cfg.model.tasks)}", flush=True)
     module = AVSRLightning(model, cfg)
-    last = out / "resume" / "last.ckpt"
-    saver = SaveTrainable(cfg, last)
+    stop = StopRequest()
+    saver = SaveTrainable(cfg, resume, stop)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=build_strategy(cfg, model),
         precision=cfg.precision, max_steps=cfg.optim.max_steps, gradient_clip_val=cfg.optim.grad_clip,
@@ -445,26 +619,27 @@ def train(cfg: TrainConfig, model: AVSRModel | None = None, progress: bool = Tru
         num_sanity_val_steps=0, check_val_every_n_epoch=None,
         val_check_interval=cfg.val_every if cfg.val_every > 0 else None,
         limit_val_batches=None if cfg.val_every > 0 else 0,
-        callbacks=[saver, L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=last.parent, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every), *callbacks],
-        use_distributed_sampler=False)
+        enable_checkpointing=False,  # SaveTrainable saves: no pickled Lightning checkpoints
+        callbacks=[saver, *callbacks], use_distributed_sampler=False)
     train_loader, val_loader = make_loaders(cfg, model, trainer.world_size, trainer.global_rank, progress)
+    if resume is not None:
+        train_loader.epoch, train_loader.batches = resume.epoch, resume.batches
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop:
         # Both are by design: frozen encoders and LLM stay in eval mode (AVSRModel.train), and
         # validation is off when val_every is 0.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
         # FSDP: LoRA adapters share their decoder layer's unit with its frozen weights (by design)
         warnings.filterwarnings("ignore", message=r".*has both parameters with requires_grad=True and False")
+        # shards: the stream deals its shards to the workers itself, and its length is exact
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
         try:
-            trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None,
-                        ckpt_path=str(last) if last.is_file() else None)
+            trainer.fit(module, train_loader, val_loader if cfg.val_every > 0 else None)
         except SystemExit:  # Lightning's answer to Ctrl-C, after our on_exception saved the step
-            if saver.interrupted_at is None:
+            if not saver.interrupted:
                 raise
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it from here on
-            kept = f"step {saver.interrupted_at} saved in {last}" if saver.interrupted_at else "no step completed"
+            kept = f"step {saver.saved_step} saved in {resume_file(out)}" if saver.saved_step else "no step completed"
             raise Interrupted(f"training stopped at {kept}; run the same command again to resume") from None
     print(f"[avsr train] {trainer.global_step} steps in {time.perf_counter() - start:.0f} s "
           f"({trainer.world_size} process{'es' if trainer.world_size > 1 else ''})", flush=True)

@@ -1,4 +1,5 @@
-"""Transcripts as text (one line per file), JSON (everything) or SRT subtitles (one file's segments)."""
+"""Transcripts as text (one line per file, named when there are several), JSON (everything) or
+SRT subtitles (one file's segments)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def check_format(fmt: str, files: int) -> None:
 def render(transcripts: list, fmt: str, about: dict | None = None) -> str:
     """The transcripts in `fmt`; `about` (checkpoint, decoding settings) heads the JSON document."""
     check_format(fmt, len(transcripts))
-    if fmt == "text":
-        return "".join(f"{t.text}\n" for t in transcripts)
+    if fmt == "text":  # one file: its text alone (as in a shell's $(...)); several: "<file><TAB><text>" each
+        if len(transcripts) == 1:
+            return f"{transcripts[0].text}\n"
+        return "".join(f"{t.source}\t{t.text}\n" for t in transcripts)
     if fmt == "json":
         return json.dumps({**(about or {}), "files": [t.to_dict() for t in transcripts]}, indent=1) + "\n"
     return to_srt(transcripts[0])

@@ -13,7 +13,15 @@ Cutting (the models are trained on utterances of at most 16 s): with audio, at p
 (`avsr.data.segments`), the cuts moved to the nearest video frame when there is video so both
 streams stay in step; video without audio has no pauses to find, so it is cut into equal parts
 of at most the limit (equal rather than full-length parts plus a short remnant, which a
-recogniser decodes badly). Each segment keeps its start and end time.
+recogniser decodes badly). Each segment keeps its start and end time. A task that reads audio
+and picture reads only the part both cover (a recording whose audio runs on beyond its picture,
+or the reverse, is warned about).
+
+Honest output (docs/transcribe.md): a segment with nothing to transcribe (too short, silent, a
+still picture: `avsr.transcription.evidence`) is left empty, not decoded; the others are decoded
+with a token limit that follows their duration, a repetition loop is kept once, and each gets a
+confidence, flagged when low (`avsr.transcription.trust`); the checkpoint's training data says
+what the model can write at all (`avsr.training.data_record`).
 """
 
 from __future__ import annotations
@@ -27,16 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
-from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from avsr.data.media import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, finite_audio
 from avsr.data.segments import MAX_SECONDS, segment_spans
 from avsr.data.transforms import AVHUBERT_CROP_SIZE
 from avsr.errors import AvsrError
 from avsr.models.loading import CONFIG, WEIGHTS, Checkpoint, CheckpointError
 from avsr.models.tasks import MODALITIES, TASKS, RatePair, scale_name
 from avsr.preprocess.result import Preprocessed
+from avsr.training.data_record import checkpoint_training_data, knowledge_note
+from avsr.transcription.evidence import nothing_to_transcribe
+from avsr.transcription.trust import (FLOOR_TOKENS, MARGIN, THRESHOLD, confidence, cut_loop, token_limit,
+                                      token_rate)
 
 PREFERENCE = ("avsr", "asr", "vsr")  # the automatic choice: both streams first, then audio (lower WER than lips)
-MAX_NEW_TOKENS = 128  # 8 tokens per second of a 16 s segment: room for fast speech in a sub-word vocabulary
 
 
 @dataclass
@@ -44,7 +55,11 @@ class Segment:
     start: float  # seconds from the start of the recording
     end: float
     text: str
-    score: float  # length-normalised log-probability of `text` (<= 0; see docs/transcribe.md)
+    score: float | None  # length-normalised log-probability of `text` (<= 0); None: not decoded (see flags)
+    confidence: float | None = None  # in [0, 1] (avsr.transcription.trust); None: not decoded
+    # too_short, silent, still_mouth: nothing to transcribe, not decoded (text ""); loop: a repetition
+    # cut; token_limit: the hypothesis reached its token limit; low_confidence: below trust.THRESHOLD
+    flags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -177,15 +192,26 @@ def frame_bounds(spans: list[tuple[int, int]], frames: int) -> list[int]:
     return sorted({0, frames, *(c for c in cuts if 0 < c < frames)})
 
 
+def covered_frames(pre: Preprocessed, task: str) -> int:
+    """The video frames `task` reads: as long as the shortest of its streams really is (audio and
+    picture of different lengths: only the part both cover, not the held frame or the padding)."""
+    have = streams(pre)
+    seconds = min(pre.own_seconds(m) for m in MODALITIES[task] if have[m])
+    return max(1, min(len(pre.video), math.ceil(seconds * VIDEO_FPS - 1e-6)))
+
+
 def cut(pre: Preprocessed, task: str, key: str, max_seconds: float = MAX_SECONDS) -> list[Piece]:
-    """The recording's segments of at most `max_seconds` for `task` (see the module docstring)."""
+    """The recording's segments of at most `max_seconds` for `task` (see the module docstring),
+    over the part of the recording all its streams cover (`covered_frames`)."""
     have = streams(pre)
     audio = pre.audio if have["audio"] else None
     if not have["video"]:  # audio only: sample-exact cuts, the frame count rounded up
         spans = segment_spans(audio, SAMPLE_RATE, max_seconds)
         return [Piece(f"{key}#{k}", max(1, math.ceil((b - a) / SAMPLES_PER_FRAME)), a / SAMPLE_RATE, b / SAMPLE_RATE,
                       audio[a:b], None) for k, (a, b) in enumerate(spans)]
-    frames, limit = len(pre.video), int(max_seconds * VIDEO_FPS)
+    frames, limit = covered_frames(pre, task), int(max_seconds * VIDEO_FPS)
+    if audio is not None:
+        audio = audio[:frames * SAMPLES_PER_FRAME]
     if frames <= limit:
         bounds = [0, frames]
     elif audio is not None:  # a limit one frame short, so that moving a cut to a frame never exceeds it
@@ -195,8 +221,7 @@ def cut(pre: Preprocessed, task: str, key: str, max_seconds: float = MAX_SECONDS
         bounds = [round(k * frames / parts) for k in range(parts + 1)]
     pieces = []
     for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        end = b * SAMPLES_PER_FRAME if b < frames else None  # the last segment takes any audio beyond the video
-        sound = (audio[a * SAMPLES_PER_FRAME:end] if "audio" in MODALITIES[task]
+        sound = (audio[a * SAMPLES_PER_FRAME:b * SAMPLES_PER_FRAME] if "audio" in MODALITIES[task]
                  else np.zeros((b - a) * SAMPLES_PER_FRAME, np.float32))
         pieces.append(Piece(f"{key}#{k}", b - a, a / VIDEO_FPS, b / VIDEO_FPS, sound,
                             pre.video[a:b] if "video" in MODALITIES[task] else None))
@@ -206,7 +231,7 @@ def cut(pre: Preprocessed, task: str, key: str, max_seconds: float = MAX_SECONDS
 def with_sidecar_audio(pre: Preprocessed) -> Preprocessed:
     """A video without an audio track beside a .wav of the same stem (the corpus layout of `avsr
     synth`, LRS3-style preprocessed trees) gets that audio: the pair is one audio-visual clip."""
-    from avsr.preprocess import preprocess_file
+    from avsr.preprocess import aligned, preprocess_file
 
     wav = Path(pre.source).with_suffix(".wav")
     if pre.audio is not None or pre.video is None or Path(pre.source).suffix.lower() == ".wav" or not wav.is_file():
@@ -214,7 +239,7 @@ def with_sidecar_audio(pre: Preprocessed) -> Preprocessed:
     sound = preprocess_file(wav)
     pre.audio = sound.audio
     pre.warnings = [w for w in pre.warnings if not w.startswith("no audio")] + sound.warnings
-    return pre
+    return aligned(pre)
 
 
 def check_paths(paths: list[Path]) -> None:
@@ -238,20 +263,39 @@ class Transcriber:
     """A checkpoint, checked at once and loaded on first use (`model`), that transcribes files
     or `Preprocessed` recordings. Decoding is deterministic beam search (`num_beams`; 1: greedy)."""
 
-    def __init__(self, checkpoint: str | os.PathLike, num_beams: int = 4, max_new_tokens: int | None = None,
+    def __init__(self, checkpoint: str | os.PathLike, num_beams: int | None = None, max_new_tokens: int | None = None,
                  device: str = "cpu", max_seconds: float = MAX_SECONDS, max_frames: int = 1000,
                  quiet: bool = True):
-        max_new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-        if num_beams < 1 or max_new_tokens < 1 or max_frames < 1 or max_seconds <= 0:
+        if ((num_beams is not None and num_beams < 1) or (max_new_tokens is not None and max_new_tokens < 1)
+                or max_frames < 1 or max_seconds <= 0):
             raise AvsrError("num_beams, max_new_tokens, max_frames and max_seconds must be positive")
         self.checkpoint = Path(checkpoint)
         self.opened = check_checkpoint(self.checkpoint)
+        # None: the checkpoint's own beam width (an imported model: the authors' 15), else 4
+        num_beams = num_beams or int(self.opened.decoding.get("num_beams", 4))
         self.config = self.opened.config
         self.tasks = tuple(self.config.tasks)
-        self.num_beams, self.max_new_tokens, self.device = num_beams, max_new_tokens, device
+        # What the model was trained on, and what that means for its output (None: nothing to say).
+        self.training_data = checkpoint_training_data(self.opened)
+        self.knowledge = knowledge_note(self.training_data)
+        self.tokens_per_second = token_rate(self.training_data)  # a segment's token limit follows its duration
+        self.num_beams, self.max_new_tokens, self.device = num_beams, max_new_tokens, device  # max: None = no cap
         self.max_seconds, self.max_frames, self.quiet = max_seconds, max_frames, quiet
         self.load_s: float | None = None
         self._model = None
+
+    def about(self) -> dict:
+        """What heads the JSON output: the checkpoint (an imported model's source file, layout, tasks
+        and rates: `avsr import`), the decoding settings, and the training data."""
+        about = {"checkpoint": str(self.checkpoint), "num_beams": self.num_beams,
+                 "max_new_tokens": self.max_new_tokens, "token_limit": {
+                     "floor": FLOOR_TOKENS, "tokens_per_second": round(MARGIN * self.tokens_per_second, 2)},
+                 "load_s": self.load_s, "training_data": {**(self.training_data or {"known": False}),
+                                                          "note": self.knowledge}}
+        if (imported := self.opened.imported) is not None:
+            about["imported"] = {k: imported.get(k) for k in ("file", "sha256", "layout", "variant", "tasks", "rates",
+                                                               "authors_decoding")}
+        return about
 
     @property
     def model(self):
@@ -275,6 +319,8 @@ class Transcriber:
         prepared = []
         for item in tqdm(items, desc="preprocess", unit="file", disable=not progress, leave=False):
             if isinstance(item, Preprocessed):
+                if item.audio is not None:
+                    finite_audio(item.audio, item.source)
                 prepared.append((item, sum(item.timings.values())))
                 continue
             from avsr.preprocess import preprocess_file
@@ -306,8 +352,13 @@ class Transcriber:
             if pre.duration <= 0:
                 raise AvsrError(f"{pre.source}: zero-length clip: nothing to transcribe")
             chosen.append(choose_task(pre, self.tasks, task))
-        for pre, (_, notes) in zip(prepared, chosen):  # said now, before the long part
-            for note in notes:
+        pieces = [cut(pre, t, str(i), self.max_seconds) for i, (pre, (t, _)) in enumerate(zip(prepared, chosen))]
+        empty = {p.id: nothing_to_transcribe(t, p.end - p.start, p.audio, p.video)
+                 for ps, (t, _) in zip(pieces, chosen) for p in ps}
+        notes = [[*n, *uncovered(pre, t), *(f"{span(p)}: {empty[p.id][1]}: left empty" for p in ps if empty[p.id])]
+                 for pre, ps, (t, n) in zip(prepared, pieces, chosen)]
+        for pre, mine in zip(prepared, notes):  # said now, before the long part
+            for note in mine:
                 warn(str(pre.source), note)
         model = self.model
         try:
@@ -316,27 +367,77 @@ class Transcriber:
             raise AvsrError(str(err)) from None
         for t, why in reasons.items() if progress else ():
             print(f"[avsr transcribe] {t} rates {why}", file=sys.stderr, flush=True)
-        pieces = [cut(pre, t, str(i), self.max_seconds) for i, (pre, (t, _)) in enumerate(zip(prepared, chosen))]
+        limits = {p.id: token_limit(p.end - p.start, self.tokens_per_second, self.max_new_tokens)
+                  for ps in pieces for p in ps}
         decoded, share = {}, [0.0] * len(prepared)  # id -> utterance; seconds of decoding per input
         for t, pair in pairs.items():
             group = [i for i, (ti, _) in enumerate(chosen) if ti == t]
-            rows = [p for i in group for p in pieces[i]]
-            out = decode(model, Pieces(rows), t, pair, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
-                         max_frames=self.max_frames, progress=progress, scores=True)
+            rows = [p for i in group for p in pieces[i] if not empty[p.id]]
+            if not rows:
+                continue
+            out = decode(model, Pieces(rows), t, pair, num_beams=self.num_beams, max_frames=self.max_frames,
+                         progress=progress, scores=True, caps=limits)
             decoded.update({u["id"]: u for u in out.utterances})
             frames = sum(p.n_frames for p in rows)
             for i in group:  # batches mix inputs: each gets its share of the time by frames
-                share[i] = out.seconds * sum(p.n_frames for p in pieces[i]) / frames
+                share[i] = out.seconds * sum(p.n_frames for p in pieces[i] if not empty[p.id]) / frames
         transcripts = []
-        for i, (pre, (t, notes)) in enumerate(zip(prepared, chosen)):
-            segments = [Segment(p.start, p.end, decoded[p.id]["hypothesis"], decoded[p.id]["score"])
-                        for p in pieces[i]]
+        for i, (pre, (t, _)) in enumerate(zip(prepared, chosen)):
+            segments = []
+            for p in pieces[i]:
+                segment, said = judged(p, empty[p.id], decoded.get(p.id), limits[p.id])
+                segments.append(segment)
+                for note in said:
+                    warn(str(pre.source), note)
+                notes[i] += said
             transcripts.append(Transcript(
                 source=str(pre.source), task=t, rates=scale_name(t, pairs[t]),
                 text=" ".join(s.text for s in segments if s.text), segments=segments, duration_s=pre.duration,
-                warnings=[*pre.warnings, *notes],
+                warnings=[*pre.warnings, *notes[i]],
                 timings={"preprocess_s": seconds[i], "decode_s": share[i]}))
         return transcripts
+
+
+def span(piece: Piece) -> str:
+    """A segment's place in a message: "12.00-16.00 s"."""
+    return f"{piece.start:.2f}-{piece.end:.2f} s"
+
+
+def uncovered(pre: Preprocessed, task: str) -> list[str]:
+    """A warning when `task` reads audio and picture and one runs on alone beyond the other for
+    more than AV_TOLERANCE_S: that part is not transcribed (`covered_frames`)."""
+    from avsr.preprocess.pipeline import AV_TOLERANCE_S
+
+    have = streams(pre)
+    if not (have["audio"] and have["video"] and set(MODALITIES[task]) == {"audio", "video"}):
+        return []
+    lengths = {m: pre.own_seconds(m) for m in ("audio", "video")}
+    longer = max(lengths, key=lengths.get)
+    extra = lengths[longer] - min(lengths.values())
+    if extra <= AV_TOLERANCE_S:
+        return []
+    alone = {"audio": "audio alone (--task asr reads it)", "video": "picture alone (--task vsr reads it)"}[longer]
+    return [f"{task} reads audio and picture together: transcribed the first {min(lengths.values()):.2f} s, which "
+            f"both cover; the last {extra:.2f} s of {alone} not transcribed"]
+
+
+def judged(piece: Piece, empty: tuple[str, str] | None, decoded: dict | None, limit: int) -> tuple[Segment, list[str]]:
+    """A segment's transcript and flags, and the warnings to give about it: left empty (nothing
+    to transcribe), a loop cut, the token limit reached, a low confidence."""
+    if empty:
+        return Segment(piece.start, piece.end, "", None, None, [empty[0]]), []
+    text, repeated, times = cut_loop(decoded["hypothesis"])
+    flags, said = [], []
+    if repeated:
+        flags.append("loop")
+        said.append(f"{span(piece)}: the model repeated \"{repeated}\" {times} times (a decoding loop): kept once")
+    if len(decoded["token_logp"]) >= limit:
+        flags.append("token_limit")
+    sure = confidence(decoded["token_logp"], bool(repeated))
+    if sure < THRESHOLD:
+        flags.append("low_confidence")
+        said.append(f"{span(piece)}: low confidence {sure:.2f} (under {THRESHOLD:g}): \"{text}\" may be made up")
+    return Segment(piece.start, piece.end, text, decoded["score"], round(sure, 4), flags), said
 
 
 def transcribe(path_or_paths, checkpoint: str | os.PathLike, task: str | None = None,

@@ -147,7 +147,7 @@ class CTCProjector(nn.Module):
         if d_in[self.audio[0]] != head.d_in:
             raise ReaderError(f"model.ctc_reader: {reader} was trained on {head.d_in}-wide frames, but the model's "
                               f"audio frames are {d_in[self.audio[0]]} wide (another encoder or compression)")
-        if int(head.token_ids.max()) >= embeddings.shape[0]:
+        if max(config["token_ids"]) >= embeddings.shape[0]:  # (the config's list: also on the meta device)
             raise ReaderError(f"model.ctc_reader: {reader} names token ids beyond the LLM's vocabulary "
                               f"({embeddings.shape[0]}): it was trained for another LLM")
         self.head = head.train()

@@ -36,8 +36,9 @@ _non_negative, _positive = _at_least(0), _at_least(1)
 
 
 def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_root_arg: bool = True,
-                   seed_flag: str = "--seed") -> None:
-    """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed)."""
+                   seed_flag: str = "--seed", chosen_later: dict[str, str] | None = None) -> None:
+    """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed);
+    `chosen_later`: {dest: what the help says} of options whose default the command fills in (None here)."""
     from avsr.synth.corpus import SPLITS
     from avsr.synth.visemes import VOICES
 
@@ -46,11 +47,14 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
     p.add_argument("--corpus", default=defaults.corpus, help="corpus name, the folder under the root (default: %(default)s)")
     p.add_argument(seed_flag, dest="corpus_seed", type=int, default=defaults.seed,
                    help="the corpus seed: everything in the corpus follows from it (default: %(default)s)")
+    later = chosen_later or {}
     for split in SPLITS:
-        p.add_argument(f"--{split}", type=_non_negative, default=defaults.utterances[split], metavar="N",
-                       help=f"{split} utterances (default: %(default)s)")
-        p.add_argument(f"--{split}-speakers", type=_non_negative, default=defaults.speakers[split], metavar="N",
-                       help=f"{split} speakers, disjoint from the other splits (default: %(default)s)")
+        p.add_argument(f"--{split}", type=_non_negative, default=None if split in later else defaults.utterances[split],
+                       metavar="N", help=f"{split} utterances (default: {later.get(split, '%(default)s')})")
+        p.add_argument(f"--{split}-speakers", type=_non_negative, metavar="N",
+                       default=None if f"{split}_speakers" in later else defaults.speakers[split],
+                       help=f"{split} speakers, disjoint from the other splits (default: "
+                            f"{later.get(f'{split}_speakers', '%(default)s')})")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
     p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
                    help=f"espeak-ng voices to draw speakers from, the English ones the lip renderer knows: "
@@ -271,7 +275,8 @@ def cmd_pretrain_reader(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.recipe, [*args.overrides, f"model.ctc_reader={args.out}"])
     check_inputs(replace(cfg, model=replace(cfg.model, projector="mlp")))  # the reader is what this makes
-    settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden)) if v is not None}
+    settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden),
+                                               ("dropout", args.dropout)) if v is not None}
     with quiet_loading(args.quiet):
         print(pretrain_reader(cfg, args.out, ReaderConfig(seed=args.seed, **settings), progress=not args.quiet))
     return 0
@@ -378,6 +383,17 @@ def _positive_number(value: str) -> float:
     return number
 
 
+def _fraction(value: str) -> float:
+    """A probability in [0, 1) (a dropout rate)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
+    return number
+
+
 def _rates(text: str) -> tuple:
     """'16,5' -> (16, 5); '-' for a modality the task does not use ('16,-')."""
     try:
@@ -444,10 +460,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
     from avsr.io import fs_errors_named
     from avsr.models.loading import quiet_loading
-    from avsr.pipelines.quickstart import run_quickstart
+    from avsr.pipelines.quickstart import CORPUS, run_quickstart
 
     if args.text and args.sentences:
         raise AvsrError(f"--text {args.text} and --sentences {args.sentences} both choose the corpus text: give one")
+    utterances, speakers = CORPUS[args.profile]  # the profile's corpus, where the user chose none
+    args.train = utterances if args.train is None else args.train
+    args.train_speakers = speakers if args.train_speakers is None else args.train_speakers
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
     with quiet_loading(args.quiet), fs_errors_named(args.out):  # a full disk: the run folder named
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
@@ -635,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--merges", type=_non_negative, default=None, help="BPE merges of the LLM tokenizer kept for "
                                                                       "the targets (default: ReaderConfig.merges)")
     rd.add_argument("--hidden", type=_non_negative, default=None, help="0: a linear head (default: ReaderConfig.hidden)")
+    rd.add_argument("--dropout", type=_fraction, default=None, help="dropout on the encoder frames in training "
+                                                                   "(default: ReaderConfig.dropout)")
     rd.add_argument("--seed", type=_non_negative, default=0)
     rd.add_argument("--quiet", action="store_true")
     rd.set_defaults(func=cmd_pretrain_reader)
@@ -734,7 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     small = SynthConfig(utterances={"train": 1200, "val": 100, "test": 100}, workers=default_workers())
     quick.add_argument("--out", default="runs/quickstart", help="run folder; the corpus goes to <out>/data "
                                                                "(default: %(default)s)")
-    add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed")
+    add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed",
+                   chosen_later={"train": "the profile's: 1200, 4000 for reading",
+                                 "train_speakers": "the profile's: 20, 40 for reading"})
     quick.add_argument("--seed", type=_non_negative, default=0,
                        help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
                             "(default: %(default)s; the corpus has its own, --corpus-seed)")

@@ -31,6 +31,9 @@ from avsr.training.run_lock import check_unlocked
 PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2", "reading": "quickstart_reading"}
 LLM_FOLDERS = {"tiny": "small-lm", "smollm2": "smollm2-135m", "reading": "smollm2-135m"}  # under <out>/models
 REAL_LLM = ("smollm2", "reading")  # profiles on SmolLM2-135M
+# The corpus of each profile (train utterances, train speakers) where the user gives none: the
+# CTC reader generalises to unseen sentences and speakers only with more of both (docs/reading.md).
+CORPUS = {"tiny": (1200, 20), "smollm2": (1200, 20), "reading": (4000, 40)}
 SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",

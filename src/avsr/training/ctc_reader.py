@@ -98,8 +98,9 @@ class Pieces:
 class ReaderConfig:
     """One CTC reader training (defaults: minutes on 2 CPU cores for 1,200 utterances)."""
 
-    merges: int = 2000  # BPE merges of the LLM tokenizer kept for the targets (docs/reading.md)
-    hidden: int = 0  # 0: a linear head; > 0: one hidden ReLU layer of this width first
+    merges: int = 1000  # BPE merges of the LLM tokenizer kept for the targets (docs/reading.md)
+    hidden: int = 1024  # 0: a linear head; > 0: one hidden ReLU layer of this width first (docs/reading.md)
+    dropout: float = 0.0  # on the input frames, in training
     steps: int = 2000
     batch: int = 32  # utterances per step
     lr: float = 2e-3
@@ -110,8 +111,8 @@ class ReaderConfig:
     log_every: int = 100
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch) < 1 or self.merges < 0 or self.hidden < 0:
-            raise AvsrError("reader settings: steps and batch must be >= 1, merges and hidden >= 0")
+        if min(self.steps, self.batch) < 1 or self.merges < 0 or self.hidden < 0 or not 0 <= self.dropout < 1:
+            raise AvsrError("reader settings: steps and batch must be >= 1, merges and hidden >= 0, dropout in [0, 1)")
 
 
 def _frames(batch: dict, rate: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +168,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
     token_ids = sorted({i for t in targets for i in t})
     index = {t: j + 1 for j, t in enumerate(token_ids)}  # 0 = blank
     torch.manual_seed(cfg.seed)  # here: computing the features (or not, when cached) leaves the seed alone
-    head = ReaderHead(encoders["audio"].output_dim * (rate if mode == "stack" else 1), token_ids, cfg.hidden)
+    head = ReaderHead(encoders["audio"].output_dim * (rate if mode == "stack" else 1), token_ids, cfg.hidden, cfg.dropout)
     log(f"CTC reader: {len(token_ids)} tokens ({cfg.merges} merges), "
         f"{sum(len(t) for t in targets) / max(1, sum(len(t.split()) for t in texts)):.2f} tokens per word, "
         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, {len(texts)} utterances")

@@ -40,9 +40,11 @@ class ReaderError(AvsrError):
 
 class ReaderHead(nn.Module):
     """Encoder frames (B, T, D_in) -> CTC logits (B, T, 1 + V): index 0 is the blank, index
-    1 + j the LLM token `token_ids[j]`. A linear layer, optionally after one hidden ReLU layer."""
+    1 + j the LLM token `token_ids[j]`. A linear layer, optionally after one hidden ReLU layer;
+    `dropout` on the input frames in training (1,200 sentences are memorised otherwise: Whisper's
+    frames carry the whole sentence's context)."""
 
-    def __init__(self, d_in: int, token_ids: list[int], hidden: int = 0):
+    def __init__(self, d_in: int, token_ids: list[int], hidden: int = 0, dropout: float = 0.0):
         super().__init__()
         if not token_ids or len(set(token_ids)) != len(token_ids):
             raise ValueError("token_ids must be a non-empty list of distinct LLM token ids")
@@ -50,16 +52,17 @@ class ReaderHead(nn.Module):
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)  # (V,)
         layers = [nn.Linear(d_in, hidden), nn.ReLU()] if hidden else []
         self.net = nn.Sequential(*layers, nn.Linear(hidden or d_in, 1 + len(token_ids)))
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, T, 1 + V)
+        return self.net(self.drop(x))  # (B, T, 1 + V)
 
 
 def save_reader(head: ReaderHead, folder: str | Path, info: dict) -> None:
     """Weights, then config.json (the marker: token ids, sizes, `info`) into `folder`."""
     folder = Path(folder)
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / READER_WEIGHTS))
-    config = {"format": READER_FORMAT, "d_in": head.d_in, "hidden": head.hidden,
+    config = {"format": READER_FORMAT, "d_in": head.d_in, "hidden": head.hidden, "dropout": head.drop.p,
               "token_ids": head.token_ids.tolist(), **info}
     (folder / READER_CONFIG).write_text(json.dumps(config, indent=1) + "\n", "utf-8")
 
@@ -80,7 +83,9 @@ def read_reader_config(folder: str | Path) -> dict:
 def load_reader(folder: str | Path) -> tuple[ReaderHead, dict]:
     """The trained head (eval mode) and its config."""
     config = read_reader_config(folder)
-    head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"])
+    head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"], config.get("dropout", 0.0))
+    if next(head.parameters()).is_meta:  # built on the meta device (avsr.models.dry_run): shapes only
+        return head.eval(), config
     try:
         head.load_state_dict(load_file(str(Path(folder) / READER_WEIGHTS)), strict=True)
     except (OSError, RuntimeError, ValueError) as err:

@@ -77,6 +77,7 @@ def check_training_config(cfg, profile: str, seed: int) -> None:
     from avsr.models.presets import FolderBackbone, resolve
     from avsr.settings import SettingError
     from avsr.training.config import check_environment
+    from avsr.training.ctc_reader import is_complete as reader_complete
 
     check_environment(cfg)
     models = Path(cfg.out).parent / "models"
@@ -92,8 +93,11 @@ def check_training_config(cfg, profile: str, seed: int) -> None:
         named = getattr(cfg.model, key)
         made = Path(named) == folder and not (folder / "config.json").is_file()  # the stage has yet to run
         presets[key] = make() if made else resolve(key, named)
+    model = cfg.model
+    if model.projector == "ctc" and not reader_complete(model.ctc_reader):  # its stage has yet to run: the
+        model = replace(model, projector="mlp")  # LoRA and the LLM checked without it
     try:
-        check_on_meta(cfg.model, presets)
+        check_on_meta(model, presets)
     except SettingError as err:
         raise AvsrError(f"config: model.{err}") from None
 

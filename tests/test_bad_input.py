@@ -904,7 +904,7 @@ CASES: list[Case] = [
           ("lora-targets-unknown", ("model.lora_targets=[nope_proj]",),
            "config: model.lora_targets names no linear layer of the LLM"),
           ("reading-lora-rank-huge", ("--profile", "reading", "model.lora_rank=1000000000"),
-           "config: model.lora_rank must give a LoRA bottleneck of at most 64"),
+           "config: model.lora_rank must give a LoRA bottleneck of at most 192, the width of the narrowest layer"),
           ("train-huge", ("--train", "1000000000"), "a corpus holds at most 200,000"),
           ("voices-klingon", ("--voices", "klingon"), "--voices klingon: not an English voice"),
           ("beams-zero", ("--beams", "0"), "argument --beams: 0 is less than 1"),

@@ -72,13 +72,24 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def profile_corpus(args: argparse.Namespace, which: int) -> dict[str, int]:
+    """The quickstart's train utterances (`which` 0) or speakers (1) of its --profile, where the
+    user gave none (`add_synth_args`'s `chosen_later`); {} for every other command."""
+    given = getattr(args, "train" if which == 0 else "train_speakers")
+    if given is not None or not hasattr(args, "profile"):
+        return {}
+    from avsr.pipelines.quickstart import CORPUS
+
+    return {"train": CORPUS[args.profile][which]}
+
+
 def synth_config(args: argparse.Namespace, out: str | None = None) -> SynthConfig:
     from avsr.synth.corpus import SPLITS, SynthConfig
 
     return SynthConfig(
         out=out or args.out, corpus=args.corpus, seed=args.corpus_seed,
-        utterances={s: getattr(args, s) for s in SPLITS},
-        speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS},
+        utterances={s: getattr(args, s) for s in SPLITS} | profile_corpus(args, 0),
+        speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS} | profile_corpus(args, 1),
         text_file=args.text, voices=args.voices, variants=args.variants,
         noise_speakers=args.noise_speakers, noise_seconds=args.noise_seconds, workers=args.workers,
     )
@@ -460,13 +471,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """Synthesise, prepare backbones, train ASR+VSR+AVSR, evaluate, report (see avsr.pipelines.quickstart)."""
     from avsr.io import fs_errors_named
     from avsr.models.loading import quiet_loading
-    from avsr.pipelines.quickstart import CORPUS, run_quickstart
+    from avsr.pipelines.quickstart import run_quickstart
 
     if args.text and args.sentences:
         raise AvsrError(f"--text {args.text} and --sentences {args.sentences} both choose the corpus text: give one")
-    utterances, speakers = CORPUS[args.profile]  # the profile's corpus, where the user chose none
-    args.train = utterances if args.train is None else args.train
-    args.train_speakers = speakers if args.train_speakers is None else args.train_speakers
     cfg = synth_config(args, out=str(Path(args.out) / "data"))
     with quiet_loading(args.quiet), fs_errors_named(args.out):  # a full disk: the run folder named
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,

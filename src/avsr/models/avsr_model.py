@@ -51,7 +51,13 @@ class AVSRConfig:
     video_rates: tuple[int, ...] = setting((2,), RATES)
     rate_projectors: bool = setting(True, FLAG)  # one projector per rate (papers); False: one shared by all rates
     compression: str = setting("avg-pooling", one_of(*COMPRESSION_MODES))  # or "stack"
-    projector: str = setting("mlp", one_of(*PROJECTORS))  # "mlp" (Llama-AVSR) or "smop" (sparse mixture, Llama-SMoP)
+    # "mlp" (Llama-AVSR), "smop" (sparse mixture, Llama-SMoP) or "ctc" (the audio through a CTC reader over
+    # the LLM's tokens, LegoSLM; models/projectors/ctc.py): its folder, made by `avsr pretrain-reader`
+    projector: str = setting("mlp", one_of(*PROJECTORS))
+    ctc_reader: str | None = setting(None, OPTIONAL_NAME)
+    ctc_top_k: int = setting(0, COUNT)  # >0: keep the k most probable tokens of each collapsed frame
+    ctc_residual: bool = setting(True, FLAG)  # add an MLP of the frames (zero at the start) to the CTC path
+    ctc_train_head: bool = setting(True, FLAG)  # fine-tune the reader's head with the LLM loss
     projector_hidden: int = setting(2048, POSITIVE_INT)
     projector_layer_norm: bool = setting(False, FLAG)
     smop_topology: str = setting("dedr", one_of(*TOPOLOGIES))  # "jejr", "jedr" or "dedr" (models/projectors/mixture.py)
@@ -108,6 +114,11 @@ class AVSRConfig:
         if self.video_lora_rank and "video" not in modalities_of(self.tasks):
             raise SettingError("video_lora_rank", f"needs a task that reads video (vsr or avsr); tasks are "
                                                   f"{', '.join(self.tasks)}")
+        if self.projector == "ctc" and not self.ctc_reader:
+            raise SettingError("ctc_reader", "must name the folder of `avsr pretrain-reader` when model.projector "
+                                             "is ctc")
+        if self.projector == "ctc" and "audio" not in modalities_of(self.tasks):
+            raise SettingError("projector", f"ctc reads audio, but tasks are {', '.join(self.tasks)}")
         if self.video_trim and len(self.video_rates) != 1:
             raise SettingError("video_trim", f"cuts the video to a multiple of the one video rate; video_rates are "
                                              f"{list(self.video_rates)}")
@@ -135,7 +146,7 @@ class AVSRModel(nn.Module):
         self.rates = {"audio": tuple(cfg.audio_rates), "video": tuple(cfg.video_rates)}
         d_in = {self.stream(m, r): enc.output_dim * (r if cfg.compression == "stack" else 1)
                 for m, enc in self.encoders.items() for r in self.rates[m]}
-        self.projector = build_projector(cfg, d_in, d_llm)
+        self.projector = build_projector(cfg, d_in, d_llm, llm.get_input_embeddings().weight)
         adapters = dict.fromkeys(n for t in cfg.tasks for pair in self.pairs(t)
                                  for n in adapter_names(cfg.lora_scheme, t, pair))
         rank, alpha = lora_size(cfg.lora_convention, d_llm, cfg.lora_rank, cfg.lora_alpha, "lora_rank")
@@ -261,11 +272,15 @@ class AVSRModel(nn.Module):
                 inputs.setdefault(self.stream(m, r), []).append((m, r, x, p))
         joined = {name: _stack_batches([(x, p) for _, _, x, p in group]) for name, group in inputs.items()}
         projected, aux = self.projector(joined)  # {name: (n_rates * B, T_max, D_llm)}
+        pads = aux.pop("pad", {})  # {name: (n_rates * B, N)} where the projector shortened the sequence
         by_rate: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for name, group in inputs.items():
             b = group[0][2].shape[0]
             for j, (m, r, x, p) in enumerate(group):
-                by_rate[(m, r)] = (projected[name][j * b:(j + 1) * b, : x.shape[1]], p)
+                if name in pads:
+                    by_rate[(m, r)] = (projected[name][j * b:(j + 1) * b], pads[name][j * b:(j + 1) * b])
+                else:
+                    by_rate[(m, r)] = (projected[name][j * b:(j + 1) * b, : x.shape[1]], p)
         out = {pair: {m: by_rate[(m, pair[i])] for i, m in enumerate(("audio", "video")) if m in needed}
                for pair in pairs}
         return out, aux

@@ -33,7 +33,8 @@ CONFIG = "config.json"
 HOW_TO_MAKE = {"llm": "make one with `avsr pretrain-lm`, or save a Hugging Face causal LM with save_pretrained",
                "audio_encoder": "make one with `avsr prepare whisper-base`",
                "video_encoder": "make one with `avsr pretrain-encoder --modality video`, or name an AV-HuBERT "
-                                "fairseq .pt file (or its folder from `avsr prepare avhubert FILE.pt`)"}
+                                "fairseq .pt file (or its folder from `avsr prepare avhubert FILE.pt`)",
+               "ctc_reader": "make one with `avsr pretrain-reader`"}
 
 
 class CheckpointError(AvsrError):
@@ -46,9 +47,12 @@ class BackboneError(AvsrError):
 
 
 def backbones(cfg: AVSRConfig) -> dict[str, str | None]:
-    """{setting: path} of the backbones the config's tasks need."""
+    """{setting: path} of the backbones the config's tasks need (and the CTC reader's folder,
+    which holds its token ids, for projector ctc)."""
     needs = modalities_of(cfg.tasks)
-    return {"llm": cfg.llm, **{f"{m}_encoder": getattr(cfg, f"{m}_encoder") for m in ("audio", "video") if m in needs}}
+    reader = {"ctc_reader": cfg.ctc_reader} if cfg.projector == "ctc" else {}
+    return {"llm": cfg.llm, **{f"{m}_encoder": getattr(cfg, f"{m}_encoder") for m in ("audio", "video") if m in needs},
+            **reader}
 
 
 def check_backbones(cfg: AVSRConfig, where: str = "") -> None:
@@ -104,18 +108,25 @@ def quiet_loading(quiet: bool = True) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_model(cfg: AVSRConfig) -> AVSRModel:
-    """Load the frozen backbones named in `cfg` (local folders, checked first) and wrap them
-    into a fresh AVSR model."""
-    check_backbones(cfg)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def load_encoders(cfg: AVSRConfig) -> dict[str, torch.nn.Module]:
+    """{modality: frozen encoder} of the modalities the config's tasks read (folders checked by
+    the caller): what the model and the CTC reader's pre-training (which needs no LLM) load."""
     paths = backbones(cfg)
     encoders = {}
     for m, kind in ENCODERS.items():  # the encoder table: each modality's loader
         if f"{m}_encoder" in paths:
             with _loading(f"{m}_encoder", paths[f"{m}_encoder"]):
                 encoders[m] = kind.load(paths[f"{m}_encoder"], cfg)
+    return encoders
+
+
+def build_model(cfg: AVSRConfig) -> AVSRModel:
+    """Load the frozen backbones named in `cfg` (local folders, checked first) and wrap them
+    into a fresh AVSR model."""
+    check_backbones(cfg)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    encoders = load_encoders(cfg)
     with _loading("llm", cfg.llm):
         llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=getattr(torch, cfg.llm_dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm, local_files_only=True)

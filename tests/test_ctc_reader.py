@@ -1,0 +1,151 @@
+"""The CTC reader projector (models/projectors/ctc.py) and its pre-training (training/ctc_reader.py)."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_batch, run_cli, take, tiny_model, tiny_train_args
+
+from avsr.models.projectors.ctc import CTCProjector, ReaderHead, collapse, greedy_ids, pool_runs, save_reader
+
+
+def write_reader(folder, d_in=64, token_ids=(5, 9, 17, 30), hidden=0, rate=4, compression="avg-pooling", seed=0):
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_reader(ReaderHead(d_in, list(token_ids), hidden), folder, {"rate": rate, "compression": compression})
+    return folder
+
+
+def test_collapse_drops_blanks_and_merges_repeats():
+    best = torch.tensor([[0, 3, 3, 0, 3, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
+    pad = torch.tensor([[False] * 8, [False] * 3 + [True] * 5])
+    run, out_pad = collapse(best, pad)
+    # row 0: runs "3 3" | "3" (after a blank: a new token) | "2 2"; row 1: one run, then padding
+    assert run.tolist() == [[-1, 0, 0, -1, 1, 2, 2, -1], [0, 0, 0, -1, -1, -1, -1, -1]]
+    assert out_pad.tolist() == [[False, False, False], [False, True, True]]
+    assert greedy_ids(torch.nn.functional.one_hot(best, 4).float(), pad) == [[3, 3, 2], [1]]
+    x = torch.arange(16, dtype=torch.float).reshape(2, 8, 1)
+    pooled = pool_runs(x, run, 3)  # (B, N, 1): mean of each run's frames, empty slots zero
+    assert pooled[..., 0].tolist() == [[1.5, 4.0, 5.5], [9.0, 0.0, 0.0]]
+
+
+def test_peaked_posteriors_give_the_embeddings_of_the_argmax_tokens(tmp_path):
+    """A head whose posteriors are one-hot reads frames as exactly the LLM's embeddings of its
+    best tokens, one per run, in order; padding rows are zero."""
+    reader = write_reader(tmp_path / "reader", d_in=8, token_ids=(5, 9, 17))
+    table = torch.randn(40, 16)
+    proj = CTCProjector({"audio": 8}, 32, 16, False, reader=str(reader), embeddings=table, rate=4,
+                        compression="avg-pooling", residual=False)
+    with torch.no_grad():  # frame features one-hot over (blank, 5, 9, 17): the head reads them sharply
+        proj.head.net[-1].weight.copy_(torch.eye(4, 8) * 50)
+        proj.head.net[-1].bias.zero_()
+    frames = [0, 1, 1, 0, 2, 3, 3, 1]  # blank, 5 5, blank, 9, 17 17, 5 -> tokens 5 9 17 5
+    x = torch.zeros(2, 8, 8)
+    x[0, torch.arange(8), torch.tensor(frames)] = 1.0
+    x[1, torch.arange(3), torch.tensor([2, 2, 0])] = 1.0  # 9, then padding
+    pad = torch.tensor([[False] * 8, [False] * 3 + [True] * 5])
+    out, aux = proj({"audio": (x, pad)})
+    assert aux["pad"]["audio"].tolist() == [[False] * 4, [False, True, True, True]]
+    assert aux["reader/tokens"].tolist() == [4, 1] and bool((aux["reader/confidence"] > 0.99).all())
+    torch.testing.assert_close(out["audio"][0], table[[5, 9, 17, 5]], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["audio"][1, 0], table[9], atol=1e-4, rtol=0)
+    assert out["audio"][1, 1:].abs().sum() == 0
+
+
+def test_top_k_keeps_the_most_probable_tokens(tmp_path):
+    reader = write_reader(tmp_path / "reader", d_in=8, token_ids=(1, 2, 3, 4, 6, 7))
+    table = torch.randn(10, 5)
+    proj = CTCProjector({"audio": 8}, 16, 5, False, reader=str(reader), embeddings=table, rate=4,
+                        compression="avg-pooling", residual=False, top_k=1)
+    x, pad = torch.randn(1, 12, 8), torch.zeros(1, 12, dtype=torch.bool)
+    emb, out_pad, _ = proj.read(x, pad)
+    rows = table[proj.head.token_ids]  # (V, D)
+    assert (~out_pad).sum() > 0
+    for e in emb[0][~out_pad[0]]:  # each token is exactly one row of the table
+        assert torch.cdist(e[None], rows).min() < 1e-5
+
+
+def test_model_with_ctc_projector_trains_and_is_batch_independent(tmp_path):
+    reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
+    model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr", "avsr"))
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("projector.head.") for n in names) and any(n.startswith("projector.residual") for n in names)
+    assert any(n.startswith("projector.mlps.video") for n in names)
+    batch = make_batch([30, 21, 12])
+    model.train()
+    loss, _ = model(batch, "asr")
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.projector.head.net[-1].weight.grad.abs().sum() > 0, "the LLM loss reaches the CTC head"
+    model.eval()
+    with torch.no_grad():
+        tokens, _ = model.encode(batch, "asr")
+        emb, pad = next(iter(tokens.values()))["audio"]
+        for i in range(3):  # each utterance alone gives its tokens of the batch
+            (alone, alone_pad) = next(iter(model.encode(take(batch, i), "asr")[0].values()))["audio"]
+            n = int((~alone_pad).sum())
+            assert int((~pad[i]).sum()) == n
+            torch.testing.assert_close(emb[i, :n], alone[0, :n], atol=1e-5, rtol=1e-4)
+        assert model.generate(batch, "asr", num_beams=2, max_new_tokens=4) == \
+            model.generate(batch, "asr", num_beams=2, max_new_tokens=4)
+
+
+def test_frozen_head_stays_out_of_the_checkpoint(tmp_path):
+    reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
+    model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False, ctc_residual=False)
+    assert not any(n.startswith("projector.head.") for n in model.trainable_state_dict())
+
+
+def test_reader_mismatch_is_named(tmp_path):
+    from avsr.models.projectors.ctc import ReaderError
+
+    reader = write_reader(tmp_path / "reader", d_in=64, rate=2)
+    with pytest.raises(ReaderError, match="rate 2"):
+        tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",))
+    with pytest.raises(ReaderError, match="not a CTC reader folder"):
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "config.json").write_text("{}")
+        tiny_model(projector="ctc", ctc_reader=str(tmp_path / "other"), tasks=("asr",))
+
+
+def test_pieces_with_every_merge_are_the_tokenizers_own(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+
+    from avsr.training.ctc_reader import Pieces
+
+    texts = ["the cat sat on the mat", "a dog is not a cat", "don't tell the dog"] * 20
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+    every = Pieces(tok, 10**6)
+    for text in texts[:3] + ["an unseen sentence"]:
+        assert every.encode(text) == tok(" " + text, add_special_tokens=False)["input_ids"]
+        assert every.decode(every.encode(text)) == text
+    bytes_only = Pieces(tok, 0)
+    assert [tok.convert_ids_to_tokens(i) for i in bytes_only.encode("a cat")] == ["Ġ", "a", "Ġ", "c", "a", "t"]
+    assert len(Pieces(tok, 5).encode("the cat")) < len(bytes_only.encode("the cat"))
+
+
+def test_pretrain_reader_then_train_and_eval(tiny_corpus, tiny_backbones, tmp_path):
+    """`avsr pretrain-reader` on the tiny corpus writes a reader folder the ctc projector trains
+    with; the same seed gives the same reader bytes."""
+    root = tiny_corpus[0].out
+    args = [*tiny_train_args(root, tiny_backbones, tmp_path / "run", 2), "model.projector=ctc", "model.tasks=[asr]",
+            "model.audio_rates=[2]", "data.feature_cache_copies=1", f"data.feature_cache_dir={tmp_path / 'features'}"]
+    outs = []
+    for name in ("reader", "again"):
+        code, out, err = run_cli("pretrain-reader", "--quiet", "quickstart", *args, "--out", tmp_path / name,
+                                 "--steps", "3", "--merges", "20")
+        assert code == 0, err
+        outs.append((tmp_path / name / "model.safetensors").read_bytes())
+    config = json.loads((tmp_path / "reader" / "config.json").read_text())
+    assert config["rate"] == 2 and config["merges"] == 20 and 0 <= config["report"]["val_wer"]
+    assert outs[0] == outs[1]
+    assert len(list((tmp_path / "features").iterdir())) == 1, "one feature cache for both"
+    code, out, err = run_cli("train", "--quiet", "quickstart", *args, f"model.ctc_reader={tmp_path / 'reader'}")
+    assert code == 0, err
+    code, out, err = run_cli("eval", str(tmp_path / "run" / "checkpoints" / "last"), "--snrs", "clean", "--beams", "1")
+    assert code == 0, err

@@ -308,7 +308,7 @@ def whisper_transcribe(folder: Path, clips: list[dict], num_beams: int, max_seco
     start = time.perf_counter()
     for c in clips:
         spans = segment_spans(c["audio"], max_seconds=max_seconds)
-        pieces = [c["audio"][int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in spans]
+        pieces = [c["audio"][a:b] for a, b in spans]  # spans: sample indices
         features = processor(pieces, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         with torch.no_grad():
             ids = model.generate(features, language="en", task="transcribe", num_beams=num_beams, do_sample=False,

@@ -215,9 +215,11 @@ def print_table(summary: dict) -> None:
         print(f"| {group} | {task} | {v['segments']} | {v['left_empty']} | {mean} | {100 * v['flagged']:.1f} % |")
     loops = summary["loops"]
     if loops["segments"]:
+        correct = loops["correct_test_score_range"]  # None: no test segment was transcribed exactly
         print(f"\nloops: {loops['segments']} segments {loops['by_group']}, score {loops['score_range'][0]:.3f} to "
-              f"{loops['score_range'][1]:.3f} (correct in-domain test: {loops['correct_test_score_range'][0]:.3f} to "
-              f"{loops['correct_test_score_range'][1]:.3f}), confidence at most {loops['confidence_max']}")
+              f"{loops['score_range'][1]:.3f} (correct in-domain test: "
+              f"{'none' if correct is None else f'{correct[0]:.3f} to {correct[1]:.3f}'}), "
+              f"confidence at most {loops['confidence_max']}")
     print("\nAUROC, correct in-domain test segments against the decoded segments of:")
     for key, value in summary["auroc"].items():
         print(f"  {key}: {'-' if value is None else f'{value:.3f}'}")

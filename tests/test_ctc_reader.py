@@ -90,6 +90,27 @@ def test_model_with_ctc_projector_trains_and_is_batch_independent(tmp_path):
             model.generate(batch, "asr", num_beams=2, max_new_tokens=4)
 
 
+def test_a_reader_that_hears_nothing_leaves_the_transcript_empty(tmp_path):
+    """No speech token heard (every frame blank): the LLM is not asked to write a sentence of its
+    own; the transcriber says so and flags the segment."""
+    from avsr.transcription.transcriber import Piece, judged
+
+    reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
+    model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False).eval()
+    batch = make_batch([30, 21])
+    with torch.no_grad():
+        texts, aux = model.generate(batch, "asr", num_beams=2, max_new_tokens=4, return_scores=True)
+        assert aux["reader/tokens"].tolist() != [0, 0]
+        model.projector.head.net[-1].bias[0] = 1e4  # the blank wins every frame
+        texts, aux = model.generate(batch, "asr", num_beams=2, max_new_tokens=4, return_scores=True)
+    assert aux["reader/tokens"].tolist() == [0, 0] and texts == ["", ""]
+    assert [len(row) for row in aux["token_logp"]] == [0, 0]
+    piece = Piece("clip", 30, 0.0, 1.2, None, None)
+    segment, said = judged(piece, None, {"hypothesis": "", "score": -0.1, "token_logp": []}, 8)
+    assert (segment.text, segment.flags, segment.confidence) == ("", ["nothing_heard"], None)
+    assert said == ["0.00-1.20 s: the model heard no speech: left empty"]
+
+
 def test_frozen_head_stays_out_of_the_checkpoint(tmp_path):
     reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
     model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False, ctc_residual=False)

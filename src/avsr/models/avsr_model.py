@@ -433,6 +433,11 @@ class AVSRModel(nn.Module):
                 aux["scores"] = self.sequence_scores(out, num_beams)
                 out = out.sequences
         texts = [" ".join(t.lower().split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        if task == "asr" and "reader/tokens" in aux:  # the CTC reader heard no speech token: nothing to write
+            heard = aux["reader/tokens"].tolist()  # (without it the LLM writes a sentence of its own)
+            texts = [t if n else "" for t, n in zip(texts, heard)]
+            if "token_logp" in aux:
+                aux["token_logp"] = [row if n else row[:0] for row, n in zip(aux["token_logp"], heard)]
         return (texts, aux) if return_aux or return_scores else texts
 
     def sequence_scores(self, out, num_beams: int) -> torch.Tensor:

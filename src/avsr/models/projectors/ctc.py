@@ -174,6 +174,8 @@ class CTCProjector(nn.Module):
         run, out_pad = collapse(probs.argmax(-1), pad)  # (B, T), (B, N)
         n = out_pad.shape[1]
         tokens = pool_runs(probs[..., 1:], run, n)  # (B, N, V) mean posteriors of each run, blank left out
+        tokens = tokens / tokens.sum(-1, keepdim=True).clamp(min=1e-9)
+        confidence = tokens.detach().max(-1).values.masked_fill(out_pad, 0.0)  # (B, N), before any top-k
         if self.top_k:
             top, idx = tokens.topk(min(self.top_k, tokens.shape[-1]), dim=-1)
             tokens = torch.zeros_like(tokens).scatter_(-1, idx, top)
@@ -181,7 +183,6 @@ class CTCProjector(nn.Module):
         emb = tokens.to(self.table.dtype) @ self.table  # (B, N, D_llm)
         if self.residual is not None:
             emb = emb + self.residual(pool_runs(x, run, n)).to(emb.dtype)
-        confidence = tokens.detach().max(-1).values.masked_fill(out_pad, 0.0)  # (B, N)
         return emb.masked_fill(out_pad[..., None], 0.0), out_pad, confidence
 
     def active_parameters(self) -> int:

@@ -333,7 +333,8 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
     if detect_format(d.labels(d.train_split)) == "shards":
         return _shard_loaders(cfg, train_transform(cfg), EvalTransform(augment), world_size, rank)
-    train_set, train, train_collate = train_items(cfg, dict(model.encoders.items()), progress)
+    encoders = {} if model is None else dict(model.encoders.items())  # read only by the feature cache
+    train_set, train, train_collate = train_items(cfg, encoders, progress)
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=d.shuffle, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
     val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                 losses.append(float(row["train/loss"]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(range(1, len(history) + 1), history, lw=0.8)
-    a.set(title="CTC reader (no LLM): CTC loss", xlabel="step", ylabel="loss per utterance", yscale="log")
+    a.set(title="CTC reader (no LLM): CTC loss", xlabel="step", ylabel="CTC loss per target token", yscale="log")
     b.plot(steps, losses, lw=0.8, marker="o")
     b.set(title="SmolLM2 + LoRA reading the reader's tokens", xlabel="step", ylabel="cross-entropy (nats/token)")
     fig.tight_layout()

@@ -107,8 +107,8 @@ def test_a_reader_that_hears_nothing_leaves_the_transcript_empty(tmp_path):
     assert [len(row) for row in aux["token_logp"]] == [0, 0]
     piece = Piece("clip", 30, 0.0, 1.2, None, None)
     segment, said = judged(piece, None, {"hypothesis": "", "score": -0.1, "token_logp": []}, 8)
-    assert (segment.text, segment.flags, segment.confidence) == ("", ["nothing_heard"], None)
-    assert said == ["0.00-1.20 s: the model heard no speech: left empty"]
+    assert (segment.text, segment.flags, segment.confidence) == ("", ["nothing_heard"], 0.0)
+    assert said == ["0.00-1.20 s: the model wrote nothing (it heard no speech): left empty"]
 
 
 def test_frozen_head_stays_out_of_the_checkpoint(tmp_path):

@@ -59,7 +59,7 @@ class Segment:
     confidence: float | None = None  # in [0, 1] (avsr.transcription.trust); None: not decoded
     # too_short, silent, still_mouth: nothing to transcribe, not decoded (text ""); loop: a repetition
     # cut; token_limit: the hypothesis reached its token limit; low_confidence: below trust.THRESHOLD;
-    # nothing_heard: decoded, and the model wrote nothing (its CTC reader heard no speech token)
+    # nothing_heard: decoded, and the model wrote nothing (e.g. its CTC reader heard no speech token)
     flags: list[str] = field(default_factory=list)
 
 
@@ -428,8 +428,9 @@ def judged(piece: Piece, empty: tuple[str, str] | None, decoded: dict | None, li
     if empty:
         return Segment(piece.start, piece.end, "", None, None, [empty[0]]), []
     if not decoded["hypothesis"]:  # e.g. a CTC reader that heard no speech token (avsr_model.generate)
-        return Segment(piece.start, piece.end, "", decoded["score"], None, ["nothing_heard"]), [
-            f"{span(piece)}: the model heard no speech: left empty"]
+        sure = round(confidence(decoded["token_logp"]), 4)  # 0 when no token was kept
+        return Segment(piece.start, piece.end, "", decoded["score"], sure, ["nothing_heard"]), [
+            f"{span(piece)}: the model wrote nothing (it heard no speech): left empty"]
     text, repeated, times = cut_loop(decoded["hypothesis"])
     flags, said = [], []
     if repeated:

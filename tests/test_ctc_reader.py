@@ -111,6 +111,23 @@ def test_a_reader_that_hears_nothing_leaves_the_transcript_empty(tmp_path):
     assert said == ["0.00-1.20 s: the model wrote nothing (it heard no speech): left empty"]
 
 
+def test_the_transcript_is_no_longer_than_the_readers_pieces_and_the_slack(tmp_path):
+    """ASR through a reader writes at most the reader's pieces + READER_SLACK tokens (EOS aside):
+    an LLM that would write on (a loop) is stopped there; other tasks keep max_new_tokens."""
+    from avsr.models.avsr_model import READER_SLACK
+
+    reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
+    model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False).eval()
+    batch = make_batch([30, 21, 12])
+    with torch.no_grad():
+        model.llm.lm_head.bias = torch.nn.Parameter(torch.zeros(model.llm.lm_head.out_features))
+        model.llm.lm_head.bias[model.eos] = -1e4  # never ends by itself: only a cap stops it
+        _, aux = model.generate(batch, "asr", num_beams=2, max_new_tokens=60, return_scores=True)
+    heard = aux["reader/tokens"].tolist()
+    assert min(heard) > 0 and max(heard) + READER_SLACK + 1 < 60
+    assert [len(row) for row in aux["token_logp"]] == [n + READER_SLACK + 1 for n in heard]
+
+
 def test_frozen_head_stays_out_of_the_checkpoint(tmp_path):
     reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
     model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False, ctc_residual=False)

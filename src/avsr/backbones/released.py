@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,8 @@ import torch
 
 from avsr.errors import AvsrError
 from avsr.io import RUN_MARKER, atomic_folder, check_output, sha256_file
-from avsr.models.avhubert_fairseq import AVHUBERT_LICENCE, DROP_RULES, FOLDER_SOURCE, encoder_weights, pickle_globals
+from avsr.models.avhubert_fairseq import (AVHUBERT_LICENCE, DROP_RULES, FOLDER_SOURCE, encoder_weights, pickle_globals,
+                                          torch_zip_pickle)
 from avsr.models.avsr_model import SPECIAL_TOKENS, AVSRConfig, AVSRModel
 from avsr.models.loading import CONFIG, WEIGHTS, write_checkpoint_files
 from avsr.models.presets import WHISPERS
@@ -100,17 +100,8 @@ class Plan:
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, memory-mapped, through torch's weights-only unpickler; the globals its
     pickle names are read first, so a file that would run code is refused before unpickling."""
-    if not path.is_file():
-        raise ReleasedCheckpointError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     damaged = f"{path}: not a complete PyTorch checkpoint (torch.save's zip format): truncated or damaged"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-            if len(pickles) != 1:
-                raise ReleasedCheckpointError(damaged)
-            data = archive.read(pickles[0])
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ReleasedCheckpointError(f"{damaged} ({err})") from None
+    data = torch_zip_pickle(path, ReleasedCheckpointError, damaged, "a checkpoint of the authors")
     try:
         foreign = sorted({g for g in pickle_globals(data) if not g.startswith("torch.") and g not in _PLAIN_GLOBALS})
     except ValueError as err:

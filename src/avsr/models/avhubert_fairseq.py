@@ -233,25 +233,32 @@ def pickle_globals(data: bytes) -> list[str]:
     return found
 
 
-def load_checkpoint_object(path: str | Path) -> object:
-    """What `torch.save` wrote to `path`, unpickled through the allow-list (tensors on the CPU,
-    memory-mapped from the file)."""
-    path = Path(path)
+def torch_zip_pickle(path: Path, error: type[Exception], not_torch: str, what: str) -> bytes:
+    """The one data.pkl of a torch.save zip archive at `path`, read without unpickling (so its
+    globals can be checked first); `error(message)` names the file when it is missing, not such
+    an archive (`not_torch`), or a TorchScript archive rather than `what`."""
     if not path.is_file():
-        raise CheckpointFormatError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
-    not_torch = (f"{path}: not a PyTorch checkpoint in torch.save's zip format (that of fairseq's .pt files "
-                 f"since torch 1.6; older formats and plain pickles are not read)")
+        raise error(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
             if any(n.endswith("/constants.pkl") for n in names):
-                raise CheckpointFormatError(f"{path}: a TorchScript archive, not a fairseq checkpoint")
+                raise error(f"{path}: a TorchScript archive, not {what}")
             if len(pickles) != 1:
-                raise CheckpointFormatError(not_torch)
-            data = archive.read(pickles[0])
+                raise error(not_torch)
+            return archive.read(pickles[0])
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise CheckpointFormatError(f"{not_torch}: {err}") from None
+        raise error(f"{not_torch} ({err})") from None
+
+
+def load_checkpoint_object(path: str | Path) -> object:
+    """What `torch.save` wrote to `path`, unpickled through the allow-list (tensors on the CPU,
+    memory-mapped from the file)."""
+    path = Path(path)
+    data = torch_zip_pickle(path, CheckpointFormatError, (
+        f"{path}: not a PyTorch checkpoint in torch.save's zip format (that of fairseq's .pt files since torch "
+        f"1.6; older formats and plain pickles are not read)"), "a fairseq checkpoint")
     try:
         refused = sorted({g for g in pickle_globals(data) if g not in ALLOWED_GLOBALS and g not in _STORAGE_NAMES})
     except ValueError as err:  # pickletools: an opcode that is not one

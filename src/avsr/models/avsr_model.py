@@ -34,6 +34,11 @@ LORA_CONVENTIONS = ("rank", "reduction")
 MODALITY_TOKENS = ("own", "llm")
 VIDEO_ADAPTER = "video"  # the adapter name of the video-encoder LoRA
 VIDEO_LORA_TARGETS = ("q_proj", "v_proj")
+# ASR through a CTC reader writes at most the reader's pieces + READER_SLACK tokens: its pieces are
+# the LLM tokenizer's BPE with fewer merges, so a transcript it heard right is never longer in the
+# LLM's own tokens; the slack is for pieces it missed. The cap stops the loops an LLM falls into
+# where the reader heard little ("the pulley before the pulley before ..."; docs/reading.md).
+READER_SLACK = 4
 RATES = list_of(POSITIVE_INT, "a non-empty list of distinct positive integers", distinct=True)
 
 
@@ -392,7 +397,8 @@ class AVSRModel(nn.Module):
         `sequence_scores`): an LLM recogniser writes fluent text whatever it hears, so a low
         score is the hint that a transcript may be made up. The texts are the same either way.
         search="avsr" also gives aux["token_logp"]: per hypothesis, (S_i,) its tokens' log-probabilities
-        (EOS included), and takes `max_new_tokens` per utterance as well, a (B,) tensor.
+        (EOS included), and takes `max_new_tokens` per utterance as well, a (B,) tensor; ASR
+        through a CTC reader is held to the reader's pieces + READER_SLACK tokens there.
         """
         if search not in ("avsr", "transformers"):
             raise ValueError(f"search must be 'avsr' or 'transformers', got {search!r}")
@@ -413,6 +419,10 @@ class AVSRModel(nn.Module):
         embeds, mask, _ = self.assemble(tokens[pair], task, None)
         aux["llm_input_tokens"] = mask.sum(1)  # (B,) prefix length: BOS, blocks, prompt
         if search == "avsr":
+            if task == "asr" and "reader/tokens" in aux:  # the CTC reader's pieces bound the transcript's length
+                max_new_tokens = torch.minimum(
+                    torch.as_tensor(max_new_tokens, dtype=torch.long).expand(len(aux["reader/tokens"])),
+                    aux["reader/tokens"].long().cpu() + READER_SLACK + 1).to(embeds.device)  # (B,), EOS included
             penalty = kwargs.get("length_penalty", self.llm.generation_config.length_penalty)
             found = beam_search(self.llm, embeds, mask, num_beams, max_new_tokens, self.eos,
                                 self.tokenizer.pad_token_id, 1.0 if penalty is None else penalty)

@@ -29,8 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from avsr.data.batching import FrameBudgetBatchSampler, TransformedDataset, collate, frame_lengths
-from avsr.data.dataset import AVDataset
-from avsr.data.transforms import EvalTransform
 from avsr.errors import AvsrError
 from avsr.io import atomic_folder, check_output
 from avsr.models.avsr_model import frozen_features
@@ -41,7 +39,7 @@ from avsr.models.projectors.ctc import ReaderError, ReaderHead, greedy_ids, read
 from avsr.optimization import train_steps, warmup_cosine_adamw
 from avsr.text import character_error_rate, normalise, word_errors
 from avsr.training.config import TrainConfig
-from avsr.training.train import train_items
+from avsr.training.train import train_items, val_items
 
 
 
@@ -200,10 +198,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
     history = train_steps(head, opt, sched, cfg.steps, loss_at, cfg.grad_clip, after)
     report = {"steps": cfg.steps, "features_seconds": round(features_s, 1),
               "train_seconds": round(time.perf_counter() - t0, 1), "loss_history": [round(x, 4) for x in history]}
-    val = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
-    val.rows = val.rows[: d.max_val_utterances]
-    refs, hyps = read_split(head, encoders["audio"], TransformedDataset(val, EvalTransform(), seed=train_cfg.seed),
-                            pieces, rate, mode)
+    refs, hyps = read_split(head, encoders["audio"], val_items(train_cfg), pieces, rate, mode)
     report.update(val_wer=round(word_errors(refs, hyps).wer, 4), val_cer=round(character_error_rate(refs, hyps), 4),
                   val_utterances=len(refs), val_examples=[{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])],
                   total_seconds=round(time.perf_counter() - started, 1))

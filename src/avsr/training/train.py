@@ -326,6 +326,16 @@ def train_items(cfg: TrainConfig, encoders: dict[str, torch.nn.Module], progress
     return train_set, cache, collate_features
 
 
+def val_items(cfg: TrainConfig) -> TransformedDataset:
+    """The validation split as validation sees it (its first data.max_val_utterances, clean),
+    for the AVSR training and the CTC reader's report alike."""
+    d = cfg.data
+    val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
+    val_set.rows = val_set.rows[: d.max_val_utterances]
+    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
+    return TransformedDataset(val_set, EvalTransform(augment), seed=cfg.seed)
+
+
 def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
                  progress: bool = True) -> tuple[DataLoader, DataLoader]:
     check_feature_cache(cfg)
@@ -337,9 +347,8 @@ def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: 
     train_set, train, train_collate = train_items(cfg, encoders, progress)
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=d.shuffle, seed=cfg.seed,
                                       num_replicas=world_size, rank=rank)
-    val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
-    val_set.rows = val_set.rows[: d.max_val_utterances]
-    val = TransformedDataset(val_set, EvalTransform(augment), seed=cfg.seed)
+    val = val_items(cfg)
+    val_set = val.dataset
     val_sampler = FrameBudgetBatchSampler(frame_lengths(val_set), d.max_frames, shuffle=False,
                                           num_replicas=world_size, rank=rank)
     # an item that fails to decode: on_bad_file=stop raises (naming the file) in the dataset; skip

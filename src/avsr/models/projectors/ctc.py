@@ -179,7 +179,7 @@ class CTCProjector(nn.Module):
         if self.top_k:
             top, idx = tokens.topk(min(self.top_k, tokens.shape[-1]), dim=-1)
             tokens = torch.zeros_like(tokens).scatter_(-1, idx, top)
-        tokens = tokens / tokens.sum(-1, keepdim=True).clamp(min=1e-9)
+            tokens = tokens / tokens.sum(-1, keepdim=True).clamp(min=1e-9)
         emb = tokens.to(self.table.dtype) @ self.table  # (B, N, D_llm)
         if self.residual is not None:
             emb = emb + self.residual(pool_runs(x, run, n)).to(emb.dtype)

@@ -1,11 +1,12 @@
 """The CTC reader alone (greedy CTC, no LLM) on a split of a corpus: what the LLM is given to read.
 
-    python experiments/reader_alone.py RUN_FOLDER [--split test] [--limit 100]
+    python experiments/reader_alone.py RUN_FOLDER [--split test] [--limit 100] [--dropout P --seed S]
 
 RUN_FOLDER is a `avsr quickstart --profile reading` run folder (its models/ctc-reader, Whisper
 and SmolLM2 folders and its corpus under data/). Prints WER and CER of the reader's own
 transcripts (its LLM pieces joined) and the first examples; with --out, writes them as JSON.
 Compare with `avsr eval RUN/avsr/checkpoints/last --tasks asr --snrs clean` on the same split.
+With --split train --dropout P: what the LLM reads in training with `model.ctc_train_dropout=P`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ def main() -> int:
     parser.add_argument("run", help="a quickstart run folder of the reading profile")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--dropout", type=float, default=0.0, help="on the head's input frames")
+    parser.add_argument("--seed", type=int, default=0, help="of the dropout")
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args()
 
+    import torch
     from transformers import AutoTokenizer
 
     from avsr.data.batching import TransformedDataset
@@ -45,11 +49,12 @@ def main() -> int:
     d = cfg.data
     data = AVDataset(d.root, d.labels(args.split), d.format, d.on_bad_file, d.max_utterance_seconds)
     data.rows = data.rows[: args.limit]
+    torch.manual_seed(args.seed)
     refs, hyps = read_split(head, load_encoders(cfg.model)["audio"], TransformedDataset(data, EvalTransform()),
-                            pieces, config["rate"], config["compression"])
-    result = {"split": args.split, "utterances": len(refs), "wer": word_errors(refs, hyps).wer,
+                            pieces, config["rate"], config["compression"], dropout=args.dropout)
+    result = {"split": args.split, "dropout": args.dropout, "utterances": len(refs), "wer": word_errors(refs, hyps).wer,
               "cer": character_error_rate(refs, hyps), "examples": [{"ref": r, "hyp": h} for r, h in zip(refs, hyps)]}
-    print(f"CTC reader alone, {args.split} ({len(refs)} utterances): WER {100 * result['wer']:.1f}%  "
+    print(f"CTC reader alone, {args.split} ({len(refs)} utterances, dropout {args.dropout:g}): WER {100 * result['wer']:.1f}%  "
           f"CER {100 * result['cer']:.1f}%")
     for example in result["examples"][:5]:
         print(f"  ref: {example['ref']}\n  hyp: {example['hyp']}")

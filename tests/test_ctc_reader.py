@@ -65,6 +65,24 @@ def test_top_k_keeps_the_most_probable_tokens(tmp_path):
         assert torch.cdist(e[None], rows).min() < 1e-5
 
 
+def test_train_dropout_changes_what_the_reader_hears_in_training_only(tmp_path):
+    """ctc_train_dropout: in training the head reads dropped-out frames (other tokens, as on
+    unseen speech); in evaluation exactly what the head without dropout reads."""
+    reader = write_reader(tmp_path / "reader", d_in=8, token_ids=(1, 2, 3, 4, 6, 7), hidden=32)
+    table = torch.randn(10, 5)
+    kwargs = dict(embeddings=table, rate=4, compression="avg-pooling", residual=False, top_k=1)
+    plain = CTCProjector({"audio": 8}, 16, 5, False, reader=str(reader), **kwargs)
+    dropped = CTCProjector({"audio": 8}, 16, 5, False, reader=str(reader), train_dropout=0.5, **kwargs)
+    x, pad = torch.randn(4, 40, 8), torch.zeros(4, 40, dtype=torch.bool)
+    torch.manual_seed(1)
+    emb_train, pad_train, _ = dropped.read(x, pad)
+    emb_plain, pad_plain, _ = plain.read(x, pad)
+    assert pad_train.shape != pad_plain.shape or not torch.equal(emb_train, emb_plain)
+    dropped.eval()
+    emb_eval, pad_eval, _ = dropped.read(x, pad)
+    assert torch.equal(pad_eval, pad_plain) and torch.equal(emb_eval, emb_plain)
+
+
 def test_model_with_ctc_projector_trains_and_is_batch_independent(tmp_path):
     reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
     model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr", "avsr"))

@@ -63,6 +63,9 @@ class AVSRConfig:
     ctc_top_k: int = setting(0, COUNT)  # >0: keep the k most probable tokens of each collapsed frame
     ctc_residual: bool = setting(True, FLAG)  # add an MLP of the frames (zero at the start) to the CTC path
     ctc_train_head: bool = setting(True, FLAG)  # fine-tune the reader's head with the LLM loss
+    # dropout on the reader's input frames while the LLM trains: the head reads its own training
+    # sentences almost without error, so the LLM would learn only to copy what it hears
+    ctc_train_dropout: float = setting(0.0, FRACTION)
     projector_hidden: int = setting(2048, POSITIVE_INT)
     projector_layer_norm: bool = setting(False, FLAG)
     smop_topology: str = setting("dedr", one_of(*TOPOLOGIES))  # "jejr", "jedr" or "dedr" (models/projectors/mixture.py)

@@ -122,8 +122,9 @@ def _frames(batch: dict, rate: int, mode: str) -> tuple[torch.Tensor, torch.Tens
 
 @torch.no_grad()
 def read_split(head: ReaderHead, encoder: torch.nn.Module, dataset: TransformedDataset, pieces: Pieces, rate: int,
-               mode: str, max_frames: int = 2000) -> tuple[list[str], list[str]]:
-    """(references, greedy CTC transcripts) of a split, encoder and head only (no LLM)."""
+               mode: str, max_frames: int = 2000, dropout: float = 0.0) -> tuple[list[str], list[str]]:
+    """(references, greedy CTC transcripts) of a split, encoder and head only (no LLM);
+    `dropout` on the head's input frames as `model.ctc_train_dropout` gives them in training."""
     head.eval()
     refs, hyps = [], []
     sampler = FrameBudgetBatchSampler(frame_lengths(dataset.dataset), max_frames, shuffle=False)
@@ -131,7 +132,7 @@ def read_split(head: ReaderHead, encoder: torch.nn.Module, dataset: TransformedD
         batch = collate([dataset[i] for i in indices])
         feats, lengths = frozen_features(encoder, batch, "audio")  # (B, T, D), (B,)
         x, pad = compress(feats, lengths_to_padding_mask(lengths, feats.shape[1]), rate, mode)
-        logits = head(x)  # (B, T', 1 + V)
+        logits = head(torch.nn.functional.dropout(x, dropout, dropout > 0))  # (B, T', 1 + V)
         for text, ids in zip(batch["text"], greedy_ids(logits, pad)):
             refs.append(normalise(text))
             hyps.append(pieces.decode([int(head.token_ids[i - 1]) for i in ids]))

@@ -134,13 +134,15 @@ class CTCProjector(nn.Module):
     `embeddings`: the LLM's input embedding table (V_llm, D_llm), frozen; only the rows of the
     head's token ids are kept (a buffer rebuilt from the LLM, not saved). `top_k` > 0 keeps the
     k most probable tokens of each collapsed frame, renormalised. `train_head` False freezes the
-    head at its pre-trained weights. The projector returns its own padding (fewer tokens than
-    frames) under aux["pad"], as the projector contract allows.
+    head at its pre-trained weights. `train_dropout` drops input frame features in training only,
+    so the LLM learns from errors like those the reader makes on unseen speech. The projector
+    returns its own padding (fewer tokens than frames) under aux["pad"], as the projector contract
+    allows.
     """
 
     def __init__(self, d_in: dict[str, int], d_hidden: int, d_out: int, layer_norm: bool, *, reader: str,
                  embeddings: torch.Tensor, rate: int, compression: str, top_k: int = 0, residual: bool = True,
-                 train_head: bool = True):
+                 train_head: bool = True, train_dropout: float = 0.0):
         super().__init__()
         head, config = load_reader(reader)
         if (config.get("rate"), config.get("compression")) != (rate, compression):
@@ -157,7 +159,7 @@ class CTCProjector(nn.Module):
                               f"({embeddings.shape[0]}): it was trained for another LLM")
         self.head = head.train()
         self.head.requires_grad_(train_head)
-        self.top_k = top_k
+        self.top_k, self.train_dropout = top_k, train_dropout
         self.register_buffer("table", embeddings.detach()[head.token_ids].clone(), persistent=False)  # (V, D_llm)
         self.residual = MLP(d_in[self.audio[0]], d_hidden, d_out, layer_norm) if residual else None
         if self.residual is not None:  # starts as the pure CTC path
@@ -170,7 +172,8 @@ class CTCProjector(nn.Module):
     def read(self, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames x (B, T, D_in), pad (B, T) -> soft token embeddings (B, N, D_llm), their padding
         (B, N), and each token's confidence (B, N): its best token's share of the run's posteriors."""
-        probs = self.head(x).float().softmax(-1)  # (B, T, 1 + V)
+        heard = nn.functional.dropout(x, self.train_dropout, self.training)  # (B, T, D_in)
+        probs = self.head(heard).float().softmax(-1)  # (B, T, 1 + V)
         run, out_pad = collapse(probs.argmax(-1), pad)  # (B, T), (B, N)
         n = out_pad.shape[1]
         tokens = pool_runs(probs[..., 1:], run, n)  # (B, N, V) mean posteriors of each run, blank left out

@@ -21,7 +21,8 @@ every task the checkpoint has that the input can feed, and each decoded segment'
   avsr.transcription.evidence leaves empty before decoding.
 
 Prints a table (per group and task: segments, left empty, mean confidence of the decoded ones,
-share flagged `low_confidence` or left empty), the repetition loops found (their score range
+share flagged `low_confidence` or `nothing_heard` (decoded, and nothing written) or left empty),
+the repetition loops found (their score range
 against that of the correct test segments), and the AUROC (the chance that a correct in-domain
 test segment has a higher confidence than a decoded real or made-up one, ties counted half) of
 the confidence and, for comparison, of the plain score (length-normalised log-probability).
@@ -184,7 +185,7 @@ def summarise(rows: list[dict], threshold: float) -> dict:
         "segments": len(rs), "left_empty": sum(r["left_empty"] for r in rs),
         "mean_confidence": (round(float(np.mean([r["confidence"] for r in rs if not r["left_empty"]])), 3)
                             if any(not r["left_empty"] for r in rs) else None),
-        "flagged": share(rs, lambda r: r["left_empty"] or "low_confidence" in r["flags"]),
+        "flagged": share(rs, lambda r: r["left_empty"] or {"low_confidence", "nothing_heard"} & set(r["flags"])),
         "flagged_at_the_chosen": None if chosen is None else share(
             rs, lambda r: r["left_empty"] or r["confidence"] < chosen)}
         for (name, task), rs in sorted(by.items())}

@@ -1,5 +1,6 @@
 import contextlib
 import io
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,12 @@ import torch
 
 from avsr.synth.corpus import SynthConfig, synthesize_corpus
 from avsr.synth.text import grid_sentence
+
+# A suite started with `&` from a shell without job control inherits SIGINT ignored, and so would
+# every avsr process it starts (an ignored signal stays ignored across exec): the Ctrl-C tests
+# (test_interruptions, test_synth_corpus, test_prepare_corpus) need it delivered, as a terminal does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Shared by the model tests (import them with `from conftest import tiny_model, make_batch`).
 TEXTS = [grid_sentence(np.random.default_rng(i)) for i in range(300)]

@@ -22,10 +22,10 @@ every task the checkpoint has that the input can feed, and each decoded segment'
 
 Prints a table (per group and task: segments, left empty, mean confidence of the decoded ones,
 share flagged `low_confidence` or `nothing_heard` (decoded, and nothing written) or left empty),
-the repetition loops found (their score range
-against that of the correct test segments), and the AUROC (the chance that a correct in-domain
-test segment has a higher confidence than a decoded real or made-up one, ties counted half) of
-the confidence and, for comparison, of the plain score (length-normalised log-probability).
+the repetition loops found (their score range against that of the correct test segments), and
+the AUROC (the chance that a correct in-domain test segment has a higher confidence than a
+decoded real or made-up one, ties counted half) of the confidence and, for comparison, of the
+plain score (length-normalised log-probability).
 Writes --out (JSON): the thresholds, the table, the loops, the AUROCs and every segment.
 """
 

@@ -52,10 +52,11 @@ def main() -> int:
     torch.manual_seed(args.seed)
     refs, hyps = read_split(head, load_encoders(cfg.model)["audio"], TransformedDataset(data, EvalTransform()),
                             pieces, config["rate"], config["compression"], dropout=args.dropout)
-    result = {"split": args.split, "dropout": args.dropout, "utterances": len(refs), "wer": word_errors(refs, hyps).wer,
-              "cer": character_error_rate(refs, hyps), "examples": [{"ref": r, "hyp": h} for r, h in zip(refs, hyps)]}
-    print(f"CTC reader alone, {args.split} ({len(refs)} utterances, dropout {args.dropout:g}): WER {100 * result['wer']:.1f}%  "
-          f"CER {100 * result['cer']:.1f}%")
+    result = {"split": args.split, "dropout": args.dropout, "utterances": len(refs),
+              "wer": word_errors(refs, hyps).wer, "cer": character_error_rate(refs, hyps),
+              "examples": [{"ref": r, "hyp": h} for r, h in zip(refs, hyps)]}
+    print(f"CTC reader alone, {args.split} ({len(refs)} utterances, dropout {args.dropout:g}): "
+          f"WER {100 * result['wer']:.1f}%  CER {100 * result['cer']:.1f}%")
     for example in result["examples"][:5]:
         print(f"  ref: {example['ref']}\n  hyp: {example['hyp']}")
     if args.out:

@@ -132,7 +132,7 @@ def read_split(head: ReaderHead, encoder: torch.nn.Module, dataset: TransformedD
         batch = collate([dataset[i] for i in indices])
         feats, lengths = frozen_features(encoder, batch, "audio")  # (B, T, D), (B,)
         x, pad = compress(feats, lengths_to_padding_mask(lengths, feats.shape[1]), rate, mode)
-        logits = head(torch.nn.functional.dropout(x, dropout, dropout > 0))  # (B, T', 1 + V)
+        logits = head(F.dropout(x, dropout))  # (B, T', 1 + V); p = 0: x itself
         for text, ids in zip(batch["text"], greedy_ids(logits, pad)):
             refs.append(normalise(text))
             hyps.append(pieces.decode([int(head.token_ids[i - 1]) for i in ids]))

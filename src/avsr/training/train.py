@@ -307,6 +307,13 @@ def train_transform(cfg: TrainConfig) -> TrainTransform:
     return TrainTransform(augment, noise=read_audio(noise_path) if noise_path else None)
 
 
+def eval_transform(cfg: TrainConfig) -> EvalTransform:
+    """What validation does to its items (no augmentation drawn; `cfg.data`'s settings for the rest)."""
+    d = cfg.data
+    return EvalTransform(AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask,
+                                       video_time_mask=d.video_time_mask))
+
+
 def train_items(cfg: TrainConfig, encoders: dict[str, torch.nn.Module], progress: bool = True):
     """The training split as training sees it: (its AVDataset, the augmented items or, with
     data.feature_cache_copies, the cached encoder features of them, and their collate function).
@@ -332,17 +339,15 @@ def val_items(cfg: TrainConfig) -> TransformedDataset:
     d = cfg.data
     val_set = AVDataset(d.root, d.labels(d.val_split), d.format, d.on_bad_file, d.max_utterance_seconds)
     val_set.rows = val_set.rows[: d.max_val_utterances]
-    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
-    return TransformedDataset(val_set, EvalTransform(augment), seed=cfg.seed)
+    return TransformedDataset(val_set, eval_transform(cfg), seed=cfg.seed)
 
 
 def make_loaders(cfg: TrainConfig, model: AVSRModel, world_size: int = 1, rank: int = 0,
                  progress: bool = True) -> tuple[DataLoader, DataLoader]:
     check_feature_cache(cfg)
     d = cfg.data
-    augment = AugmentConfig(snrs=tuple(d.snrs), audio_time_mask=d.audio_time_mask, video_time_mask=d.video_time_mask)
     if detect_format(d.labels(d.train_split)) == "shards":
-        return _shard_loaders(cfg, train_transform(cfg), EvalTransform(augment), world_size, rank)
+        return _shard_loaders(cfg, train_transform(cfg), eval_transform(cfg), world_size, rank)
     encoders = {} if model is None else dict(model.encoders.items())  # read only by the feature cache
     train_set, train, train_collate = train_items(cfg, encoders, progress)
     sampler = FrameBudgetBatchSampler(frame_lengths(train_set), d.max_frames, shuffle=d.shuffle, seed=cfg.seed,

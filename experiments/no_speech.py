@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from avsr.data.noise import read_noise
     from avsr.data.transforms import EvalTransform
     from avsr.evaluation.decode import labelled_split
+    from avsr.io import write_text_atomic
     from avsr.models.loading import Checkpoint
     from avsr.paths import labels_csv, noise_wav
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.out and os.path.lexists(args.out):  # checked before the long work; nothing is replaced
+        parser.error(f"--out {args.out}: something is there already; name a new file")
     checkpoint = Checkpoint.open(args.checkpoint)
     root = args.root or checkpoint.locate("data.root", checkpoint.train_section.get("data", {}).get("root"))
     model = checkpoint.load()
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for condition in CONDITIONS[1:]:
         print(f"{condition}: " + " / ".join(r["hypothesis"] or "(empty)" for r in results[condition][:3]))
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "thresholds": floor, "rows": results}, indent=1))
+        write_text_atomic(args.out, json.dumps({"summary": summary, "thresholds": floor, "rows": results}, indent=1))
     return 0
 
 

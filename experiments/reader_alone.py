@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="of the dropout")
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args()
+    if args.out and os.path.lexists(args.out):  # checked before the long work; nothing is replaced
+        parser.error(f"--out {args.out}: something is there already; name a new file")
 
     import torch
     from transformers import AutoTokenizer
@@ -33,6 +36,7 @@ def main() -> int:
     from avsr.data.batching import TransformedDataset
     from avsr.data.dataset import AVDataset
     from avsr.data.transforms import EvalTransform
+    from avsr.io import write_text_atomic
     from avsr.models.loading import load_encoders
     from avsr.models.projectors.ctc import load_reader
     from avsr.text import character_error_rate, word_errors
@@ -60,7 +64,7 @@ def main() -> int:
     for example in result["examples"][:5]:
         print(f"  ref: {example['ref']}\n  hyp: {example['hyp']}")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+        write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -53,6 +53,20 @@ def test_a_dead_server_is_reported_and_replaced():
     assert again is not eng and again.synthesize("bin blue", Voice("en-us")).audio.size > 0
 
 
+def test_a_server_whose_client_is_gone_ends_without_a_word():
+    """A client interrupted between starting its server and reading the greeting (Ctrl-C at that
+    moment; seen once in CI) leaves a server whose replies have no reader: it ends, status 0,
+    nothing on stderr (the interrupted command reports, once)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    root = str(Path(__file__).resolve().parents[1] / "src")
+    server = subprocess.Popen([sys.executable, "-m", "avsr.synth.espeak"], stdin=subprocess.PIPE, stdout=write_end,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
+    os.close(write_end)
+    _, err = server.communicate(timeout=60)
+    assert (server.returncode, err) == (0, b"")
+
+
 def _server_pid(_) -> int:
     return engine()._server.pid
 

@@ -245,7 +245,8 @@ class EngineProcess:
 
 
 def serve(requests, replies) -> None:
-    """The server's loop: (method name, args) in, (ok, result or message) out, until EOF.
+    """The server's loop: (method name, args) in, (ok, result or message) out, until EOF (or a
+    broken pipe: the client is gone either way).
     Results are plain data (this module runs as __main__ here, so its classes do not pickle)."""
     def reply(ok: bool, result) -> None:
         pickle.dump((ok, result), replies)
@@ -287,4 +288,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything the library prints goes to stderr, not into the replies
-    serve(sys.stdin.buffer, replies)
+    try:
+        serve(sys.stdin.buffer, replies)
+    except BrokenPipeError:  # the client went away before reading a reply (it was interrupted and
+        os._exit(0)          # reports that itself); _exit: the unsent reply is not flushed again

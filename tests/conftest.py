@@ -16,6 +16,11 @@ from avsr.synth.text import grid_sentence
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Lightning's loggers write to the sys.stderr of the moment lightning is first imported. Imported
+# first inside a test that captures stderr (capsys, run_cli), they would write to that test's
+# stream after it is closed ("--- Logging error ---" in a later test's output): import it here.
+import lightning.pytorch  # noqa: E402,F401
+
 # Shared by the model tests (import them with `from conftest import tiny_model, make_batch`).
 TEXTS = [grid_sentence(np.random.default_rng(i)) for i in range(300)]
 

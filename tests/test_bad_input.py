@@ -518,6 +518,10 @@ CASES: list[Case] = [
       )),
     Case("pretrain-reader-dropout-one", lambda c: ["pretrain-reader", "quickstart_reading", "--dropout", "1"],
          "argument --dropout: expected a number in [0, 1), got '1'"),
+    Case("pretrain-reader-even-kernel", lambda c: ["pretrain-reader", "quickstart_reading", "--kernel", "2"],
+         "reader settings: kernel 2 must be odd and >= 1"),
+    Case("pretrain-reader-kernel-without-hidden", lambda c: ["pretrain-reader", "quickstart_reading", "--kernel", "3",
+                                                            "--hidden", "0"], "above 1 only with a hidden layer"),
     Case("pretrain-reader-no-corpus", lambda c: ["pretrain-reader", "--quiet", "quickstart", *c.train_args(
         "model.projector=ctc", "model.tasks=[asr]", "model.audio_rates=[2]", "data.feature_cache_copies=1",
         f"data.root={c.tmp / 'nowhere'}"), "--out", c.tmp / "reader"], "nowhere"),

@@ -28,9 +28,9 @@ def test_quickstart_seed_is_the_training_seed_and_corpus_seed_the_corpus():
     assert args.seed == 0 and synth_config(args, out="q/data").seed == 0
     assert (synth_config(args).utterances["train"], synth_config(args).speakers["train"]) == (1200, 20)
     args = build_parser().parse_args(["quickstart", "--profile", "reading"])  # the profile's corpus
-    assert (synth_config(args).utterances["train"], synth_config(args).speakers["train"]) == (4000, 40)
+    assert (synth_config(args).utterances["train"], synth_config(args).speakers["train"]) == (8000, 54)
     args = build_parser().parse_args(["quickstart", "--profile", "reading", "--train", "50"])  # unless given
-    assert (synth_config(args).utterances["train"], synth_config(args).speakers["train"]) == (50, 40)
+    assert (synth_config(args).utterances["train"], synth_config(args).speakers["train"]) == (50, 54)
     args = build_parser().parse_args(["synth", "--seed", "7"])  # `avsr synth` keeps --seed for its corpus
     assert synth_config(args).seed == 7
     code, _, err = run_cli("quickstart", "--seed", "-1")

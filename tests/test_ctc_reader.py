@@ -9,10 +9,12 @@ from conftest import make_batch, run_cli, take, tiny_model, tiny_train_args
 from avsr.models.projectors.ctc import CTCProjector, ReaderHead, collapse, greedy_ids, pool_runs, save_reader
 
 
-def write_reader(folder, d_in=64, token_ids=(5, 9, 17, 30), hidden=0, rate=4, compression="avg-pooling", seed=0):
+def write_reader(folder, d_in=64, token_ids=(5, 9, 17, 30), hidden=0, rate=4, compression="avg-pooling", seed=0,
+                 kernel=1):
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    save_reader(ReaderHead(d_in, list(token_ids), hidden), folder, {"rate": rate, "compression": compression})
+    save_reader(ReaderHead(d_in, list(token_ids), hidden, kernel=kernel), folder,
+                {"rate": rate, "compression": compression})
     return folder
 
 
@@ -27,6 +29,19 @@ def test_collapse_drops_blanks_and_merges_repeats():
     x = torch.arange(16, dtype=torch.float).reshape(2, 8, 1)
     pooled = pool_runs(x, run, 3)  # (B, N, 1): mean of each run's frames, empty slots zero
     assert pooled[..., 0].tolist() == [[1.5, 4.0, 5.5], [9.0, 0.0, 0.0]]
+
+
+def test_a_head_over_neighbouring_frames_ignores_what_lies_in_the_padding():
+    """kernel 3: the last real frames see their neighbours; past the end of an utterance they
+    see zeros, whatever a batch holds there, so the logits equal the utterance's alone."""
+    torch.manual_seed(0)
+    head = ReaderHead(8, [3, 4, 5], hidden=16, kernel=3).eval()
+    x = torch.randn(1, 10, 8)
+    batched = torch.cat([x, torch.randn(1, 3, 8)], dim=1)  # three frames of something else after it
+    pad = torch.tensor([[False] * 10 + [True] * 3])
+    alone = head(x, torch.zeros(1, 10, dtype=torch.bool))  # (1, 10, 4)
+    torch.testing.assert_close(head(batched, pad)[:, :10], alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(head(batched, torch.zeros_like(pad))[:, 9], alone[:, 9])  # the mask is what does it
 
 
 def test_peaked_posteriors_give_the_embeddings_of_the_argmax_tokens(tmp_path):
@@ -83,8 +98,11 @@ def test_train_dropout_changes_what_the_reader_hears_in_training_only(tmp_path):
     assert torch.equal(pad_eval, pad_plain) and torch.equal(emb_eval, emb_plain)
 
 
-def test_model_with_ctc_projector_trains_and_is_batch_independent(tmp_path):
-    reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
+@pytest.mark.parametrize("hidden, kernel", [(0, 1), (32, 3)])
+def test_model_with_ctc_projector_trains_and_is_batch_independent(tmp_path, hidden, kernel):
+    """Also with a head that sees neighbouring frames: the padding after a shorter utterance
+    must not reach its last frames."""
+    reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)), hidden=hidden, kernel=kernel)
     model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr", "avsr"))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(n.startswith("projector.head.") for n in names) and any(n.startswith("projector.residual") for n in names)
@@ -194,11 +212,11 @@ def test_pretrain_reader_then_train_and_eval(tiny_corpus, tiny_backbones, tmp_pa
     outs = []
     for name in ("reader", "again"):
         code, out, err = run_cli("pretrain-reader", "--quiet", "quickstart", *args, "--out", tmp_path / name,
-                                 "--steps", "3", "--merges", "20")
+                                 "--steps", "3", "--merges", "20", "--hidden", "32", "--kernel", "3")
         assert code == 0, err
         outs.append((tmp_path / name / "model.safetensors").read_bytes())
     config = json.loads((tmp_path / "reader" / "config.json").read_text())
-    assert config["rate"] == 2 and config["merges"] == 20 and 0 <= config["report"]["val_wer"]
+    assert config["rate"] == 2 and config["merges"] == 20 and config["kernel"] == 3 and 0 <= config["report"]["val_wer"]
     assert outs[0] == outs[1]
     assert len(list((tmp_path / "features").iterdir())) == 1, "one feature cache for both"
     code, out, err = run_cli("train", "--quiet", "quickstart", *args, f"model.ctc_reader={tmp_path / 'reader'}")

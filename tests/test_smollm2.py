@@ -23,6 +23,9 @@ def test_fortune_sentences_are_clean_spoken_text(tmp_path):
         assert re.fullmatch(r"[a-z']+( [a-z']+)*", s), s  # normalised words only: no digits, no symbols
         assert MIN_WORDS <= len(s.split()) <= MAX_WORDS, s
     assert len({w for s in sentences for w in s.split()}) > 4000  # a real vocabulary, not a grammar
+    more = fortune_sentences(at_least=len(sentences) + 1)  # the package's other files, only when asked
+    assert more[:len(sentences)] == sentences and len(more) > 8000 and len(set(more)) == len(more)
+    assert fortune_sentences(at_least=len(sentences)) == sentences
     path = write_sentence_file(tmp_path / "fortunes.txt", sentences)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert hashlib.sha256(write_sentence_file(path, fortune_sentences()).read_bytes()).hexdigest() == digest
@@ -66,7 +69,7 @@ def test_a_wrong_wheel_is_refused(tmp_path, capsys):
 
 def test_a_fortunes_corpus_never_repeats_a_sentence_across_splits(tmp_path, capsys):
     """More utterances than distinct sentences would put test sentences into training: refused."""
-    code = main(["quickstart", "--out", str(tmp_path / "q"), "--sentences", "fortunes", "--train", "5000",
+    code = main(["quickstart", "--out", str(tmp_path / "q"), "--sentences", "fortunes", "--train", "9000",
                  "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "the fortune files give" in err and "Traceback" not in err

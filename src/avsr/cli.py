@@ -284,12 +284,13 @@ def cmd_pretrain_reader(args: argparse.Namespace) -> int:
     from avsr.models.loading import quiet_loading
     from avsr.training.config import check_inputs, load_config
 
+    settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden),
+                                               ("kernel", args.kernel), ("dropout", args.dropout)) if v is not None}
+    reader = ReaderConfig(seed=args.seed, **settings)  # its settings refused first, before the recipe's inputs
     cfg = load_config(args.recipe, [*args.overrides, f"model.ctc_reader={args.out}"])
     check_inputs(replace(cfg, model=replace(cfg.model, projector="mlp")))  # the reader is what this makes
-    settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden),
-                                               ("dropout", args.dropout)) if v is not None}
     with quiet_loading(args.quiet):
-        print(pretrain_reader(cfg, args.out, ReaderConfig(seed=args.seed, **settings), progress=not args.quiet))
+        print(pretrain_reader(cfg, args.out, reader, progress=not args.quiet))
     return 0
 
 
@@ -662,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--merges", type=_non_negative, default=None, help="BPE merges of the LLM tokenizer kept for "
                                                                       "the targets (default: ReaderConfig.merges)")
     rd.add_argument("--hidden", type=_non_negative, default=None, help="0: a linear head (default: ReaderConfig.hidden)")
+    rd.add_argument("--kernel", type=_positive, default=None, help="frames the hidden layer sees, odd (default: "
+                                                                  "ReaderConfig.kernel)")
     rd.add_argument("--dropout", type=_fraction, default=None, help="dropout on the encoder frames in training "
                                                                    "(default: ReaderConfig.dropout)")
     rd.add_argument("--seed", type=_non_negative, default=0)
@@ -764,8 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart", help="run folder; the corpus goes to <out>/data "
                                                                "(default: %(default)s)")
     add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed",
-                   chosen_later={"train": "the profile's: 1200, 4000 for reading",
-                                 "train_speakers": "the profile's: 20, 40 for reading"})
+                   chosen_later={"train": "the profile's: 1200, 8000 for reading",
+                                 "train_speakers": "the profile's: 20, 54 for reading"})
     quick.add_argument("--seed", type=_non_negative, default=0,
                        help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
                             "(default: %(default)s; the corpus has its own, --corpus-seed)")

@@ -32,8 +32,10 @@ PROFILES = {"tiny": "quickstart", "smollm2": "quickstart_smollm2", "reading": "q
 LLM_FOLDERS = {"tiny": "small-lm", "smollm2": "smollm2-135m", "reading": "smollm2-135m"}  # under <out>/models
 REAL_LLM = ("smollm2", "reading")  # profiles on SmolLM2-135M
 # The corpus of each profile (train utterances, train speakers) where the user gives none: the
-# CTC reader generalises to unseen sentences and speakers only with more of both (docs/reading.md).
-CORPUS = {"tiny": (1200, 20), "smollm2": (1200, 20), "reading": (4000, 40)}
+# CTC reader generalises to unseen sentences and speakers only with more of both (docs/reading.md):
+# 8,000 sentences (the fortune files' sayings and more of the package's files) and 54 speakers,
+# every voice/variant pair that the val, test and babble speakers leave.
+CORPUS = {"tiny": (1200, 20), "smollm2": (1200, 20), "reading": (8000, 54)}
 SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).
 ENTRIES = ("data", "models", "avsr", "features", "fortunes.txt", "report.md", "results.json", "wer_vs_snr.png",
@@ -135,8 +137,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     timings: dict = {}
     root = Path(synth.out)
     if sentences == "fortunes":  # real sentences, dealt to train / val / test without repeats
-        lines = fortune_sentences()
         wanted = sum(synth.utterances.values())
+        lines = fortune_sentences(at_least=wanted)
         if wanted > len(lines):
             raise SynthError(f"{wanted} utterances requested but the fortune files give {len(lines)} sentences: "
                              f"train and test would share sentences")

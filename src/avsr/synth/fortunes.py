@@ -20,6 +20,11 @@ FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # which is never read).
 FORTUNE_FILES = ("education", "food", "fortunes", "humorists", "kids", "literature", "love", "miscellaneous",
                  "people", "pets", "platitudes", "science", "wisdom", "work")
+# More files of the same package, read only for a corpus that needs more sentences than the
+# sayings give (the reading profile's): smaller corpora keep the sentences they always had. Left
+# out: the files about ethnic groups, men and women, drugs, medicine and politics.
+MORE_FORTUNE_FILES = ("art", "computers", "cookie", "definitions", "disclaimer", "goedel", "knghtbrd", "law", "linux",
+                      "magic", "paradoxum", "perl", "songs-poems", "sports", "startrek", "tao", "zippy")
 MIN_WORDS, MAX_WORDS = 5, 14
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -53,9 +58,17 @@ def _spoken(sentence: str) -> str | None:
     return check_sentence(sentence, "fortune")
 
 
-def fortune_sentences(folder: str | Path = FORTUNES_DIR, files: tuple[str, ...] = FORTUNE_FILES) -> list[str]:
-    """Distinct spoken-style sentences from the fortune files, in file order."""
-    folder = Path(folder)
+def fortune_sentences(folder: str | Path = FORTUNES_DIR, files: tuple[str, ...] = FORTUNE_FILES,
+                      at_least: int = 0) -> list[str]:
+    """Distinct spoken-style sentences from the fortune files, in file order; if `files` give
+    fewer than `at_least`, those of MORE_FORTUNE_FILES follow them."""
+    found = _sentences(Path(folder), files)
+    if len(found) < at_least:
+        found = _sentences(Path(folder), files + tuple(name for name in MORE_FORTUNE_FILES if name not in files))
+    return found
+
+
+def _sentences(folder: Path, files: tuple[str, ...]) -> list[str]:
     missing = [name for name in files if not (folder / name).is_file()]
     if missing:
         raise TextError(f"fortune files {', '.join(missing)} not found in {folder}: install the Debian package "

@@ -98,6 +98,7 @@ class ReaderConfig:
 
     merges: int = 1000  # BPE merges of the LLM tokenizer kept for the targets (docs/reading.md)
     hidden: int = 1024  # 0: a linear head; > 0: one hidden ReLU layer of this width first (docs/reading.md)
+    kernel: int = 3  # frames the hidden layer sees (odd; > 1 needs hidden > 0; docs/reading.md)
     dropout: float = 0.0  # on the input frames, in training
     steps: int = 2000
     batch: int = 32  # utterances per step
@@ -111,6 +112,9 @@ class ReaderConfig:
     def __post_init__(self) -> None:
         if min(self.steps, self.batch) < 1 or self.merges < 0 or self.hidden < 0 or not 0 <= self.dropout < 1:
             raise AvsrError("reader settings: steps and batch must be >= 1, merges and hidden >= 0, dropout in [0, 1)")
+        if self.kernel < 1 or self.kernel % 2 == 0 or (self.kernel > 1 and not self.hidden):
+            raise AvsrError(f"reader settings: kernel {self.kernel} must be odd and >= 1, and above 1 only with a "
+                            "hidden layer (hidden > 0)")
 
 
 def _frames(batch: dict, rate: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +136,7 @@ def read_split(head: ReaderHead, encoder: torch.nn.Module, dataset: TransformedD
         batch = collate([dataset[i] for i in indices])
         feats, lengths = frozen_features(encoder, batch, "audio")  # (B, T, D), (B,)
         x, pad = compress(feats, lengths_to_padding_mask(lengths, feats.shape[1]), rate, mode)
-        logits = head(F.dropout(x, dropout))  # (B, T', 1 + V); p = 0: x itself
+        logits = head(F.dropout(x, dropout), pad)  # (B, T', 1 + V); p = 0: x itself
         for text, ids in zip(batch["text"], greedy_ids(logits, pad)):
             refs.append(normalise(text))
             hyps.append(pieces.decode([int(head.token_ids[i - 1]) for i in ids]))
@@ -167,7 +171,8 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
     token_ids = sorted({i for t in targets for i in t})
     index = {t: j + 1 for j, t in enumerate(token_ids)}  # 0 = blank
     torch.manual_seed(cfg.seed)  # here: computing the features (or not, when cached) leaves the seed alone
-    head = ReaderHead(encoders["audio"].output_dim * (rate if mode == "stack" else 1), token_ids, cfg.hidden, cfg.dropout)
+    head = ReaderHead(encoders["audio"].output_dim * (rate if mode == "stack" else 1), token_ids, cfg.hidden, cfg.dropout,
+                      cfg.kernel)
     log(f"CTC reader: {len(token_ids)} tokens ({cfg.merges} merges), "
         f"{sum(len(t) for t in targets) / max(1, sum(len(t.split()) for t in texts)):.2f} tokens per word, "
         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, {len(texts)} utterances")
@@ -184,7 +189,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
         chosen = [order.pop() for _ in range(min(cfg.batch, len(order)))]
         batch = collate_items([items[i] for i in chosen])
         x, pad = _frames(batch, rate, mode)  # (B, T', D), (B, T')
-        log_probs = head(x).float().log_softmax(-1)  # (B, T', 1 + V)
+        log_probs = head(x, pad).float().log_softmax(-1)  # (B, T', 1 + V)
         goal = [[index[t] for t in goals[text]] for text in batch["text"]]
         return F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([t for g in goal for t in g]), (~pad).sum(1),
                           torch.tensor([len(g) for g in goal]), blank=0, zero_infinity=True)

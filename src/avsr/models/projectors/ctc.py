@@ -38,31 +38,46 @@ class ReaderError(AvsrError):
     """A CTC reader folder that is missing, incomplete or does not fit the model."""
 
 
+class FrameConv(nn.Conv1d):
+    """A convolution over time on frames (B, T, D_in) -> (B, T, D_out), same length (odd kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
 class ReaderHead(nn.Module):
     """Encoder frames (B, T, D_in) -> CTC logits (B, T, 1 + V): index 0 is the blank, index
-    1 + j the LLM token `token_ids[j]`. A linear layer, optionally after one hidden ReLU layer;
+    1 + j the LLM token `token_ids[j]`. A linear layer, optionally after one hidden ReLU layer
+    that sees `kernel` neighbouring frames (1: each frame alone; 3: a frame and its two
+    neighbours, 80 ms at 25 Hz, which read unseen speakers better: docs/reading.md);
     `dropout` on the input frames in training (1,200 sentences are memorised otherwise: Whisper's
     frames carry the whole sentence's context)."""
 
-    def __init__(self, d_in: int, token_ids: list[int], hidden: int = 0, dropout: float = 0.0):
+    def __init__(self, d_in: int, token_ids: list[int], hidden: int = 0, dropout: float = 0.0, kernel: int = 1):
         super().__init__()
         if not token_ids or len(set(token_ids)) != len(token_ids):
             raise ValueError("token_ids must be a non-empty list of distinct LLM token ids")
-        self.d_in, self.hidden = d_in, hidden
+        if kernel < 1 or kernel % 2 == 0 or (kernel > 1 and not hidden):
+            raise ValueError(f"kernel {kernel}: an odd width >= 1, and above 1 only with a hidden layer")
+        self.d_in, self.hidden, self.kernel = d_in, hidden, kernel
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)  # (V,)
-        layers = [nn.Linear(d_in, hidden), nn.ReLU()] if hidden else []
+        first = FrameConv(d_in, hidden, kernel, padding=kernel // 2) if kernel > 1 else nn.Linear(d_in, hidden)
+        layers = [first, nn.ReLU()] if hidden else []
         self.net = nn.Sequential(*layers, nn.Linear(hidden or d_in, 1 + len(token_ids)))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.drop(x))  # (B, T, 1 + V)
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D_in), pad (B, T) True = padding -> logits (B, T, 1 + V); padding frames are
+        zeroed first, so a frame's logits do not depend on what else is in its batch."""
+        return self.net(self.drop(x).masked_fill(pad[..., None], 0.0))  # (B, T, 1 + V)
 
 
 def save_reader(head: ReaderHead, folder: str | Path, info: dict) -> None:
     """Weights, then config.json (the marker: token ids, sizes, `info`) into `folder`."""
     folder = Path(folder)
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / READER_WEIGHTS))
-    config = {"format": READER_FORMAT, "d_in": head.d_in, "hidden": head.hidden, "dropout": head.drop.p,
+    config = {"format": READER_FORMAT, "d_in": head.d_in, "hidden": head.hidden, "kernel": head.kernel,
+              "dropout": head.drop.p,
               "token_ids": head.token_ids.tolist(), **info}
     (folder / READER_CONFIG).write_text(json.dumps(config, indent=1) + "\n", "utf-8")
 
@@ -83,7 +98,8 @@ def read_reader_config(folder: str | Path) -> dict:
 def load_reader(folder: str | Path) -> tuple[ReaderHead, dict]:
     """The trained head (eval mode) and its config."""
     config = read_reader_config(folder)
-    head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"], config.get("dropout", 0.0))
+    head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"], config.get("dropout", 0.0),
+                      config.get("kernel", 1))
     if next(head.parameters()).is_meta:  # built on the meta device (avsr.models.dry_run): shapes only
         return head.eval(), config
     try:
@@ -173,7 +189,7 @@ class CTCProjector(nn.Module):
         """Frames x (B, T, D_in), pad (B, T) -> soft token embeddings (B, N, D_llm), their padding
         (B, N), and each token's confidence (B, N): its best token's share of the run's posteriors."""
         heard = nn.functional.dropout(x, self.train_dropout, self.training)  # (B, T, D_in)
-        probs = self.head(heard).float().softmax(-1)  # (B, T, 1 + V)
+        probs = self.head(heard, pad).float().softmax(-1)  # (B, T, 1 + V)
         run, out_pad = collapse(probs.argmax(-1), pad)  # (B, T), (B, N)
         n = out_pad.shape[1]
         tokens = pool_runs(probs[..., 1:], run, n)  # (B, N, V) mean posteriors of each run, blank left out

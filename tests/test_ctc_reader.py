@@ -180,6 +180,10 @@ def test_reader_mismatch_is_named(tmp_path):
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "config.json").write_text("{}")
         tiny_model(projector="ctc", ctc_reader=str(tmp_path / "other"), tasks=("asr",))
+    config = json.loads((reader / "config.json").read_text())
+    (reader / "config.json").write_text(json.dumps({**config, "kernel": 2}))  # edited by hand
+    with pytest.raises(ReaderError, match="config.json does not describe a reader head .*kernel 2"):
+        tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",))
 
 
 def test_pieces_with_every_merge_are_the_tokenizers_own(tmp_path):

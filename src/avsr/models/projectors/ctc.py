@@ -49,7 +49,7 @@ class ReaderHead(nn.Module):
     """Encoder frames (B, T, D_in) -> CTC logits (B, T, 1 + V): index 0 is the blank, index
     1 + j the LLM token `token_ids[j]`. A linear layer, optionally after one hidden ReLU layer
     that sees `kernel` neighbouring frames (1: each frame alone; 3: a frame and its two
-    neighbours, 80 ms at 25 Hz, which read unseen speakers better: docs/reading.md);
+    neighbours, 120 ms at 25 Hz, which reads unseen speech better: docs/reading.md);
     `dropout` on the input frames in training (1,200 sentences are memorised otherwise: Whisper's
     frames carry the whole sentence's context)."""
 
@@ -98,8 +98,12 @@ def read_reader_config(folder: str | Path) -> dict:
 def load_reader(folder: str | Path) -> tuple[ReaderHead, dict]:
     """The trained head (eval mode) and its config."""
     config = read_reader_config(folder)
-    head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"], config.get("dropout", 0.0),
-                      config.get("kernel", 1))
+    try:
+        head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"], config.get("dropout", 0.0),
+                          config.get("kernel", 1))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ReaderError(f"model.ctc_reader: {Path(folder) / READER_CONFIG} does not describe a reader head "
+                          f"({type(err).__name__}: {err})") from None
     if next(head.parameters()).is_meta:  # built on the meta device (avsr.models.dry_run): shapes only
         return head.eval(), config
     try:

@@ -64,16 +64,17 @@ def fortune_sentences(folder: str | Path = FORTUNES_DIR, files: tuple[str, ...] 
     fewer than `at_least`, those of MORE_FORTUNE_FILES follow them."""
     found = _sentences(Path(folder), files)
     if len(found) < at_least:
-        found = _sentences(Path(folder), files + tuple(name for name in MORE_FORTUNE_FILES if name not in files))
+        found = _sentences(Path(folder), tuple(name for name in MORE_FORTUNE_FILES if name not in files), found)
     return found
 
 
-def _sentences(folder: Path, files: tuple[str, ...]) -> list[str]:
+def _sentences(folder: Path, files: tuple[str, ...], before: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """`before`, then the distinct sentences of `files` it does not hold, in file order."""
     missing = [name for name in files if not (folder / name).is_file()]
     if missing:
         raise TextError(f"fortune files {', '.join(missing)} not found in {folder}: install the Debian package "
                         f"`fortunes` (apt-get install fortunes; scripts/setup.sh does)")
-    seen, out = set(), []
+    seen, out = set(before), list(before)
     for name in files:
         for fortune in _fortunes((folder / name).read_text("utf-8", errors="replace")):
             for sentence in _SENTENCE_END.split(" ".join(fortune.split())):

@@ -35,7 +35,8 @@ from avsr.models.avsr_model import frozen_features
 from avsr.models.compression import compress
 from avsr.models.loading import check_backbones, load_encoders
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.projectors.ctc import ReaderError, ReaderHead, greedy_ids, read_reader_config, save_reader
+from avsr.models.projectors.ctc import (ReaderError, ReaderHead, check_kernel, greedy_ids, read_reader_config,
+                                        save_reader)
 from avsr.optimization import train_steps, warmup_cosine_adamw
 from avsr.text import character_error_rate, normalise, word_errors
 from avsr.training.config import TrainConfig
@@ -112,9 +113,10 @@ class ReaderConfig:
     def __post_init__(self) -> None:
         if min(self.steps, self.batch) < 1 or self.merges < 0 or self.hidden < 0 or not 0 <= self.dropout < 1:
             raise AvsrError("reader settings: steps and batch must be >= 1, merges and hidden >= 0, dropout in [0, 1)")
-        if self.kernel < 1 or self.kernel % 2 == 0 or (self.kernel > 1 and not self.hidden):
-            raise AvsrError(f"reader settings: kernel {self.kernel} must be odd and >= 1, and above 1 only with a "
-                            "hidden layer (hidden > 0)")
+        try:
+            check_kernel(self.kernel, self.hidden)
+        except ValueError as err:
+            raise AvsrError(f"reader settings: {err}") from None
 
 
 def _frames(batch: dict, rate: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +173,8 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
     token_ids = sorted({i for t in targets for i in t})
     index = {t: j + 1 for j, t in enumerate(token_ids)}  # 0 = blank
     torch.manual_seed(cfg.seed)  # here: computing the features (or not, when cached) leaves the seed alone
-    head = ReaderHead(encoders["audio"].output_dim * (rate if mode == "stack" else 1), token_ids, cfg.hidden, cfg.dropout,
-                      cfg.kernel)
+    d_in = encoders["audio"].output_dim * (rate if mode == "stack" else 1)
+    head = ReaderHead(d_in, token_ids, cfg.hidden, cfg.dropout, cfg.kernel)
     log(f"CTC reader: {len(token_ids)} tokens ({cfg.merges} merges), "
         f"{sum(len(t) for t in targets) / max(1, sum(len(t.split()) for t in texts)):.2f} tokens per word, "
         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, {len(texts)} utterances")

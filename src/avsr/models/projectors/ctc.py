@@ -45,6 +45,12 @@ class FrameConv(nn.Conv1d):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
+def check_kernel(kernel: int, hidden: int) -> None:
+    """The one rule for a head's kernel (ValueError): odd, and wider than 1 only with a hidden layer."""
+    if kernel < 1 or kernel % 2 == 0 or (kernel > 1 and not hidden):
+        raise ValueError(f"kernel {kernel} must be odd and >= 1, and above 1 only with a hidden layer (hidden > 0)")
+
+
 class ReaderHead(nn.Module):
     """Encoder frames (B, T, D_in) -> CTC logits (B, T, 1 + V): index 0 is the blank, index
     1 + j the LLM token `token_ids[j]`. A linear layer, optionally after one hidden ReLU layer
@@ -57,8 +63,7 @@ class ReaderHead(nn.Module):
         super().__init__()
         if not token_ids or len(set(token_ids)) != len(token_ids):
             raise ValueError("token_ids must be a non-empty list of distinct LLM token ids")
-        if kernel < 1 or kernel % 2 == 0 or (kernel > 1 and not hidden):
-            raise ValueError(f"kernel {kernel}: an odd width >= 1, and above 1 only with a hidden layer")
+        check_kernel(kernel, hidden)
         self.d_in, self.hidden, self.kernel = d_in, hidden, kernel
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)  # (V,)
         first = FrameConv(d_in, hidden, kernel, padding=kernel // 2) if kernel > 1 else nn.Linear(d_in, hidden)
@@ -77,8 +82,7 @@ def save_reader(head: ReaderHead, folder: str | Path, info: dict) -> None:
     folder = Path(folder)
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / READER_WEIGHTS))
     config = {"format": READER_FORMAT, "d_in": head.d_in, "hidden": head.hidden, "kernel": head.kernel,
-              "dropout": head.drop.p,
-              "token_ids": head.token_ids.tolist(), **info}
+              "dropout": head.drop.p, "token_ids": head.token_ids.tolist(), **info}
     (folder / READER_CONFIG).write_text(json.dumps(config, indent=1) + "\n", "utf-8")
 
 

@@ -63,7 +63,11 @@ def test_a_server_whose_client_is_gone_ends_without_a_word():
     server = subprocess.Popen([sys.executable, "-m", "avsr.synth.espeak"], stdin=subprocess.PIPE, stdout=write_end,
                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
     os.close(write_end)
-    _, err = server.communicate(timeout=60)
+    try:
+        _, err = server.communicate(timeout=60)
+    finally:  # nothing left running, whatever happened
+        server.kill()
+        server.wait()
     assert (server.returncode, err) == (0, b"")
 
 

@@ -522,6 +522,8 @@ CASES: list[Case] = [
          "reader settings: kernel 2 must be odd and >= 1"),
     Case("pretrain-reader-kernel-without-hidden", lambda c: ["pretrain-reader", "quickstart_reading", "--kernel", "3",
                                                             "--hidden", "0"], "above 1 only with a hidden layer"),
+    Case("pretrain-reader-one-fold", lambda c: ["pretrain-reader", "quickstart_reading", "--folds", "1"],
+         "reader settings: folds must be 0 (no cross-fitting) or >= 2, got 1"),
     Case("pretrain-reader-no-corpus", lambda c: ["pretrain-reader", "--quiet", "quickstart", *c.train_args(
         "model.projector=ctc", "model.tasks=[asr]", "model.audio_rates=[2]", "data.feature_cache_copies=1",
         f"data.root={c.tmp / 'nowhere'}"), "--out", c.tmp / "reader"], "nowhere"),
@@ -909,6 +911,13 @@ CASES: list[Case] = [
            "config: model.lora_targets names no linear layer of the LLM"),
           ("reading-lora-rank-huge", ("--profile", "reading", "model.lora_rank=1000000000"),
            "config: model.lora_rank must give a LoRA bottleneck of at most 192, the width of the narrowest layer"),
+          # cross-fitting asked for: the check before the reader exists sees the LoRA rule, not a missing fold head
+          ("reading-cross-fit-lora-rank-huge", ("--profile", "reading", "model.ctc_cross_fit=true",
+                                                "model.lora_rank=1000000000"),
+           "config: model.lora_rank must give a LoRA bottleneck of at most 192, the width of the narrowest layer"),
+          ("reading-cross-fit-head-trained", ("--profile", "reading", "model.ctc_cross_fit=true",
+                                              "model.ctc_train_head=true"),
+           "config: model.ctc_cross_fit reads the training utterances with the CTC reader's frozen fold heads"),
           ("train-huge", ("--train", "1000000000"), "a corpus holds at most 200,000"),
           ("voices-klingon", ("--voices", "klingon"), "--voices klingon: not an English voice"),
           ("beams-zero", ("--beams", "0"), "argument --beams: 0 is less than 1"),

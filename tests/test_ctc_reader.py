@@ -6,15 +6,17 @@ import pytest
 import torch
 from conftest import make_batch, run_cli, take, tiny_model, tiny_train_args
 
-from avsr.models.projectors.ctc import CTCProjector, ReaderHead, collapse, greedy_ids, pool_runs, save_reader
+from avsr.models.projectors.ctc import (CTCProjector, ReaderHead, collapse, fold_of, greedy_ids, pool_runs,
+                                        save_reader)
 
 
 def write_reader(folder, d_in=64, token_ids=(5, 9, 17, 30), hidden=0, rate=4, compression="avg-pooling", seed=0,
-                 kernel=1):
+                 kernel=1, folds=0):
+    """A reader folder with random heads (`folds` more for cross-fitting, each drawn anew)."""
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    save_reader(ReaderHead(d_in, list(token_ids), hidden, kernel=kernel), folder,
-                {"rate": rate, "compression": compression})
+    heads = [ReaderHead(d_in, list(token_ids), hidden, kernel=kernel) for _ in range(1 + folds)]
+    save_reader(heads[0], folder, {"rate": rate, "compression": compression}, heads[1:])
     return folder
 
 
@@ -164,6 +166,59 @@ def test_the_transcript_is_no_longer_than_the_readers_pieces_and_the_slack(tmp_p
     assert [len(row) for row in aux["token_logp"]] == [n + READER_SLACK + 1 for n in heard]
 
 
+def test_fold_of_is_a_hash_of_the_normalised_transcript():
+    assert fold_of("Hello, World!", 3) == fold_of("hello world", 3)
+    # zlib.crc32: the same folds on every machine and Python (not hash(), which is salted per process)
+    assert [fold_of(t, 2) for t in ("the cat sat", "a dog", "one more", "and another")] == [0, 1, 1, 1]
+    counts = [sum(fold_of(f"sentence number {i}", 3) == k for i in range(300)) for k in range(3)]
+    assert min(counts) > 70, counts
+
+
+def test_cross_fitting_reads_each_training_utterance_with_the_head_that_never_heard_it(tmp_path):
+    """In training each row is read by the fold head of its transcript's fold; in evaluation (and
+    without transcripts there) by the full head; the fold heads stay out of the checkpoint."""
+    reader = write_reader(tmp_path / "reader", d_in=8, token_ids=tuple(range(2, 12)), hidden=16, kernel=3, folds=2)
+    table = torch.randn(20, 6)
+    kwargs = dict(embeddings=table, rate=4, compression="avg-pooling", residual=False, top_k=1, train_head=False)
+    crossed = CTCProjector({"audio": 8}, 16, 6, False, reader=str(reader), cross_fit=True, **kwargs)
+    plain = CTCProjector({"audio": 8}, 16, 6, False, reader=str(reader), **kwargs)
+    texts = ["the cat sat", "a dog", "one more", "and another"]  # folds 0, 1, 1, 1 (above)
+    torch.manual_seed(3)
+    x, pad = torch.randn(4, 30, 8), torch.zeros(4, 30, dtype=torch.bool)
+    out, aux = crossed({"audio": (x, pad)}, texts=texts)
+    for i, text in enumerate(texts):
+        emb, row_pad, _ = crossed.read(x[i:i + 1], pad[i:i + 1], torch.tensor([fold_of(text, 2)]))
+        n = int((~row_pad).sum())
+        assert int((~aux["pad"]["audio"][i]).sum()) == n
+        torch.testing.assert_close(out["audio"][i, :n], emb[0, :n])
+    full, _ = plain({"audio": (x, pad)})
+    assert out["audio"].shape != full["audio"].shape or not torch.equal(out["audio"], full["audio"])
+    with pytest.raises(ValueError, match="needs the transcripts in training"):
+        crossed({"audio": (x, pad)})
+    crossed.eval()
+    plain.eval()
+    evaluated, _ = crossed({"audio": (x, pad)})
+    assert torch.equal(evaluated["audio"], plain({"audio": (x, pad)})[0]["audio"])
+    model = tiny_model(projector="ctc", ctc_reader=str(write_reader(tmp_path / "r64", folds=2)), tasks=("asr",),
+                       ctc_train_head=False, ctc_cross_fit=True)
+    assert not any(".fold_heads." in n or ".head." in n for n in model.trainable_state_dict())
+    model.train()
+    loss, _ = model(make_batch([30, 21, 12]), "asr")
+    assert torch.isfinite(loss)
+
+
+def test_cross_fitting_needs_fold_heads_and_a_frozen_head(tmp_path):
+    from avsr.models.projectors.ctc import ReaderError
+    from avsr.settings import SettingError
+
+    reader = write_reader(tmp_path / "reader")
+    with pytest.raises(ReaderError, match="holds no fold heads; train it with `avsr pretrain-reader --folds 2`"):
+        tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False, ctc_cross_fit=True)
+    with pytest.raises(SettingError, match="ctc_cross_fit.*needs model.projector ctc and model.ctc_train_head false"):
+        tiny_model(projector="ctc", ctc_reader=str(write_reader(tmp_path / "folded", folds=2)), tasks=("asr",),
+                   ctc_cross_fit=True)
+
+
 def test_frozen_head_stays_out_of_the_checkpoint(tmp_path):
     reader = write_reader(tmp_path / "reader", d_in=64, token_ids=tuple(range(4, 40)))
     model = tiny_model(projector="ctc", ctc_reader=str(reader), tasks=("asr",), ctc_train_head=False, ctc_residual=False)
@@ -209,21 +264,27 @@ def test_pieces_with_every_merge_are_the_tokenizers_own(tmp_path):
 
 def test_pretrain_reader_then_train_and_eval(tiny_corpus, tiny_backbones, tmp_path):
     """`avsr pretrain-reader` on the tiny corpus writes a reader folder the ctc projector trains
-    with; the same seed gives the same reader bytes."""
+    with (cross-fitted: `--folds 2`); the same seed gives the same reader bytes, and the full head
+    is the same with or without fold heads."""
     root = tiny_corpus[0].out
     args = [*tiny_train_args(root, tiny_backbones, tmp_path / "run", 2), "model.projector=ctc", "model.tasks=[asr]",
             "model.audio_rates=[2]", "data.feature_cache_copies=1", f"data.feature_cache_dir={tmp_path / 'features'}"]
     outs = []
-    for name in ("reader", "again"):
+    for name, folds in (("reader", "2"), ("again", "2"), ("no-folds", "0")):
         code, out, err = run_cli("pretrain-reader", "--quiet", "quickstart", *args, "--out", tmp_path / name,
-                                 "--steps", "3", "--merges", "20", "--hidden", "32", "--kernel", "3")
+                                 "--steps", "4", "--merges", "20", "--hidden", "32", "--kernel", "3", "--folds", folds)
         assert code == 0, err
-        outs.append((tmp_path / name / "model.safetensors").read_bytes())
+        outs.append([(tmp_path / name / f).read_bytes() for f in ("model.safetensors", "fold-0.safetensors",
+                                                                  "fold-1.safetensors") if (tmp_path / name / f).exists()])
     config = json.loads((tmp_path / "reader" / "config.json").read_text())
     assert config["rate"] == 2 and config["merges"] == 20 and config["kernel"] == 3 and 0 <= config["report"]["val_wer"]
-    assert outs[0] == outs[1]
-    assert len(list((tmp_path / "features").iterdir())) == 1, "one feature cache for both"
-    code, out, err = run_cli("train", "--quiet", "quickstart", *args, f"model.ctc_reader={tmp_path / 'reader'}")
+    assert config["folds"] == 2 and [f["steps"] for f in config["report"]["folds"]] == [2, 2]
+    # each fold head trained on the utterances outside its fold, together every utterance once
+    assert sum(f["utterances"] for f in config["report"]["folds"]) == config["report"]["utterances"]
+    assert len(outs[0]) == 3 and outs[0] == outs[1] and outs[2] == outs[0][:1] and outs[0][1] != outs[0][2]
+    assert len(list((tmp_path / "features").iterdir())) == 1, "one feature cache for all"
+    code, out, err = run_cli("train", "--quiet", "quickstart", *args, f"model.ctc_reader={tmp_path / 'reader'}",
+                             "model.ctc_cross_fit=true", "model.ctc_train_head=false")
     assert code == 0, err
     code, out, err = run_cli("eval", str(tmp_path / "run" / "checkpoints" / "last"), "--snrs", "clean", "--beams", "1")
     assert code == 0, err

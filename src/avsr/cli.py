@@ -285,10 +285,11 @@ def cmd_pretrain_reader(args: argparse.Namespace) -> int:
     from avsr.training.config import check_inputs, load_config
 
     settings = {k: v for k, v in (("steps", args.steps), ("merges", args.merges), ("hidden", args.hidden),
-                                               ("kernel", args.kernel), ("dropout", args.dropout)) if v is not None}
+                                               ("kernel", args.kernel), ("dropout", args.dropout),
+                                               ("folds", args.folds)) if v is not None}
     reader = ReaderConfig(seed=args.seed, **settings)  # its settings refused first, before the recipe's inputs
     cfg = load_config(args.recipe, [*args.overrides, f"model.ctc_reader={args.out}"])
-    check_inputs(replace(cfg, model=replace(cfg.model, projector="mlp")))  # the reader is what this makes
+    check_inputs(replace(cfg, model=cfg.model.without_reader()))  # the reader is what this makes
     with quiet_loading(args.quiet):
         print(pretrain_reader(cfg, args.out, reader, progress=not args.quiet))
     return 0
@@ -667,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "ReaderConfig.kernel)")
     rd.add_argument("--dropout", type=_fraction, default=None, help="dropout on the encoder frames in training "
                                                                    "(default: ReaderConfig.dropout)")
+    rd.add_argument("--folds", type=_non_negative, default=None, help="K >= 2: K more heads, each without one K-th "
+                    "of the sentences, for model.ctc_cross_fit (default: ReaderConfig.folds, none)")
     rd.add_argument("--seed", type=_non_negative, default=0)
     rd.add_argument("--quiet", action="store_true")
     rd.set_defaults(func=cmd_pretrain_reader)

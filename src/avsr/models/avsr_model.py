@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from avsr.models.compression import MODES as COMPRESSION_MODES
 from avsr.models.compression import compress
 from avsr.models.lora import add_lora, set_active
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.projectors import PROJECTORS, TOPOLOGIES, build_projector
+from avsr.models.projectors import PROJECTORS, TOPOLOGIES, CTCProjector, build_projector
 from avsr.models.tasks import (LORA_SCHEMES, MODALITIES, PROMPTS, TASKS, RatePair, adapter_names,
                                modalities_of, scale_name)
 from avsr.settings import (COUNT, FLAG, FRACTION, NAME, NON_NEGATIVE, OPTIONAL_NAME, POSITIVE, POSITIVE_INT, TEXT,
@@ -67,6 +67,9 @@ class AVSRConfig:
     # sentences almost without error, so the LLM would learn only to copy what it hears (0.3 for
     # 300 steps: 48.8 against 45.5% on the reading profile's test; docs/reading.md)
     ctc_train_dropout: float = setting(0.0, FRACTION)
+    # each training utterance read by a fold head of the reader that never heard its sentence
+    # (a reader of `avsr pretrain-reader --folds K`): the LLM learns from the reader's real errors
+    ctc_cross_fit: bool = setting(False, FLAG)
     projector_hidden: int = setting(2048, POSITIVE_INT)
     projector_layer_norm: bool = setting(False, FLAG)
     smop_topology: str = setting("dedr", one_of(*TOPOLOGIES))  # "jejr", "jedr" or "dedr" (models/projectors/mixture.py)
@@ -109,6 +112,11 @@ class AVSRConfig:
     modality_tokens: str = setting("own", one_of(*MODALITY_TOKENS))
     llm_dtype: str = setting("float32", one_of("float32", "bfloat16", "float16", "float64"))
 
+    def without_reader(self) -> "AVSRConfig":
+        """The same model with an MLP projector in place of the CTC reader: what can be checked
+        before the reader's folder exists (`avsr pretrain-reader` makes it)."""
+        return replace(self, projector="mlp", ctc_cross_fit=False)
+
     def __post_init__(self) -> None:
         """Every setting's rule (see avsr.settings), then the rules that join two settings."""
         check_settings(self)
@@ -126,6 +134,9 @@ class AVSRConfig:
         if self.projector == "ctc" and not self.ctc_reader:
             raise SettingError("ctc_reader", "must name the folder of `avsr pretrain-reader` when model.projector "
                                              "is ctc")
+        if self.ctc_cross_fit and (self.projector != "ctc" or self.ctc_train_head):
+            raise SettingError("ctc_cross_fit", "reads the training utterances with the CTC reader's frozen fold heads: "
+                                                "it needs model.projector ctc and model.ctc_train_head false")
         if self.projector == "ctc" and "audio" not in modalities_of(self.tasks):
             raise SettingError("projector", f"ctc reads audio, but tasks are {', '.join(self.tasks)}")
         if self.video_trim and len(self.video_rates) != 1:
@@ -280,7 +291,8 @@ class AVSRModel(nn.Module):
                 x, p = compress(feats, pad, r, self.cfg.compression)  # (B, T', ·), (B, T')
                 inputs.setdefault(self.stream(m, r), []).append((m, r, x, p))
         joined = {name: _stack_batches([(x, p) for _, _, x, p in group]) for name, group in inputs.items()}
-        projected, aux = self.projector(joined)  # {name: (n_rates * B, T_max, D_llm)}
+        texts = {"texts": batch.get("text")} if isinstance(self.projector, CTCProjector) else {}  # its cross-fitting
+        projected, aux = self.projector(joined, **texts)  # {name: (n_rates * B, T_max, D_llm)}
         pads = aux.pop("pad", {})  # {name: (n_rates * B, N)} where the projector shortened the sequence
         by_rate: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for name, group in inputs.items():

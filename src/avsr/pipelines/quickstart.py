@@ -97,7 +97,7 @@ def check_training_config(cfg, profile: str, seed: int) -> None:
         presets[key] = make() if made else resolve(key, named)
     model = cfg.model
     if model.projector == "ctc" and not reader_complete(model.ctc_reader):  # its stage has yet to run: the
-        model = replace(model, projector="mlp")  # LoRA and the LLM checked without it
+        model = model.without_reader()  # LoRA and the LLM checked without it
     try:
         check_on_meta(model, presets)
     except SettingError as err:
@@ -164,7 +164,8 @@ def run_quickstart(out: str | Path, synth: SynthConfig, train_overrides: list[st
     if cfg.model.projector == "ctc":
         with _stage("pretrain CTC reader (encoder features)", timings):
             if not reader_complete(cfg.model.ctc_reader):
-                pretrain_reader(cfg, cfg.model.ctc_reader, ReaderConfig(seed=seed), progress=progress)
+                folds = 2 if cfg.model.ctc_cross_fit else 0  # fold heads only for a recipe that reads with them
+                pretrain_reader(cfg, cfg.model.ctc_reader, ReaderConfig(seed=seed, folds=folds), progress=progress)
     with _stage(f"train AVSR model ({' + '.join(t.upper() for t in cfg.model.tasks)})", timings):
         check_inputs(cfg)  # as `avsr train` does: the backbones made above, the corpus labels and noise
         checkpoint = train(cfg, progress=progress)  # resumes an interrupted run; a finished one is kept

@@ -12,16 +12,22 @@ pieces that occur in the training transcripts, plus the blank.
 The training items are those of the AVSR training (`avsr.training.train.train_items`, the same
 recipe and overrides): both read one feature cache, computed once.
 
-Output folder (models/projectors/ctc.py reads it): model.safetensors + config.json (written
-last: the marker) with the token ids, the encoder width, rate and compression, the settings,
-and a report (losses, validation CER / WER of greedy CTC decoding alone).
+With `folds` K >= 2 (`--folds`), K more heads are trained for cross-fitting
+(`model.ctc_cross_fit`): head k on the training sentences outside fold k (`fold_of`), for
+(K - 1) / K of the steps (the same epochs), so each training utterance has a head that reads it
+as unseen speech.
+
+Output folder (models/projectors/ctc.py reads it): model.safetensors (+ fold-k.safetensors) +
+config.json (written last: the marker) with the token ids, the encoder width, rate and
+compression, the settings, and a report (losses, validation CER / WER of greedy CTC decoding
+alone, of each fold head too).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +41,8 @@ from avsr.models.avsr_model import frozen_features
 from avsr.models.compression import compress
 from avsr.models.loading import check_backbones, load_encoders
 from avsr.models.masks import lengths_to_padding_mask
-from avsr.models.projectors.ctc import (ReaderError, ReaderHead, check_kernel, greedy_ids, read_reader_config,
-                                        save_reader)
+from avsr.models.projectors.ctc import (ReaderError, ReaderHead, check_kernel, fold_of, greedy_ids,
+                                        read_reader_config, save_reader)
 from avsr.optimization import train_steps, warmup_cosine_adamw
 from avsr.text import character_error_rate, normalise, word_errors
 from avsr.training.config import TrainConfig
@@ -109,10 +115,13 @@ class ReaderConfig:
     grad_clip: float = 5.0
     seed: int = 0
     log_every: int = 100
+    folds: int = 0  # >= 2: that many more heads for cross-fitting (model.ctc_cross_fit); 0: none
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch) < 1 or self.merges < 0 or self.hidden < 0 or not 0 <= self.dropout < 1:
             raise AvsrError("reader settings: steps and batch must be >= 1, merges and hidden >= 0, dropout in [0, 1)")
+        if self.folds == 1 or self.folds < 0:
+            raise AvsrError(f"reader settings: folds must be 0 (no cross-fitting) or >= 2, got {self.folds}")
         try:
             check_kernel(self.kernel, self.hidden)
         except ValueError as err:
@@ -159,7 +168,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
         raise AvsrError(f"model.audio_rates: the CTC reader reads one audio rate, got {list(m.audio_rates)}")
     if d.feature_cache_copies < 1:
         raise AvsrError("data.feature_cache_copies: the CTC reader trains on cached encoder features; set it to 1 or more")
-    check_backbones(replace(m, projector="mlp"))  # the reader folder is what this makes
+    check_backbones(m.without_reader())  # the reader folder is what this makes
     rate, mode = m.audio_rates[0], m.compression
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(m.llm, local_files_only=True)
@@ -167,52 +176,67 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
     encoders = load_encoders(m)
     _, items, collate_items = train_items(train_cfg, encoders, progress)
     features_s = time.perf_counter() - started
-    texts = [item["text"] for item in map(items.__getitem__, range(len(items))) if isinstance(item, dict)]
-    goals = {t: pieces.encode(t) for t in texts}  # transcript -> LLM piece ids
-    targets = [goals[t] for t in texts]
-    token_ids = sorted({i for t in targets for i in t})
+    texts = {i: item["text"] for i, item in enumerate(map(items.__getitem__, range(len(items))))
+             if isinstance(item, dict)}  # item index -> transcript
+    goals = {t: pieces.encode(t) for t in texts.values()}  # transcript -> LLM piece ids
+    targets = {i: goals[t] for i, t in texts.items()}
+    token_ids = sorted({i for t in targets.values() for i in t})
     index = {t: j + 1 for j, t in enumerate(token_ids)}  # 0 = blank
-    torch.manual_seed(cfg.seed)  # here: computing the features (or not, when cached) leaves the seed alone
     d_in = encoders["audio"].output_dim * (rate if mode == "stack" else 1)
-    head = ReaderHead(d_in, token_ids, cfg.hidden, cfg.dropout, cfg.kernel)
-    log(f"CTC reader: {len(token_ids)} tokens ({cfg.merges} merges), "
-        f"{sum(len(t) for t in targets) / max(1, sum(len(t.split()) for t in texts)):.2f} tokens per word, "
-        f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, {len(texts)} utterances")
-    rng = np.random.default_rng(cfg.seed)
-    order: list[int] = []
-    per_epoch = max(1, -(-len(items) // cfg.batch))
-    opt, sched = warmup_cosine_adamw(head.named_parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps,
-                                     floor=0.02)
 
-    def loss_at(step: int) -> torch.Tensor:
-        if not order:  # an epoch: every utterance once, in the cache's copy of that epoch
-            items.set_epoch(step // per_epoch)
-            order.extend(rng.permutation(len(items)).tolist())
-        chosen = [order.pop() for _ in range(min(cfg.batch, len(order)))]
-        batch = collate_items([items[i] for i in chosen])
-        x, pad = _frames(batch, rate, mode)  # (B, T', D), (B, T')
-        log_probs = head(x, pad).float().log_softmax(-1)  # (B, T', 1 + V)
-        goal = [[index[t] for t in goals[text]] for text in batch["text"]]
-        return F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([t for g in goal for t in g]), (~pad).sum(1),
-                          torch.tensor([len(g) for g in goal]), blank=0, zero_infinity=True)
+    def train_head(pool: list[int], steps: int, name: str) -> tuple[ReaderHead, dict]:
+        """A head trained for `steps` on the items `pool`, and its report (losses, validation)."""
+        torch.manual_seed(cfg.seed)  # here: computing the features (or not, when cached) leaves the seed alone
+        head = ReaderHead(d_in, token_ids, cfg.hidden, cfg.dropout, cfg.kernel)
+        log(f"CTC reader{name}: {len(token_ids)} tokens ({cfg.merges} merges), "
+            f"{sum(len(targets[i]) for i in pool) / max(1, sum(len(texts[i].split()) for i in pool)):.2f} tokens "
+            f"per word, {sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, {len(pool)} utterances")
+        rng = np.random.default_rng(cfg.seed)
+        order: list[int] = []
+        per_epoch = max(1, -(-len(pool) // cfg.batch))
+        opt, sched = warmup_cosine_adamw(head.named_parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps,
+                                         floor=0.02)
 
-    def after(step: int, losses: list[float]) -> None:
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            window = losses[-cfg.log_every:]
-            log(f"reader step {step + 1}/{cfg.steps}  loss {sum(window) / len(window):.3f}  "
-                f"{time.perf_counter() - started:.0f}s")
+        def loss_at(step: int) -> torch.Tensor:
+            if not order:  # an epoch: every utterance of the pool once, in the cache's copy of that epoch
+                items.set_epoch(step // per_epoch)
+                order.extend(rng.permutation(pool).tolist())
+            chosen = [order.pop() for _ in range(min(cfg.batch, len(order)))]
+            batch = collate_items([items[i] for i in chosen])
+            x, pad = _frames(batch, rate, mode)  # (B, T', D), (B, T')
+            log_probs = head(x, pad).float().log_softmax(-1)  # (B, T', 1 + V)
+            goal = [[index[t] for t in goals[text]] for text in batch["text"]]
+            return F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([t for g in goal for t in g]), (~pad).sum(1),
+                              torch.tensor([len(g) for g in goal]), blank=0, zero_infinity=True)
 
-    t0 = time.perf_counter()
-    history = train_steps(head, opt, sched, cfg.steps, loss_at, cfg.grad_clip, after)
-    report = {"steps": cfg.steps, "features_seconds": round(features_s, 1),
-              "train_seconds": round(time.perf_counter() - t0, 1), "loss_history": [round(x, 4) for x in history]}
-    refs, hyps = read_split(head, encoders["audio"], val_items(train_cfg), pieces, rate, mode)
-    report.update(val_wer=round(word_errors(refs, hyps).wer, 4), val_cer=round(character_error_rate(refs, hyps), 4),
-                  val_utterances=len(refs), val_examples=[{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])],
-                  total_seconds=round(time.perf_counter() - started, 1))
-    log(f"CTC reader alone: val WER {report['val_wer']:.3f}  CER {report['val_cer']:.3f}  ({len(refs)} utterances)")
+        def after(step: int, losses: list[float]) -> None:
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+                window = losses[-cfg.log_every:]
+                log(f"reader{name} step {step + 1}/{steps}  loss {sum(window) / len(window):.3f}  "
+                    f"{time.perf_counter() - started:.0f}s")
+
+        t0 = time.perf_counter()
+        history = train_steps(head, opt, sched, steps, loss_at, cfg.grad_clip, after)
+        report = {"steps": steps, "utterances": len(pool), "train_seconds": round(time.perf_counter() - t0, 1),
+                  "loss_history": [round(x, 4) for x in history]}
+        refs, hyps = read_split(head, encoders["audio"], val_items(train_cfg), pieces, rate, mode)
+        report.update(val_wer=round(word_errors(refs, hyps).wer, 4), val_cer=round(character_error_rate(refs, hyps), 4),
+                      val_utterances=len(refs), val_examples=[{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])])
+        log(f"CTC reader{name} alone: val WER {report['val_wer']:.3f}  CER {report['val_cer']:.3f}  "
+            f"({len(refs)} utterances)")
+        return head, report
+
+    head, report = train_head(sorted(texts), cfg.steps, "")
+    fold_heads, fold_reports = [], []
+    for k in range(cfg.folds):
+        fold_head, fold_report = train_head([i for i, t in sorted(texts.items()) if fold_of(t, cfg.folds) != k],
+                                            max(1, cfg.steps * (cfg.folds - 1) // cfg.folds), f" (fold {k})")
+        fold_heads.append(fold_head.eval())
+        fold_reports.append(fold_report)
+    report.update(features_seconds=round(features_s, 1), total_seconds=round(time.perf_counter() - started, 1),
+                  **({"folds": fold_reports} if fold_reports else {}))
     with atomic_folder(out) as tmp:
         save_reader(head.eval(), tmp, {"rate": rate, "compression": mode, "merges": cfg.merges,
                                        "llm": str(m.llm), "audio_encoder": str(m.audio_encoder),
-                                       "settings": asdict(cfg), "report": report})
+                                       "settings": asdict(cfg), "report": report}, fold_heads)
     return out

@@ -35,5 +35,6 @@ def build_projector(cfg, d_in: dict[str, int], d_out: int, embeddings=None) -> n
         return CTCProjector(d_in, cfg.projector_hidden, d_out, cfg.projector_layer_norm, reader=cfg.ctc_reader,
                             embeddings=embeddings, rate=cfg.audio_rates[0],
                             compression=cfg.compression, top_k=cfg.ctc_top_k, residual=cfg.ctc_residual,
-                            train_head=cfg.ctc_train_head, train_dropout=cfg.ctc_train_dropout)
+                            train_head=cfg.ctc_train_head, train_dropout=cfg.ctc_train_dropout,
+                            cross_fit=cfg.ctc_cross_fit)
     raise ValueError(f"unknown projector {cfg.projector!r}; choose from {PROJECTORS}")

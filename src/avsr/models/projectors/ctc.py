@@ -15,11 +15,19 @@ The head (a `ReaderHead`) lives in its own folder (config.json + model.safetenso
 and its weights. `CTCProjector` loads it for the audio stream; the other modalities get the
 Llama-AVSR MLP, and the audio path may add a residual MLP of the collapsed frames' features
 (initialised to zero: training starts from the pure CTC path).
+
+Cross-fitting (`model.ctc_cross_fit`, a reader trained with `--folds K`): the head reads its own
+training sentences almost perfectly (it learns them by heart), so an LLM trained on its output
+learns to copy, while on unseen speech the head misspells half the words. The folder then also
+holds K fold heads, head k trained without the sentences of fold k (`fold_of`, a hash of the
+transcript); in training each utterance is read by the head that never heard its sentence, so
+the LLM learns from the errors it will meet. Decoding always uses the full head.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import torch
@@ -28,10 +36,22 @@ from torch import nn
 
 from avsr.errors import AvsrError
 from avsr.models.projectors.mlp import MLP, Inputs
+from avsr.text import normalise
 
 READER_FORMAT = "avsr-ctc-reader"
 READER_CONFIG = "config.json"  # written last: the folder's completion marker
 READER_WEIGHTS = "model.safetensors"
+
+
+def fold_weights(k: int) -> str:
+    """The file of fold head k in a reader folder."""
+    return f"fold-{k}.safetensors"
+
+
+def fold_of(text: str, folds: int) -> int:
+    """The cross-fitting fold (0 .. folds - 1) of a transcript: a hash of its normalised text, so
+    one sentence spoken by several voices is in one fold, the same on every machine."""
+    return zlib.crc32(normalise(text).encode("utf-8")) % folds
 
 
 class ReaderError(AvsrError):
@@ -77,12 +97,14 @@ class ReaderHead(nn.Module):
         return self.net(self.drop(x).masked_fill(pad[..., None], 0.0))  # (B, T, 1 + V)
 
 
-def save_reader(head: ReaderHead, folder: str | Path, info: dict) -> None:
-    """Weights, then config.json (the marker: token ids, sizes, `info`) into `folder`."""
+def save_reader(head: ReaderHead, folder: str | Path, info: dict, fold_heads: list[ReaderHead] = ()) -> None:
+    """Weights (the head's, then each fold head's), then config.json (the marker: token ids,
+    sizes, number of folds, `info`) into `folder`."""
     folder = Path(folder)
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / READER_WEIGHTS))
+    for h, name in [(head, READER_WEIGHTS), *((h, fold_weights(k)) for k, h in enumerate(fold_heads))]:
+        save_file({k: v.detach().contiguous() for k, v in h.state_dict().items()}, str(folder / name))
     config = {"format": READER_FORMAT, "d_in": head.d_in, "hidden": head.hidden, "kernel": head.kernel,
-              "dropout": head.drop.p, "token_ids": head.token_ids.tolist(), **info}
+              "dropout": head.drop.p, "token_ids": head.token_ids.tolist(), "folds": len(fold_heads), **info}
     (folder / READER_CONFIG).write_text(json.dumps(config, indent=1) + "\n", "utf-8")
 
 
@@ -99,8 +121,8 @@ def read_reader_config(folder: str | Path) -> dict:
     return config
 
 
-def load_reader(folder: str | Path) -> tuple[ReaderHead, dict]:
-    """The trained head (eval mode) and its config."""
+def load_reader(folder: str | Path, weights: str = READER_WEIGHTS) -> tuple[ReaderHead, dict]:
+    """The trained head (eval mode; `weights`: a fold head's file instead) and its config."""
     config = read_reader_config(folder)
     try:
         head = ReaderHead(config["d_in"], config["token_ids"], config["hidden"], config.get("dropout", 0.0),
@@ -111,9 +133,9 @@ def load_reader(folder: str | Path) -> tuple[ReaderHead, dict]:
     if next(head.parameters()).is_meta:  # built on the meta device (avsr.models.dry_run): shapes only
         return head.eval(), config
     try:
-        head.load_state_dict(load_file(str(Path(folder) / READER_WEIGHTS)), strict=True)
+        head.load_state_dict(load_file(str(Path(folder) / weights)), strict=True)
     except (OSError, RuntimeError, ValueError) as err:
-        raise ReaderError(f"model.ctc_reader: cannot load {Path(folder) / READER_WEIGHTS}: "
+        raise ReaderError(f"model.ctc_reader: cannot load {Path(folder) / weights}: "
                           f"{str(err).splitlines()[0]}") from None
     return head.eval(), config
 
@@ -159,16 +181,21 @@ class CTCProjector(nn.Module):
     head's token ids are kept (a buffer rebuilt from the LLM, not saved). `top_k` > 0 keeps the
     k most probable tokens of each collapsed frame, renormalised. `train_head` False freezes the
     head at its pre-trained weights. `train_dropout` drops input frame features in training only,
-    so the LLM learns from errors like those the reader makes on unseen speech. The projector
+    so the LLM learns from errors like those the reader makes on unseen speech. `cross_fit` reads
+    each training utterance with the fold head that never heard its sentence (module docstring;
+    `forward`'s `texts`). The projector
     returns its own padding (fewer tokens than frames) under aux["pad"], as the projector contract
     allows.
     """
 
     def __init__(self, d_in: dict[str, int], d_hidden: int, d_out: int, layer_norm: bool, *, reader: str,
                  embeddings: torch.Tensor, rate: int, compression: str, top_k: int = 0, residual: bool = True,
-                 train_head: bool = True, train_dropout: float = 0.0):
+                 train_head: bool = True, train_dropout: float = 0.0, cross_fit: bool = False):
         super().__init__()
         head, config = load_reader(reader)
+        if cross_fit and config.get("folds", 0) < 2:
+            raise ReaderError(f"model.ctc_cross_fit: {reader} holds no fold heads; train it with "
+                              "`avsr pretrain-reader --folds 2`")
         if (config.get("rate"), config.get("compression")) != (rate, compression):
             raise ReaderError(f"model.ctc_reader: {reader} was trained at audio rate {config.get('rate')} with "
                               f"{config.get('compression')}, but the model has rate {rate} with {compression}")
@@ -183,6 +210,9 @@ class CTCProjector(nn.Module):
                               f"({embeddings.shape[0]}): it was trained for another LLM")
         self.head = head.train()
         self.head.requires_grad_(train_head)
+        # frozen like the head (so not in checkpoints: AVSRModel.trainable_state_dict); training only
+        self.fold_heads = nn.ModuleList([load_reader(reader, fold_weights(k))[0].requires_grad_(False)
+                                         for k in range(config["folds"])] if cross_fit else [])
         self.top_k, self.train_dropout = top_k, train_dropout
         self.register_buffer("table", embeddings.detach()[head.token_ids].clone(), persistent=False)  # (V, D_llm)
         self.residual = MLP(d_in[self.audio[0]], d_hidden, d_out, layer_norm) if residual else None
@@ -193,11 +223,18 @@ class CTCProjector(nn.Module):
                                    if m not in self.audio})
         self.config = config
 
-    def read(self, x: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def read(self, x: torch.Tensor, pad: torch.Tensor,
+             folds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames x (B, T, D_in), pad (B, T) -> soft token embeddings (B, N, D_llm), their padding
-        (B, N), and each token's confidence (B, N): its best token's share of the run's posteriors."""
+        (B, N), and each token's confidence (B, N): its best token's share of the run's posteriors.
+        `folds` (B,): each row read by that fold head instead of the head (cross-fitting)."""
         heard = nn.functional.dropout(x, self.train_dropout, self.training)  # (B, T, D_in)
-        probs = self.head(heard, pad).float().softmax(-1)  # (B, T, 1 + V)
+        if folds is None:
+            logits = self.head(heard, pad)  # (B, T, 1 + V)
+        else:
+            by_fold = torch.stack([h(heard, pad) for h in self.fold_heads])  # (K, B, T, 1 + V)
+            logits = by_fold[folds, torch.arange(x.shape[0], device=x.device)]  # (B, T, 1 + V)
+        probs = logits.float().softmax(-1)  # (B, T, 1 + V)
         run, out_pad = collapse(probs.argmax(-1), pad)  # (B, T), (B, N)
         n = out_pad.shape[1]
         tokens = pool_runs(probs[..., 1:], run, n)  # (B, N, V) mean posteriors of each run, blank left out
@@ -217,16 +254,23 @@ class CTCProjector(nn.Module):
         audio += sum(p.numel() for p in self.residual.parameters()) if self.residual is not None else 0
         return max([audio, *(sum(p.numel() for p in mlp.parameters()) for mlp in self.mlps.values())])
 
-    def forward(self, inputs: Inputs) -> tuple[dict[str, torch.Tensor], dict]:
-        """aux: the padding of the read tokens ("pad"), and per utterance how many tokens the reader
-        heard ("reader/tokens", (B,)) and their mean confidence ("reader/confidence", (B,); 0 when
-        it heard none): what tells silence or noise from speech before the LLM writes anything."""
+    def forward(self, inputs: Inputs, texts: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+        """`texts`: the batch's transcripts, which pick each utterance's fold head in training when
+        cross-fitting (the other projectors take none). aux: the padding of the read tokens
+        ("pad"), and per utterance how many tokens the reader heard ("reader/tokens", (B,)) and
+        their mean confidence ("reader/confidence", (B,); 0 when it heard none): what tells
+        silence or noise from speech before the LLM writes anything."""
+        folds = None
+        if self.fold_heads and self.training:
+            if texts is None:
+                raise ValueError("a cross-fitted CTC projector needs the transcripts in training")
+            folds = torch.tensor([fold_of(t, len(self.fold_heads)) for t in texts])  # (B,)
         out, pads, aux = {}, {}, {}
         for m, (x, pad) in inputs.items():
             if m in self.mlps:
                 out[m] = self.mlps[m](x).masked_fill(pad[..., None], 0.0)  # (B, T, D_llm)
             else:
-                out[m], pads[m], confidence = self.read(x, pad)  # (B, N, D_llm), (B, N), (B, N)
+                out[m], pads[m], confidence = self.read(x, pad, folds)  # (B, N, D_llm), (B, N), (B, N)
                 counts = (~pads[m]).sum(1)  # (B,)
                 aux.update({"reader/tokens": counts, "reader/confidence": confidence.sum(1) / counts.clamp(min=1)})
         return out, {"pad": pads, **aux}

@@ -179,17 +179,17 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
     texts = {i: item["text"] for i, item in enumerate(map(items.__getitem__, range(len(items))))
              if isinstance(item, dict)}  # item index -> transcript
     goals = {t: pieces.encode(t) for t in texts.values()}  # transcript -> LLM piece ids
-    targets = {i: goals[t] for i, t in texts.items()}
-    token_ids = sorted({i for t in targets.values() for i in t})
+    token_ids = sorted({i for g in goals.values() for i in g})
     index = {t: j + 1 for j, t in enumerate(token_ids)}  # 0 = blank
     d_in = encoders["audio"].output_dim * (rate if mode == "stack" else 1)
+    val = val_items(train_cfg)  # every head is validated on it
 
     def train_head(pool: list[int], steps: int, name: str) -> tuple[ReaderHead, dict]:
         """A head trained for `steps` on the items `pool`, and its report (losses, validation)."""
         torch.manual_seed(cfg.seed)  # here: computing the features (or not, when cached) leaves the seed alone
         head = ReaderHead(d_in, token_ids, cfg.hidden, cfg.dropout, cfg.kernel)
         log(f"CTC reader{name}: {len(token_ids)} tokens ({cfg.merges} merges), "
-            f"{sum(len(targets[i]) for i in pool) / max(1, sum(len(texts[i].split()) for i in pool)):.2f} tokens "
+            f"{sum(len(goals[texts[i]]) for i in pool) / max(1, sum(len(texts[i].split()) for i in pool)):.2f} tokens "
             f"per word, {sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, {len(pool)} utterances")
         rng = np.random.default_rng(cfg.seed)
         order: list[int] = []
@@ -219,7 +219,7 @@ def pretrain_reader(train_cfg: TrainConfig, out: str | Path, cfg: ReaderConfig |
         history = train_steps(head, opt, sched, steps, loss_at, cfg.grad_clip, after)
         report = {"steps": steps, "utterances": len(pool), "train_seconds": round(time.perf_counter() - t0, 1),
                   "loss_history": [round(x, 4) for x in history]}
-        refs, hyps = read_split(head, encoders["audio"], val_items(train_cfg), pieces, rate, mode)
+        refs, hyps = read_split(head, encoders["audio"], val, pieces, rate, mode)
         report.update(val_wer=round(word_errors(refs, hyps).wer, 4), val_cer=round(character_error_rate(refs, hyps), 4),
                       val_utterances=len(refs), val_examples=[{"ref": r, "hyp": h} for r, h in zip(refs[:5], hyps[:5])])
         log(f"CTC reader{name} alone: val WER {report['val_wer']:.3f}  CER {report['val_cer']:.3f}  "

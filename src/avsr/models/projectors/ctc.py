@@ -232,8 +232,10 @@ class CTCProjector(nn.Module):
         if folds is None:
             logits = self.head(heard, pad)  # (B, T, 1 + V)
         else:
-            by_fold = torch.stack([h(heard, pad) for h in self.fold_heads])  # (K, B, T, 1 + V)
-            logits = by_fold[folds, torch.arange(x.shape[0], device=x.device)]  # (B, T, 1 + V)
+            # each row read by its fold's head only (rows are independent), then put back in batch order
+            rows = [(folds == k).nonzero().flatten().to(x.device) for k in range(len(self.fold_heads))]
+            reads = [h(heard[r], pad[r]) for h, r in zip(self.fold_heads, rows) if len(r)]  # (B_k, T, 1 + V)
+            logits = torch.cat(reads)[torch.cat(rows).argsort()]  # (B, T, 1 + V)
         probs = logits.float().softmax(-1)  # (B, T, 1 + V)
         run, out_pad = collapse(probs.argmax(-1), pad)  # (B, T), (B, N)
         n = out_pad.shape[1]

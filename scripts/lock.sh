@@ -11,6 +11,6 @@ if [ ! -x "$TOOLS/bin/pip-compile" ]; then
   python3 -m venv "$TOOLS"
   "$TOOLS/bin/python" -m pip install -q "pip==26.3" "pip-tools==7.6.2"
 fi
-"$TOOLS/bin/pip-compile" --quiet --extra test --extra video --extra demo --extra ray --strip-extras --allow-unsafe --no-emit-find-links \
+"$TOOLS/bin/pip-compile" --quiet --extra test --extra video --extra demo --extra ray --extra voices --strip-extras --allow-unsafe --no-emit-find-links \
   --no-emit-index-url --newline LF --output-file requirements/lock.txt pyproject.toml
 echo "[lock] requirements/lock.txt: $(grep -c '==' requirements/lock.txt) pinned packages"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot setup for a fresh Debian machine: system packages, a virtual environment,
-# torch (CPU, pinned) first, then the locked dependencies (every extra: test, video, demo, ray) and avsr. Idempotent: re-running
+# torch (CPU, pinned) first, then the locked dependencies (every extra: test, video, demo, ray, voices) and avsr. Idempotent: re-running
 # only installs what is missing. Usage: scripts/setup.sh [VENV_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -55,12 +55,21 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
                        default=None if f"{split}_speakers" in later else defaults.speakers[split],
                        help=f"{split} speakers, disjoint from the other splits (default: "
                             f"{later.get(f'{split}_speakers', '%(default)s')})")
+        p.add_argument(f"--{split}-neural", type=_non_negative, metavar="N", default=None,
+                       help=f"{split} utterances of the neural voice (--neural-voice) on top: it re-speaks the "
+                            f"split's sentences (default: {later.get(f'{split}_neural', 0)})")
+        p.add_argument(f"--{split}-neural-speakers", type=_non_negative, metavar="N", default=None,
+                       help=f"speakers those are dealt to, the voice at its own speaking rate each "
+                            f"(default: {later.get(f'{split}_neural_speakers', 0)})")
     p.add_argument("--text", metavar="FILE", help="one sentence per line (ASCII English) instead of the GRID grammar")
     p.add_argument("--voices", type=_csv_list, default=",".join(defaults.voices),
                    help=f"espeak-ng voices to draw speakers from, the English ones the lip renderer knows: "
                         f"{','.join(VOICES)} (default: %(default)s)")
     p.add_argument("--variants", type=_csv_list, default=",".join(defaults.variants),
                    help="espeak-ng voice variants, combined with each voice (default: %(default)s)")
+    p.add_argument("--neural-voice", default=defaults.neural_voice, metavar="piper:NAME|piper:FILE.onnx",
+                   help="the neural voice of the --*-neural-speakers: a Piper voice, packaged (piper:joe, "
+                        "avsr[voices]) or a local .onnx file with its .onnx.json (default: %(default)s)")
     p.add_argument("--noise-speakers", type=_non_negative, default=defaults.noise_speakers, metavar="N",
                    help="held-out talkers that make the babble noise (default: %(default)s)")
     p.add_argument("--noise-seconds", type=float, default=defaults.noise_seconds,
@@ -73,9 +82,10 @@ def add_synth_args(p: argparse.ArgumentParser, defaults: SynthConfig, corpus_roo
 
 
 def profile_corpus(args: argparse.Namespace, which: int) -> dict[str, int]:
-    """The quickstart's train utterances (`which` 0) or speakers (1) of its --profile, where the
-    user gave none (`add_synth_args`'s `chosen_later`); {} for every other command."""
-    given = getattr(args, "train" if which == 0 else "train_speakers")
+    """The quickstart's train utterances (`which` 0), speakers (1), neural-voice utterances (2) or
+    neural-voice speakers (3) of its --profile, where the user gave none (`add_synth_args`'s
+    `chosen_later`); {} for every other command."""
+    given = getattr(args, ("train", "train_speakers", "train_neural", "train_neural_speakers")[which])
     if given is not None or not hasattr(args, "profile"):
         return {}
     from avsr.pipelines.quickstart import CORPUS
@@ -90,7 +100,9 @@ def synth_config(args: argparse.Namespace, out: str | None = None) -> SynthConfi
         out=out or args.out, corpus=args.corpus, seed=args.corpus_seed,
         utterances={s: getattr(args, s) for s in SPLITS} | profile_corpus(args, 0),
         speakers={s: getattr(args, f"{s}_speakers") for s in SPLITS} | profile_corpus(args, 1),
-        text_file=args.text, voices=args.voices, variants=args.variants,
+        neural_utterances={s: n for s in SPLITS if (n := getattr(args, f"{s}_neural"))} | profile_corpus(args, 2),
+        neural_speakers={s: n for s in SPLITS if (n := getattr(args, f"{s}_neural_speakers"))} | profile_corpus(args, 3),
+        neural_voice=args.neural_voice, text_file=args.text, voices=args.voices, variants=args.variants,
         noise_speakers=args.noise_speakers, noise_seconds=args.noise_seconds, workers=args.workers,
     )
 
@@ -771,7 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "(default: %(default)s)")
     add_synth_args(quick, small, corpus_root_arg=False, seed_flag="--corpus-seed",
                    chosen_later={"train": "the profile's: 1200, 8000 for reading",
-                                 "train_speakers": "the profile's: 20, 54 for reading"})
+                                 "train_speakers": "the profile's: 20, 54 for reading",
+                                 "train_neural": "the profile's: 0, 4000 for reading",
+                                 "train_neural_speakers": "the profile's: 0, 20 for reading"})
     quick.add_argument("--seed", type=_non_negative, default=0,
                        help="the training seed: small LM, lip encoder, augmentation draws and AVSR training "
                             "(default: %(default)s; the corpus has its own, --corpus-seed)")

@@ -42,6 +42,9 @@ from avsr.errors import AvsrError
 from avsr.paths import NOISE_KINDS, SPLITS, labels_csv, noise_wav
 from avsr.io import UnsafeRemoval, check_target, claim_folder, refuse_guarded, write_text_atomic
 from avsr.synth.espeak import Voice, engine
+from avsr.synth.neural import PREFIX, NeuralVoice, NeuralVoiceError, is_neural
+from avsr.synth.neural import check_voice as check_neural_voice
+from avsr.synth.neural import synthesize as synthesize_neural
 from avsr.synth.lips import Appearance, head_motion, render_mouth
 from avsr.synth.text import grid_sentence, read_text_file
 from avsr.synth.visemes import PARAMS, VOICES, VisemeError, mouth_trajectory, viseme_segments
@@ -74,6 +77,12 @@ class SynthConfig:
     voices: tuple[str, ...] = DEFAULT_VOICES
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     noise_speakers: int = 8  # held out from every split; they make the babble
+    # A neural voice (avsr.synth.neural) re-speaking the split's sentences: `neural_utterances`
+    # more utterances per split, dealt to `neural_speakers` speakers of their own, each the voice at
+    # a drawn speaking rate (one voice: they differ in rate and face, not timbre).
+    neural_utterances: dict[str, int] = field(default_factory=dict)
+    neural_speakers: dict[str, int] = field(default_factory=dict)
+    neural_voice: str = f"{PREFIX}joe"
     noise_seconds: float = 60.0
     workers: int = 2
 
@@ -82,6 +91,7 @@ class SynthConfig:
         messages name the `avsr synth` options, the usual way in)."""
         n = {s: self.utterances.get(s, 0) for s in SPLITS}
         k = {s: self.speakers.get(s, 0) for s in SPLITS}
+        nn_, nk = ({s: given.get(s, 0) for s in SPLITS} for given in (self.neural_utterances, self.neural_speakers))
         wanted, pool = sum(k.values()) + self.noise_speakers, len(self.voices) * len(self.variants)
         problems = [
             (not str(self.out).strip(), "--out is empty: name the corpus root folder"),
@@ -94,13 +104,24 @@ class SynthConfig:
              f"--noise-seconds {self.noise_seconds}: must be a length from 1 to {MAX_NOISE_SECONDS:.0f} seconds"),
             (min([*n.values(), *k.values(), self.noise_speakers]) < 0, "utterance and speaker counts must be >= 0"),
             (sum(n.values()) == 0, "no utterances requested: --train, --val and --test are all 0"),
-            (sum(n.values()) > MAX_UTTERANCES, f"{sum(n.values())} utterances requested (--train {n['train']}, "
-             f"--val {n['val']}, --test {n['test']}): a corpus holds at most {MAX_UTTERANCES:,} (about 35 GB)"),
+            (sum(n.values()) + sum(nn_.values()) > MAX_UTTERANCES,
+             f"{sum(n.values()) + sum(nn_.values())} utterances requested (--train {n['train']}, --val {n['val']}, "
+             f"--test {n['test']} and the neural voice's): a corpus holds at most {MAX_UTTERANCES:,} (about 35 GB)"),
             (any(v not in VOICES for v in self.voices),
              f"--voices {','.join(v for v in self.voices if v not in VOICES)}: not an English voice whose phonemes "
              f"the lip renderer knows; choose from {','.join(VOICES)}"),
             *((bool(n[s]) != bool(k[s]), f"--{s} {n[s]} with --{s}-speakers {k[s]}: a split needs both "
                "utterances and speakers, or neither") for s in SPLITS),
+            ((set(self.neural_utterances) | set(self.neural_speakers)) - set(SPLITS)
+             or min([*nn_.values(), *nk.values()]) < 0,
+             f"neural utterances {self.neural_utterances}, speakers {self.neural_speakers}: counts >= 0 for the "
+             f"splits {', '.join(SPLITS)}"),
+            *((bool(nn_[s]) != bool(nk[s]), f"--{s}-neural {nn_[s]} with --{s}-neural-speakers {nk[s]}: the neural "
+               "voice needs both utterances and speakers, or neither") for s in SPLITS),
+            *((nn_[s] > 0 and not n[s], f"--{s}-neural {nn_[s]} with --{s} 0: the neural voice re-speaks the "
+               f"split's sentences, and the {s} split has none") for s in SPLITS),
+            (not is_neural(self.neural_voice), f"--neural-voice {self.neural_voice!r}: a neural voice is "
+             f"{PREFIX}NAME (a packaged voice: {PREFIX}joe) or {PREFIX}PATH.onnx"),
             (self.noise_speakers < 1, "--noise-speakers 0: the babble noise needs at least one held-out talker"),
             (wanted > pool, f"{wanted} speakers requested (train + val + test + noise) but only {pool} voice/variant "
                             f"pairs are available ({len(self.voices)} voices x {len(self.variants)} variants)"),
@@ -116,6 +137,9 @@ class SynthConfig:
             ident.pop(key)
         ident["format"] = CORPUS_FORMAT  # a corpus of an older format is refused, not extended
         ident["voices"], ident["variants"] = list(self.voices), list(self.variants)
+        if not any(self.neural_utterances.values()):  # a corpus without one reads as before neural voices
+            for key in ("neural_utterances", "neural_speakers", "neural_voice"):
+                ident.pop(key)
         if self.text_file:  # the content matters, not the path
             ident["text_file"] = {"name": Path(self.text_file).name, "lines": read_text_file(self.text_file)}
         return ident
@@ -125,7 +149,7 @@ class SynthConfig:
 class Speaker:
     id: str
     split: str  # train / val / test / noise
-    voice: Voice
+    voice: Voice | NeuralVoice
     look: Appearance
 
     def to_dict(self) -> dict:
@@ -174,6 +198,12 @@ def make_speakers(cfg: SynthConfig) -> list[Speaker]:
                           pitch_range=int(rng.integers(20, 81)))
             speakers.append(Speaker(f"s{k:03d}", split, voice, Appearance.sample(rng)))
             k += 1
+    rng = np.random.default_rng([cfg.seed, 7])  # its own stream: the espeak-ng speakers stay as they were
+    for split in SPLITS:
+        for _ in range(cfg.neural_speakers.get(split, 0)):
+            voice = NeuralVoice(cfg.neural_voice[len(PREFIX):], round(float(rng.uniform(0.85, 1.2)), 3))
+            speakers.append(Speaker(f"s{k:03d}", split, voice, Appearance.sample(rng)))
+            k += 1
     return speakers
 
 
@@ -183,18 +213,25 @@ def make_tasks(cfg: SynthConfig, speakers: list[Speaker]) -> list[UtteranceTask]
         lines = [lines[i] for i in np.random.default_rng([cfg.seed, 2]).permutation(len(lines))]
     tasks, k = [], 0
     for split_id, split in enumerate(SPLITS):
-        mine = [s for s in speakers if s.split == split]
-        for i in range(cfg.utterances.get(split, 0)):
+        mine = [s for s in speakers if s.split == split and not isinstance(s.voice, NeuralVoice)]
+        neural = [s for s in speakers if s.split == split and isinstance(s.voice, NeuralVoice)]
+        n, first = cfg.utterances.get(split, 0), len(tasks)
+        for i in range(n + cfg.neural_utterances.get(split, 0)):
             seed = int(np.random.SeedSequence([cfg.seed, 3, split_id, i]).generate_state(1)[0])
+            if i >= n:  # the neural voice re-speaks the split's sentences, in order
+                j = i - n
+                tasks.append(replace(tasks[first + j % n], index=i, speaker=neural[j % len(neural)], seed=seed))
+                continue
             text = lines[k % len(lines)] if lines else grid_sentence(np.random.default_rng(seed))
             tasks.append(UtteranceTask(cfg.out, cfg.corpus, split, i, mine[i % len(mine)], text, seed))
             k += 1
     return tasks
 
 
-def speak(text: str, voice: Voice, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+def speak(text: str, voice: Voice | NeuralVoice,
+          rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """16 kHz float32 audio padded to whole video frames, and timed phonemes (ipa, start, end)."""
-    speech = engine().synthesize(text, voice)
+    speech = synthesize_neural(text, voice) if isinstance(voice, NeuralVoice) else engine().synthesize(text, voice)
     audio = resample_poly(speech.audio.astype(np.float32) / 32768.0, SAMPLE_RATE, speech.sample_rate)
     lead, tail = rng.uniform(0.1, 0.3), rng.uniform(0.1, 0.3)
     n_frames = int(np.ceil((lead + audio.size / SAMPLE_RATE + tail) * VIDEO_FPS))
@@ -379,7 +416,13 @@ def synthesize_corpus(cfg: SynthConfig, overwrite: bool = False, progress: bool 
     speakers = make_speakers(cfg)
     eng = engine()  # fail early, in this process, on a missing library or an unknown voice
     for voice in {s.voice.spec: s.voice for s in speakers}.values():
-        eng.check_voice(voice)
+        if isinstance(voice, NeuralVoice):
+            try:
+                check_neural_voice(voice)
+            except NeuralVoiceError as err:
+                raise SynthError(str(err)) from None
+        else:
+            eng.check_voice(voice)
     tasks = make_tasks(cfg, speakers)
     manifest = _prepare_output(cfg, identity, overwrite)
     state = {"written_by": WRITTEN_BY, "format": CORPUS_FORMAT, "identity": identity, "complete": False,

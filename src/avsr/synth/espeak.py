@@ -43,6 +43,7 @@ _CHARS_UTF8 = 1
 _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
 _PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes' phonememode: IPA as UTF-8
 
 
 class EspeakError(AvsrError):
@@ -112,6 +113,8 @@ class Engine:
         lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [
             ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
@@ -153,6 +156,21 @@ class Engine:
         audio, events = self._in_child(self._synthesize_here, text, voice)
         phonemes = [(name, sample / self.sample_rate) for name, sample in events]
         return Speech(audio=audio, sample_rate=self.sample_rate, phonemes=phonemes)
+
+    def phonemize(self, text: str, voice: Voice) -> str:
+        """The IPA phonemes of `text` in `voice` (stress marks, a space between words, ", "
+        between clauses): what a neural voice (avsr.synth.neural) reads."""
+        return self._in_child(self._phonemize_here, text, voice)
+
+    def _phonemize_here(self, text: str, voice: Voice) -> str:
+        self._set_voice(voice)
+        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+        cursor = ctypes.c_void_p(ctypes.addressof(buffer))  # the library advances it clause by clause
+        clauses = []
+        while cursor.value:
+            clause = self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, _PHONEMES_IPA)
+            clauses.append((clause or b"").decode("utf-8", "replace").strip())
+        return ", ".join(c for c in clauses if c)
 
     def _set_voice(self, voice: Voice) -> None:
         # espeak-ng silently ignores an unknown variant, so look it up ourselves.
@@ -202,7 +220,7 @@ class Engine:
 
 class EngineProcess:
     """The engine as used everywhere: an `Engine` in a small server process (see the module
-    docstring), asked one request at a time over pipes; `Engine`'s check_voice and synthesize."""
+    docstring), asked one request at a time over pipes; `Engine`'s check_voice, phonemize and synthesize."""
 
     def __init__(self) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -238,6 +256,9 @@ class EngineProcess:
 
     def check_voice(self, voice: Voice) -> None:
         self._call("check_voice", voice)
+
+    def phonemize(self, text: str, voice: Voice) -> str:
+        return self._call("phonemize", text, voice)
 
     def synthesize(self, text: str, voice: Voice) -> Speech:
         audio, phonemes = self._call("synthesize", text, voice)

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avsr.data.segments import MAX_SECONDS
 from avsr.errors import AvsrError
 from avsr.io import sha256_file
 
@@ -332,10 +333,13 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.whisper):
         raise AvsrError("give a checkpoint or --whisper FOLDER (one of them)")
     checkpoint = Path(args.checkpoint or args.whisper)
-    max_new_tokens = args.max_new_tokens or max(32, math.ceil(8 * args.max_seconds))
     if args.checkpoint:  # checked now (seconds), before any download; the model loads on first use
-        transcriber = Transcriber(checkpoint, num_beams=args.beams, max_new_tokens=max_new_tokens,
-                                  max_seconds=args.max_seconds)
+        transcriber = Transcriber(checkpoint, num_beams=args.beams, max_seconds=args.max_seconds)
+        args.max_seconds = transcriber.max_seconds  # None: the longest training utterance (avsr.transcription.trust)
+    args.max_seconds = args.max_seconds or MAX_SECONDS
+    max_new_tokens = args.max_new_tokens or max(32, math.ceil(8 * args.max_seconds))
+    if args.checkpoint:
+        transcriber.max_new_tokens = max_new_tokens
         if "asr" not in transcriber.tasks:
             raise AvsrError(f"checkpoint {checkpoint} was trained for {', '.join(transcriber.tasks)}, not asr")
     elif not (checkpoint / "config.json").is_file():
@@ -378,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the sdists are kept (default %(default)s)")
     parser.add_argument("--out", help="write the full results here (JSON)")
     parser.add_argument("--beams", type=int, default=4, help="beam size (default %(default)s, as avsr eval)")
-    parser.add_argument("--max-seconds", type=float, default=16.0,
-                        help="longest segment (default %(default)s s, the papers' longest training utterance)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="longest segment (default: the checkpoint's longest training utterance, at most 16 s, "
+                             "the papers' longest; 16 s for --whisper)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="tokens per segment hypothesis (default: 8 per second of --max-seconds, at least 32)")
     args = parser.parse_args(argv)

@@ -398,3 +398,30 @@ def test_the_token_limit_follows_the_duration(transcriber, test_items, monkeypat
     assert [cap for _, cap in limits] == [FLOOR_TOKENS + math.ceil(MARGIN * rate * s) for s, _ in limits]
     assert limits[0][1] < limits[-1][1]
     assert token_limit(10.0, rate, most=TOKENS) == TOKENS
+
+
+def test_segments_follow_the_longest_training_utterance(transcriber, tiny_corpus):
+    """A model decodes segments of at most half again its longest training utterance (an LLM
+    trained on short sentences stops early on long ones); a record saved before the seconds were
+    recorded gets them from the corpus."""
+    from avsr.data.manifests import FRAME_RATE, read_manifest
+    from avsr.data.segments import MAX_SECONDS
+    from avsr.training.data_record import checkpoint_training_data
+    from avsr.transcription.trust import longest_segment
+
+    cfg, _ = tiny_corpus
+    rows = read_manifest(Path(cfg.out) / "labels" / "synth_train.csv")
+    longest = max(r.n_frames for r in rows) / FRAME_RATE
+    assert transcriber.training_data["seconds"]["max"] == round(longest, 2)
+    assert transcriber.max_seconds == round(1.5 * round(longest, 2), 2) < MAX_SECONDS
+    assert transcriber.about()["max_seconds"] == transcriber.max_seconds
+    assert longest_segment(None, MAX_SECONDS) == longest_segment({"seconds": None}, MAX_SECONDS) == MAX_SECONDS
+    assert longest_segment({"seconds": {"max": 30.0}}, MAX_SECONDS) == MAX_SECONDS
+    opened = transcriber.opened
+    saved = opened.saved["training_data"]
+    try:
+        opened.saved["training_data"] = {k: v for k, v in saved.items() if k != "seconds"}
+        assert checkpoint_training_data(opened)["seconds"] == saved["seconds"]
+    finally:
+        opened.saved["training_data"] = saved
+    assert Transcriber(transcriber.checkpoint, max_seconds=2.0).max_seconds == 2.0

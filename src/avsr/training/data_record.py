@@ -11,7 +11,10 @@ The record: corpus name; kind "synthetic" (a corpus.json of avsr synth in `<root
 with its sentences: "grid" commands, "fortunes" sentences or the lines of a "text" file) or
 "real" (anything else); utterances, hours and distinct words of the training manifest; and the
 training transcripts' LLM tokens per second of speech (EOS included; mean and max): the
-transcription's token limit follows the fastest (avsr.transcription.trust).
+transcription's token limit follows the fastest (avsr.transcription.trust); and the utterances'
+seconds (mean and max): the transcription cuts recordings into segments not much longer than the
+longest (a model trained on 3-s sentences stops early on a 13-s segment: avsr.transcription.trust).
+Records saved before the seconds were added get them from the corpus when it is still found.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ def _record(root: str, corpus: str, split: str, fmt: str, llm: str | None) -> di
     seconds = [r.n_frames / FRAME_RATE for r in timed]
     record = {"corpus": corpus, "split": split, **_kind(Path(root) / corpus), "utterances": len(rows),
               "hours": round(sum(seconds) / 3600, 3), "vocabulary": len({w for r in rows for w in r.text.split()}),
-              "tokens_per_second": None}
+              "tokens_per_second": None, "seconds": None}
+    if seconds:
+        record["seconds"] = {"mean": round(sum(seconds) / len(seconds), 2), "max": round(max(seconds), 2)}
     if llm and timed:
         rates = _token_rates(llm, [r.text for r in timed], seconds)
         if rates:
@@ -91,14 +96,17 @@ def checkpoint_training_data(opened) -> dict | None:
     """A Checkpoint's record: as saved, or derived from the corpus its training section names
     (older checkpoints) when that is found; None when unknown."""
     saved = opened.saved.get("training_data")
-    if isinstance(saved, dict):
+    if isinstance(saved, dict) and "seconds" in saved:
         return saved
     data = opened.train_section.get("data")
-    if not isinstance(data, dict) or not data.get("root"):
-        return None
-    root = opened.locate("data.root", data["root"])
-    return data_record(str(root), data.get("corpus", "synth"), data.get("train_split", "train"),
-                       data.get("format", "auto"), opened.config.llm)
+    derived = None
+    if isinstance(data, dict) and data.get("root"):
+        root = opened.locate("data.root", data["root"])
+        derived = data_record(str(root), data.get("corpus", "synth"), data.get("train_split", "train"),
+                              data.get("format", "auto"), None if isinstance(saved, dict) else opened.config.llm)
+    if isinstance(saved, dict):  # saved before the seconds were recorded
+        return {**saved, "seconds": (derived or {}).get("seconds")}
+    return derived
 
 
 def knowledge_note(record: dict | None) -> str | None:

@@ -44,8 +44,8 @@ from avsr.models.tasks import MODALITIES, TASKS, RatePair, scale_name
 from avsr.preprocess.result import Preprocessed
 from avsr.training.data_record import checkpoint_training_data, knowledge_note
 from avsr.transcription.evidence import nothing_to_transcribe
-from avsr.transcription.trust import (FLOOR_TOKENS, MARGIN, THRESHOLD, confidence, cut_loop, token_limit,
-                                      token_rate)
+from avsr.transcription.trust import (FLOOR_TOKENS, MARGIN, THRESHOLD, confidence, cut_loop, longest_segment,
+                                      token_limit, token_rate)
 
 PREFERENCE = ("avsr", "asr", "vsr")  # the automatic choice: both streams first, then audio (lower WER than lips)
 
@@ -265,10 +265,10 @@ class Transcriber:
     or `Preprocessed` recordings. Decoding is deterministic beam search (`num_beams`; 1: greedy)."""
 
     def __init__(self, checkpoint: str | os.PathLike, num_beams: int | None = None, max_new_tokens: int | None = None,
-                 device: str = "cpu", max_seconds: float = MAX_SECONDS, max_frames: int = 1000,
+                 device: str = "cpu", max_seconds: float | None = None, max_frames: int = 1000,
                  quiet: bool = True):
         if ((num_beams is not None and num_beams < 1) or (max_new_tokens is not None and max_new_tokens < 1)
-                or max_frames < 1 or max_seconds <= 0):
+                or max_frames < 1 or (max_seconds is not None and max_seconds <= 0)):
             raise AvsrError("num_beams, max_new_tokens, max_frames and max_seconds must be positive")
         self.checkpoint = Path(checkpoint)
         self.opened = check_checkpoint(self.checkpoint)
@@ -281,14 +281,16 @@ class Transcriber:
         self.knowledge = knowledge_note(self.training_data)
         self.tokens_per_second = token_rate(self.training_data)  # a segment's token limit follows its duration
         self.num_beams, self.max_new_tokens, self.device = num_beams, max_new_tokens, device  # max: None = no cap
-        self.max_seconds, self.max_frames, self.quiet = max_seconds, max_frames, quiet
+        # None: segments no longer than the longest training utterance (avsr.transcription.trust)
+        self.max_seconds = max_seconds or longest_segment(self.training_data, MAX_SECONDS)
+        self.max_frames, self.quiet = max_frames, quiet
         self.load_s: float | None = None
         self._model = None
 
     def about(self) -> dict:
         """What heads the JSON output: the checkpoint (an imported model's source file, layout, tasks
         and rates: `avsr import`), the decoding settings, and the training data."""
-        about = {"checkpoint": str(self.checkpoint), "num_beams": self.num_beams,
+        about = {"checkpoint": str(self.checkpoint), "num_beams": self.num_beams, "max_seconds": self.max_seconds,
                  "max_new_tokens": self.max_new_tokens, "token_limit": {
                      "floor": FLOOR_TOKENS, "tokens_per_second": round(MARGIN * self.tokens_per_second, 2)},
                  "load_s": self.load_s, "training_data": {**(self.training_data or {"known": False}),

@@ -9,6 +9,12 @@ utterance, counted with the model's own tokenizer when the checkpoint was saved
 for a word or two in a short segment. A checkpoint without that record uses
 `DEFAULT_TOKENS_PER_SECOND`, which gives the 128 tokens per 16 s segment avsr used before.
 
+Segments: at most `MARGIN` x the longest training utterance (the record's seconds), and at most
+`avsr.data.segments.MAX_SECONDS` (the papers' longest): an LLM trained on short sentences ends
+its transcript after about as many words as it saw, so a much longer segment loses its end (the
+reading profile, trained on utterances of at most 6.8 s, on the real recordings: 52 of 205
+words deleted with 16-s segments, 26 with 10.1-s ones, WER 56.1 -> 44.4%; docs/reading.md).
+
 Loops: a run of words that the model repeats back to back, at least `LOOP_WORDS` repeated words
 in all ("set white at b one set white at b one ..." until the limit), is kept once. Natural
 repetition is shorter ("no no no", "very very"), and a correct in-domain output never loops.
@@ -40,6 +46,13 @@ def token_rate(record: dict | None) -> float:
     module docstring), or the default without a record."""
     rate = (record or {}).get("tokens_per_second") or {}
     return float(rate.get("max") or DEFAULT_TOKENS_PER_SECOND)
+
+
+def longest_segment(record: dict | None, most: float) -> float:
+    """The longest segment to decode (see the module docstring): MARGIN x the longest training
+    utterance, at most `most`; `most` without a record of it."""
+    longest = ((record or {}).get("seconds") or {}).get("max")
+    return min(round(MARGIN * float(longest), 2), most) if longest else most
 
 
 def token_limit(seconds: float, rate: float, most: int | None = None) -> int:

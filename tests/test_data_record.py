@@ -31,7 +31,9 @@ def expected(tiny_corpus, tiny_backbones) -> dict:
     return {"corpus": "synth", "split": "train", "kind": "synthetic", "sentences": "grid", "utterances": len(rows),
             "hours": round(sum(r.n_frames for r in rows) / 25 / 3600, 3),
             "vocabulary": len({w for r in rows for w in r.text.split()}),
-            "tokens_per_second": {"mean": round(sum(rates) / len(rates), 2), "max": round(max(rates), 2)}}
+            "tokens_per_second": {"mean": round(sum(rates) / len(rates), 2), "max": round(max(rates), 2)},
+            "seconds": {"mean": round(sum(r.n_frames for r in rows) / 25 / len(rows), 2),
+                        "max": round(max(r.n_frames for r in rows) / 25, 2)}}
 
 
 def test_training_saves_the_record_with_every_checkpoint(checkpoint, expected):

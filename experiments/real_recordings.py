@@ -383,12 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the full results here (JSON)")
     parser.add_argument("--beams", type=int, default=4, help="beam size (default %(default)s, as avsr eval)")
     parser.add_argument("--max-seconds", type=float, default=None,
-                        help="longest segment (default: the checkpoint's longest training utterance, at most 16 s, "
-                             "the papers' longest; 16 s for --whisper)")
+                        help="longest segment (default: 1.5 x the checkpoint's longest training utterance, at most "
+                             "16 s, the papers' longest: avsr.transcription.trust; 16 s for --whisper)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="tokens per segment hypothesis (default: 8 per second of --max-seconds, at least 32)")
     args = parser.parse_args(argv)
-    if args.beams < 1 or args.max_seconds <= 0 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+    if args.beams < 1 or (args.max_seconds is not None and args.max_seconds <= 0) or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         parser.error("--beams, --max-seconds and --max-new-tokens must be positive")
     try:
         return run(args)

@@ -106,7 +106,8 @@ class SynthConfig:
             (sum(n.values()) == 0, "no utterances requested: --train, --val and --test are all 0"),
             (sum(n.values()) + sum(nn_.values()) > MAX_UTTERANCES,
              f"{sum(n.values()) + sum(nn_.values())} utterances requested (--train {n['train']}, --val {n['val']}, "
-             f"--test {n['test']} and the neural voice's): a corpus holds at most {MAX_UTTERANCES:,} (about 35 GB)"),
+             f"--test {n['test']}{f', the neural voice {sum(nn_.values())}' if any(nn_.values()) else ''}): "
+             f"a corpus holds at most {MAX_UTTERANCES:,} (about 35 GB)"),
             (any(v not in VOICES for v in self.voices),
              f"--voices {','.join(v for v in self.voices if v not in VOICES)}: not an English voice whose phonemes "
              f"the lip renderer knows; choose from {','.join(VOICES)}"),

@@ -37,7 +37,7 @@ REAL_LLM = ("smollm2", "reading")  # profiles on SmolLM2-135M
 # 8,000 sentences (the fortune files' sayings and more of the package's files) and 54 speakers,
 # every voice/variant pair that the val, test and babble speakers leave; and Piper's joe voice
 # re-speaking 4,000 of the sentences (20 speaking rates), so the reader has heard a voice of a real
-# person (real recordings, reader alone: 60.5 -> 40.5% WER; docs/reading.md).
+# person (real recordings, the reader alone: 60.5 -> 41.5% WER; docs/reading.md).
 CORPUS = {"tiny": (1200, 20, 0, 0), "smollm2": (1200, 20, 0, 0), "reading": (8000, 54, 4000, 20)}
 SENTENCES = ("grid", "fortunes")
 # What the quickstart writes into its run folder (its marker lists them; --overwrite removes them).

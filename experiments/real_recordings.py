@@ -335,10 +335,10 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint or args.whisper)
     if args.checkpoint:  # checked now (seconds), before any download; the model loads on first use
         transcriber = Transcriber(checkpoint, num_beams=args.beams, max_seconds=args.max_seconds)
-        args.max_seconds = transcriber.max_seconds  # None: the longest training utterance (avsr.transcription.trust)
-    args.max_seconds = args.max_seconds or MAX_SECONDS
+        args.max_seconds = transcriber.max_seconds  # None given: the transcription's rule (avsr.transcription.trust)
+    args.max_seconds = args.max_seconds or MAX_SECONDS  # --whisper
     max_new_tokens = args.max_new_tokens or max(32, math.ceil(8 * args.max_seconds))
-    if args.checkpoint:
+    if args.checkpoint:  # the cap follows the segment length the transcriber chose
         transcriber.max_new_tokens = max_new_tokens
         if "asr" not in transcriber.tasks:
             raise AvsrError(f"checkpoint {checkpoint} was trained for {', '.join(transcriber.tasks)}, not asr")
@@ -388,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="tokens per segment hypothesis (default: 8 per second of --max-seconds, at least 32)")
     args = parser.parse_args(argv)
-    if args.beams < 1 or (args.max_seconds is not None and args.max_seconds <= 0) or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+    if (args.beams < 1 or (args.max_seconds is not None and args.max_seconds <= 0)
+            or (args.max_new_tokens is not None and args.max_new_tokens < 1)):
         parser.error("--beams, --max-seconds and --max-new-tokens must be positive")
     try:
         return run(args)
